@@ -1,0 +1,53 @@
+# lis: the two commands a user needs are `make run` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALL_INPUTS := requirements.txt requirements-compile.txt requirements-dev.txt constraints.txt pyproject.toml scripts/install.sh
+
+# TVM's tuning log lookup would otherwise try the network.
+export TOPHUB_LOCATION := NONE
+# Ray's usage statistics reporting is off for every command run from here.
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: run test bench models eval-models train-models install install-dev clean
+
+## run: install, build the demo models if missing, serve the demo services
+run: $(VENV)/.installed-compile
+	$(BIN)/lis models build
+	$(BIN)/lis up
+
+## test: install the dev extras and run the whole suite
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+## bench: latency/throughput figures for the README (not a test)
+bench: $(VENV)/.installed-dev
+	$(BIN)/lis models build
+	$(BIN)/python -m benchmarks.serving
+
+## models: build the demo model artifacts (compiled DLR detectors) if missing
+models: $(VENV)/.installed-compile
+	$(BIN)/lis models build
+
+## eval-models: accuracy/mAP of the demo models on held-out generated data, through DLR
+eval-models: $(VENV)/.installed-dev
+	$(BIN)/lis models build
+	$(BIN)/python -m modelkit.evaluate
+
+## train-models: retrain the committed demo weights from scratch (slow)
+train-models: $(VENV)/.installed-dev
+	$(BIN)/python -m modelkit.train all
+
+install: $(VENV)/.installed-compile
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-compile: $(INSTALL_INPUTS)
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh compile
+	touch $@
+
+$(VENV)/.installed-dev: $(INSTALL_INPUTS)
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh dev
+	touch $@ $(VENV)/.installed-compile
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,71 @@
+"""The one place in lis that imports DLR.
+
+DLR 1.6 "phones home" (device id, model hashes) to an AWS endpoint from the
+moment ``dlr`` is imported, unless ``ccm_config.json`` beside its
+``counter/phone_home.py`` says ``{"enable_phone_home": false}``. There is no
+environment switch. lis must make no outbound connection, so before the first
+import we write that file; if it cannot be written (a read-only site-packages)
+and is not already there, we refuse to import DLR rather than let it connect.
+``scripts/install.sh`` calls ``disable_phone_home()`` at install time so that
+read-only images are already switched off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from serve_app.errors import LisError
+
+__all__ = ["disable_phone_home", "import_dlr", "phone_home_config_path"]
+
+_CONFIG_NAME = "ccm_config.json"
+
+
+def phone_home_config_path() -> Path:
+    """Where DLR's phone-home switch lives, found without importing dlr."""
+    spec = importlib.util.find_spec("dlr")
+    if spec is None or not spec.submodule_search_locations:
+        raise LisError("the DLR runtime is not installed (pip install dlr==1.6.0)")
+    return Path(next(iter(spec.submodule_search_locations))) / "counter" / _CONFIG_NAME
+
+
+def _is_disabled(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("enable_phone_home") is False
+    except (OSError, ValueError):
+        return False
+
+
+def disable_phone_home() -> Path:
+    """Switch DLR's telemetry off for this installation; idempotent."""
+    path = phone_home_config_path()
+    if _is_disabled(path):
+        return path
+    if "dlr" in sys.modules:
+        raise LisError("dlr was imported before its telemetry was switched off")
+    config = {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    config["enable_phone_home"] = False
+    try:
+        path.write_text(json.dumps(config))
+    except OSError as error:
+        raise LisError(
+            f"cannot switch off DLR telemetry ({path}: {error.strerror}); "
+            "run scripts/install.sh or make the file writable"
+        ) from error
+    return path
+
+
+def import_dlr() -> ModuleType:
+    """Import ``dlr`` with its telemetry switched off."""
+    disable_phone_home()
+    import dlr  # noqa: PLC0415 - must follow disable_phone_home()
+
+    return dlr
