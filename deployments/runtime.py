@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_THREADS", "ModelRuntime", "set_thread_count"]
+__all__ = ["DEFAULT_THREADS", "ModelRuntime", "set_thread_count", "thread_environment"]
 
 DEFAULT_THREADS = 1
 
@@ -23,14 +23,18 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "MXNET_CPU_WORKER_NTH
                      "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def thread_environment(threads: int) -> dict[str, str]:
+    """The environment that caps every native thread pool at ``threads``."""
+    return {name: str(threads) for name in _THREAD_VARIABLES}
+
+
 def set_thread_count(threads: int) -> None:
     """Fix the thread pools of MXNet, TVM/DLR and OpenMP before they load.
 
     On a 2-core box a runtime that spawns one thread per core in every replica
     fights Ray's own processes; a replica's threads equal its CPUs instead.
     """
-    for name in _THREAD_VARIABLES:
-        os.environ[name] = str(threads)
+    os.environ.update(thread_environment(threads))
 
 
 class ModelRuntime(ABC):

@@ -53,6 +53,7 @@ __all__ = [
     "Unauthorized",
     "UnsafeArchive",
     "UnsupportedMediaType",
+    "from_wire",
 ]
 
 
@@ -81,6 +82,14 @@ def _rebuild(cls: type[LisError], message: str, state: dict[str, Any]) -> LisErr
     LisError.__init__(error, message)
     error.__dict__.update(state)
     return error
+
+
+def from_wire(type_name: str, message: str) -> LisError:
+    """Rebuild an error sent as ``{"type", "message"}`` (the HTTP error body)."""
+    cls = globals().get(type_name)
+    if not (isinstance(cls, type) and issubclass(cls, LisError)):
+        cls = LisError
+    return _rebuild(cls, message, {})
 
 
 class ConfigIssue:

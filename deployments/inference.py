@@ -1,0 +1,143 @@
+"""One service's inference path without Ray: bytes in, connector output out.
+
+decode -> preprocess -> runtime -> output format. This is what a replica
+runs per request and what ``make bench`` measures as the raw path, so the
+serving overhead is the difference between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from deployments import output
+from deployments.imaging import (
+    CLASSIFIER_PREPROCESSING,
+    DEFAULT_MAX_PIXELS,
+    DETECTOR_PREPROCESSING,
+    Preprocessing,
+    decode_image,
+    preprocess,
+    read_preprocessing,
+)
+from deployments.runtime import ModelRuntime
+from serve_app.errors import ArtifactError, InferenceFailed, LisError
+
+__all__ = ["Algorithm", "InferencePipeline", "PipelineOptions", "Prediction", "load_labels"]
+
+Algorithm = Literal["image-classification", "object-detection"]
+
+_DEFAULT_PREPROCESSING: dict[str, Preprocessing] = {
+    "image-classification": CLASSIFIER_PREPROCESSING,
+    "object-detection": DETECTOR_PREPROCESSING,
+}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What a service configures about its inference path."""
+
+    algorithm: Algorithm
+    threads: int = 1
+    device: str = "cpu"
+    preprocessing_overrides: dict[str, object] = field(default_factory=dict)
+    score_threshold: float | None = None
+    top_k: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A connector answer plus what feedback sampling needs."""
+
+    body: str
+    content_type: str
+    # Probabilities (classification) or rows (detection), for ML Feedback.
+    values: list[float] | list[list[float | int]]
+
+
+def load_labels(model_dir: Path) -> tuple[str, ...] | None:
+    path = Path(model_dir) / "labels.txt"
+    if not path.is_file():
+        return None
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _make_runtime(algorithm: Algorithm, model_dir: Path, threads: int, device: str) -> ModelRuntime:
+    # Imported here: a process serving only detectors never loads MXNet's
+    # 100 MB library, and one serving only classifiers never loads DLR.
+    if algorithm == "image-classification":
+        from deployments.mxnet_runtime import MXNetClassifierRuntime
+
+        return MXNetClassifierRuntime(model_dir, threads=threads, device=device)
+    from deployments.dlr_runtime import DLRRuntime
+
+    return DLRRuntime(model_dir, threads=threads, device=device)
+
+
+class InferencePipeline:
+    """A loaded model and the steps around it, for one service."""
+
+    def __init__(self, model_dir: Path, options: PipelineOptions) -> None:
+        self.model_dir = Path(model_dir)
+        self.options = options
+        self.runtime = _make_runtime(options.algorithm, self.model_dir, options.threads,
+                                     options.device)
+        self.runtime.load()
+        self.preprocessing = self._resolve_preprocessing()
+        self.labels = load_labels(self.model_dir)
+
+    def _resolve_preprocessing(self) -> Preprocessing:
+        # Precedence: the service's overrides > what the model folder
+        # documents > the algorithm's convention; the size always defaults to
+        # what the model's input takes.
+        base = read_preprocessing(self.model_dir) or _DEFAULT_PREPROCESSING[self.options.algorithm]
+        _, _, height, width = self.runtime.input_shape
+        base = base.with_overrides(width=width, height=height)
+        return base.with_overrides(**self.options.preprocessing_overrides)
+
+    def warm_up(self) -> None:
+        """Run one blank input so the first caller doesn't pay for lazy init."""
+        spec = self.preprocessing
+        self.runtime.predict(np.zeros((1, 3, spec.height, spec.width), dtype=np.float32))
+
+    def run(self, body: bytes, content_type: str | None) -> Prediction:
+        image = decode_image(body, content_type, self.options.max_pixels)
+        return self.run_image(image)
+
+    def run_image(self, image: np.ndarray) -> Prediction:
+        """Predict on an RGB uint8 image that is already decoded."""
+        return self.run_batch(preprocess(image, self.preprocessing))
+
+    def run_batch(self, batch: np.ndarray) -> Prediction:
+        """Run the model on a preprocessed batch and format its answer."""
+        try:
+            outputs = self.runtime.predict(batch)
+        except LisError:
+            raise
+        except Exception as error:  # a runtime's own failure, e.g. an MXNet shape error
+            raise InferenceFailed(str(self.model_dir.name), f"{type(error).__name__}: {error}") \
+                from error
+        if self.options.algorithm == "image-classification":
+            return self._classification(outputs)
+        return self._detection(outputs)
+
+    def _classification(self, outputs: list[np.ndarray]) -> Prediction:
+        probabilities = output.softmax_if_needed(outputs[0])
+        return Prediction(output.format_classification(probabilities),
+                          output.CLASSIFICATION_CONTENT_TYPE,
+                          [float(p) for p in probabilities])
+
+    def _detection(self, outputs: list[np.ndarray]) -> Prediction:
+        if len(outputs) < 3:
+            raise ArtifactError(str(self.model_dir),
+                                f"a detector must have 3 outputs (ids, scores, boxes), "
+                                f"this one has {len(outputs)}")
+        rows = output.detections(outputs[0], outputs[1], outputs[2],
+                                 self.preprocessing.width, self.preprocessing.height,
+                                 score_threshold=self.options.score_threshold,
+                                 top_k=self.options.top_k)
+        return Prediction(output.format_detection(rows), output.DETECTION_CONTENT_TYPE, rows)

@@ -1,0 +1,203 @@
+"""The Ray Serve deployment behind one named inference service.
+
+One deployment per ``LocalInferenceServiceName``. A replica fetches and loads
+its model once, then answers ``infer`` calls: the inference path itself is
+``deployments.inference.InferencePipeline``; this module adds what a
+long-running service needs around it: the per-request timeout, the memory
+limit, one access log line per request, and handing samples to ML Feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from ray import serve
+
+from deployments.inference import InferencePipeline, PipelineOptions, Prediction
+from deployments.runtime import set_thread_count
+from serve_app.errors import (
+    AlgorithmMismatch,
+    InferenceTimeout,
+    LisError,
+    MemoryLimitExceeded,
+    PayloadTooLarge,
+)
+
+if TYPE_CHECKING:
+    from serve_app.config import ModelStoreSpec, ServiceSpec
+
+__all__ = ["InferenceResult", "InferenceService", "artifact_version"]
+
+_MODEL_CACHE = Path(os.environ.get("LIS_CACHE_DIR", Path.home() / ".cache" / "lis")) / "models"
+# Decode/preprocess of one request overlaps the model run of another; the
+# model itself runs one call at a time (DLR and MXNet executors are not
+# re-entrant), so two workers are enough to keep it busy.
+_WORKER_THREADS = 2
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What a service returns to the ingress or to an in-cluster client."""
+
+    body: str
+    content_type: str
+
+
+def artifact_version(model_dir: Path) -> str:
+    """A short content hash of a model folder: shows which model a replica runs."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(model_dir)).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+class _ServiceLog(logging.LoggerAdapter):
+    """Prefixes every line with the service name, as the connectors' logs did."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['service']}] {msg}", kwargs
+
+
+def _load_model_dir(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
+    from deployments.model_source import fetch_model
+    from modelkit.archive import materialize
+
+    fetched = fetch_model(spec.model_source, destination=spec.model_destination, store=store,
+                          cache_dir=_MODEL_CACHE)
+    return materialize(fetched)
+
+
+def _pipeline_options(spec: ServiceSpec) -> PipelineOptions:
+    return PipelineOptions(
+        algorithm=spec.algorithm,
+        threads=spec.runtime_threads,
+        device="gpu" if spec.gpu else "cpu",
+        preprocessing_overrides=dict(spec.preprocessing),
+        score_threshold=spec.score_threshold,
+        top_k=spec.top_k,
+        max_pixels=spec.max_pixels,
+    )
+
+
+@serve.deployment
+class InferenceService:
+    """One replica of one named inference service."""
+
+    def __init__(self, spec: ServiceSpec, store: ModelStoreSpec | None = None,
+                 feedback: Any = None) -> None:
+        self.spec = spec
+        self.log = _ServiceLog(logging.getLogger("lis.service"), {"service": spec.name})
+        set_thread_count(spec.runtime_threads)
+        started = time.perf_counter()
+        model_dir = _load_model_dir(spec, store)
+        self.pipeline = InferencePipeline(model_dir, _pipeline_options(spec))
+        self.pipeline.warm_up()
+        self.version = artifact_version(model_dir)
+        self._model_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(_WORKER_THREADS, thread_name_prefix=spec.name)
+        self._process = psutil.Process()
+        self._memory_exceeded: int | None = None
+        self._feedback = feedback
+        self.log.info("loaded %s (version %s) in %.1f s", model_dir, self.version,
+                      time.perf_counter() - started)
+
+    # --- the request path ---------------------------------------------------
+
+    async def infer(self, body: bytes, content_type: str | None,
+                    algo_type: str | None = None) -> InferenceResult:
+        """Answer one request: the connector's output, or a ``LisError``."""
+        started = time.perf_counter()
+        status = 200
+        try:
+            self._check_request(body, algo_type)
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self._executor, self._predict, body, content_type)
+            try:
+                prediction = await asyncio.wait_for(work, self.spec.timeout_s)
+            except asyncio.TimeoutError:
+                raise InferenceTimeout(self.spec.name, self.spec.timeout_s) from None
+            self._send_feedback(body, content_type, prediction)
+            return InferenceResult(prediction.body, prediction.content_type)
+        except LisError as error:
+            status = int(error.status)
+            raise
+        except Exception:
+            status = 500
+            self.log.exception("unexpected failure")
+            raise
+        finally:
+            self.log.info("access status=%d latency_ms=%.1f bytes=%d", status,
+                          1000 * (time.perf_counter() - started), len(body))
+
+    def _check_request(self, body: bytes, algo_type: str | None) -> None:
+        if algo_type is not None and algo_type != self.spec.algorithm:
+            raise AlgorithmMismatch(self.spec.name, algo_type, self.spec.algorithm)
+        if len(body) > self.spec.max_request_bytes:
+            raise PayloadTooLarge("request body bytes", len(body), self.spec.max_request_bytes)
+
+    def _predict(self, body: bytes, content_type: str | None) -> Prediction:
+        from deployments.imaging import decode_image, preprocess
+
+        image = decode_image(body, content_type, self.spec.max_pixels)
+        batch = preprocess(image, self.pipeline.preprocessing)
+        self._enforce_memory_limit()
+        with self._model_lock:
+            prediction = self.pipeline.run_batch(batch)
+        self._enforce_memory_limit()
+        return prediction
+
+    def _enforce_memory_limit(self) -> None:
+        limit = self.spec.memory_limit_kb
+        if limit is None:
+            return
+        rss_kb = self._process.memory_info().rss // 1024
+        if rss_kb > limit:
+            # check_health now fails, so Ray Serve replaces this replica;
+            # the caller learns why instead of seeing a dead actor.
+            self._memory_exceeded = rss_kb
+            raise MemoryLimitExceeded(self.spec.name, rss_kb, limit)
+
+    def _send_feedback(self, body: bytes, content_type: str | None,
+                       prediction: Prediction) -> None:
+        if self._feedback is None or not self.spec.feedback_config_id:
+            return
+        # Fire and forget: the upload never delays the answer.
+        self._feedback.publish.remote(self.spec.feedback_config_id, body, prediction.values,
+                                      {"service": self.spec.name,
+                                       "content-type": content_type or ""})
+
+    # --- what Ray Serve and the ingress ask ---------------------------------
+
+    def check_health(self) -> None:
+        if self._memory_exceeded is not None:
+            raise MemoryLimitExceeded(self.spec.name, self._memory_exceeded,
+                                      self.spec.memory_limit_kb or 0)
+
+    def describe(self) -> dict[str, Any]:
+        context = serve.get_replica_context()
+        return {
+            "replica": context.replica_id.unique_id,
+            "node_id": _node_id(),
+            "version": self.version,
+            "rss_kb": self._process.memory_info().rss // 1024,
+            "labels": list(self.pipeline.labels or ()),
+        }
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,46 @@
+"""``lis status``: the services of a running lis, as ``GET /services`` reports them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from serve_app.client import DEFAULT_ENDPOINT
+from serve_app.errors import ServiceUnavailable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=os.environ.get("LIS_ENDPOINT", DEFAULT_ENDPOINT),
+                        help="lis HTTP endpoint (default: $LIS_ENDPOINT or %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+
+
+def fetch_services(endpoint: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(endpoint.rstrip("/") + "/services")
+    token = os.environ.get("LIS_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)["services"]
+    except (urllib.error.URLError, OSError) as error:
+        raise ServiceUnavailable("lis", f"cannot reach {endpoint}: {error}") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    services = fetch_services(args.endpoint)
+    if args.json:
+        print(json.dumps(services, indent=2))
+        return 0
+    print(f"{'SERVICE':24} {'ALGORITHM':22} {'PLATFORM':12} {'STATE':10} {'REPLICAS':9} VERSION")
+    for service in services:
+        running = service.get("replicas", {}).get("RUNNING", 0)
+        print(f"{service['name']:24} {service['algorithm']:22} {service['platform']:12} "
+              f"{service.get('state', '?'):10} {running:<9} {service.get('version', '-')}")
+        if service.get("state") != "RUNNING" and service.get("message"):
+            print(f"    why: {service['message']}")
+    return 0

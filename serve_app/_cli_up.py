@@ -1,0 +1,89 @@
+"""``lis up``: start or join Ray, deploy the services, serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from serve_app.config import demo_config_path, load_config
+from serve_app.deploy import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    connect_ray,
+    deploy,
+    http_token,
+    wait_for_services,
+)
+
+# First start includes Ray itself and every model's load.
+READY_TIMEOUT_S = 300.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", nargs="*", type=Path, metavar="CONFIG",
+                        help="connector/resource definitions or lis services files "
+                             "(default: the demo services)")
+    parser.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:PORT")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="HTTP bind address (default %(default)s; beyond loopback a bearer "
+                             "token is required)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    parser.add_argument("--any-platform", action="store_true",
+                        help="advertise all three connector platforms on this machine")
+    parser.add_argument("--detach", action="store_true",
+                        help="return once deployed instead of serving until Ctrl-C")
+
+
+def _print_state(name: str, state: dict[str, Any]) -> None:
+    message = f" - {state['message']}" if state.get("message") and \
+        state["state"] != "RUNNING" else ""
+    print(f"  {name}: {state['state']}{message}", flush=True)
+
+
+def _example(config: Any, host: str, port: int, token: str | None) -> str:
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    service = config.services[0]
+    auth = ' -H "Authorization: Bearer $LIS_TOKEN"' if token else ""
+    return (f"curl -s -X POST http://{url_host}:{port}/inference/{service.name}"
+            f"{auth} -H 'Content-Type: image/jpeg' --data-binary @{shlex.quote('image.jpg')}")
+
+
+def run(args: argparse.Namespace) -> int:
+    sources = args.configs or [demo_config_path()]
+    config = load_config(sources)
+    token = http_token(args.host)
+    connect_ray(args.address, any_platform=args.any_platform)
+    print(f"lis: deploying {len(config.services)} service(s) from "
+          f"{', '.join(str(s) for s in sources)}", flush=True)
+    deploy(config, host=args.host, port=args.port, token=token)
+    states = wait_for_services(config, READY_TIMEOUT_S, on_change=_print_state)
+    pending = [n for n in (s.name for s in config.services) if states[n]["state"] != "RUNNING"]
+    url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"lis: serving on http://{url_host}:{args.port}"
+          + (f" ({len(pending)} service(s) still pending: {', '.join(pending)})" if pending
+             else " - all services ready"), flush=True)
+    print(f"try: {_example(config, args.host, args.port, token)}", flush=True)
+    if token and not args.detach:
+        print("the ingress requires 'Authorization: Bearer <token>' (LIS_TOKEN)", flush=True)
+    if args.detach:
+        return 0
+    return _serve_until_interrupted()
+
+
+def _serve_until_interrupted() -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    print("lis: shutting down", flush=True)
+    from ray import serve
+
+    serve.shutdown()
+    return 0
+
+

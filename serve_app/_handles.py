@@ -1,0 +1,70 @@
+"""Calling a service deployment through a Ray Serve handle.
+
+The ingress and the in-cluster client both come through here, so the Ray
+exceptions a call can raise are turned into lis errors in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import exceptions as ray_errors
+from ray.serve import exceptions as serve_errors
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.errors import (
+    InferenceFailed,
+    InferenceTimeout,
+    LisError,
+    ServiceUnavailable,
+)
+
+__all__ = ["GUARD_SECONDS", "call_service", "call_service_sync", "to_lis_error"]
+
+# The replica enforces the service's timeout itself; the caller waits a little
+# longer so a replica that died or never got the request still ends in 504.
+GUARD_SECONDS = 5.0
+
+
+def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisError:
+    """The lis error a failed handle call stands for."""
+    if isinstance(error, LisError):
+        return error
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, LisError):
+        return cause
+    if isinstance(error, serve_errors.BackPressureError):
+        return ServiceUnavailable(service, "overloaded: its request queue is full")
+    if isinstance(error, (serve_errors.DeploymentUnavailableError,
+                          serve_errors.ReplicaUnavailableError)):
+        return ServiceUnavailable(service, "no replica is running")
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError, ray_errors.GetTimeoutError)):
+        return InferenceTimeout(service, timeout_s)
+    if isinstance(error, ray_errors.RayActorError):
+        return InferenceFailed(service, "its replica died while handling the request")
+    if isinstance(error, ray_errors.RayTaskError) and cause is not None:
+        return InferenceFailed(service, f"{type(cause).__name__}: {cause}")
+    return InferenceFailed(service, f"{type(error).__name__}: {error}")
+
+
+async def call_service(handle: DeploymentHandle, service: str, body: bytes,
+                       content_type: str | None, algo_type: str | None,
+                       timeout_s: float) -> Any:
+    """Await ``infer`` on a service; raises only ``LisError``."""
+    try:
+        response = handle.infer.remote(body, content_type, algo_type)
+        return await asyncio.wait_for(response, timeout_s + GUARD_SECONDS)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a LisError
+        raise to_lis_error(error, service, timeout_s) from error
+
+
+def call_service_sync(handle: DeploymentHandle, service: str, body: bytes,
+                      content_type: str | None, algo_type: str | None,
+                      timeout_s: float) -> Any:
+    """Blocking twin of ``call_service`` for code outside an event loop."""
+    try:
+        response = handle.infer.remote(body, content_type, algo_type)
+        return response.result(timeout_s=timeout_s + GUARD_SECONDS)
+    except Exception as error:  # noqa: BLE001
+        raise to_lis_error(error, service, timeout_s) from error

@@ -1,0 +1,295 @@
+"""The Greengrass ML SDK's client API, served by lis.
+
+``client('inference').invoke_inference_service(...)`` and
+``client('feedback').publish(...)`` behave as in
+``greengrass_machine_learning_sdk`` 1.1.0: same argument checks
+(``ValueError``), same return shape, same exceptions. Inside the Ray cluster
+that runs lis a call goes through a Ray Serve handle; elsewhere over HTTP to
+``LIS_ENDPOINT`` (default ``http://127.0.0.1:8000``), with ``LIS_TOKEN`` as the
+bearer token when set. ``LIS_TRANSPORT=http|handle`` forces one.
+
+lis errors become SDK exceptions in ``_sdk_exception`` and nowhere else.
+This module imports no model runtime and no deployment.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import sys
+import threading
+import urllib.parse
+from typing import Any, Protocol
+
+from serve_app.errors import (
+    AlgorithmMismatch,
+    LisError,
+    ServiceNotFound,
+    ServiceUnavailable,
+    from_wire,
+)
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "FeedbackClient",
+    "GreengrassDependencyException",
+    "GreengrassFeedbackException",
+    "GreengrassInferenceException",
+    "InferenceClient",
+    "StreamingBody",
+    "client",
+]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+# The replica enforces each service's own timeout; this only bounds a call
+# whose replica never answers at all.
+DEFAULT_CALL_TIMEOUT_S = 120.0
+_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$")
+_APP_NAME = "lis"
+_FEEDBACK_DEPLOYMENT = "MLFeedback"
+
+
+class GreengrassInferenceException(Exception):
+    """The inference service answered with an error (bad image, model failure, timeout)."""
+
+
+class GreengrassDependencyException(Exception):
+    """The inference service could not be reached or does not exist."""
+
+
+class GreengrassFeedbackException(Exception):
+    """The feedback service answered with an error or could not be reached."""
+
+
+class StreamingBody:
+    """A response body read like botocore's ``StreamingBody``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._stream = io.BytesIO(data)
+
+    def read(self, amt: int | None = None) -> bytes:
+        return self._stream.read(amt)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __iter__(self) -> Any:
+        return iter(lambda: self._stream.read(64 * 1024), b"")
+
+
+def _sdk_exception(error: LisError, *, feedback: bool = False) -> Exception:
+    """The one mapping of lis errors to the SDK's exceptions."""
+    if feedback:
+        return GreengrassFeedbackException(error.message)
+    # A wrong AlgoType for an existing name is a missing service: the original
+    # SDK addressed a service by the pair (algorithm, name).
+    if isinstance(error, (ServiceNotFound, AlgorithmMismatch, ServiceUnavailable)):
+        return GreengrassDependencyException(error.message)
+    return GreengrassInferenceException(error.message)
+
+
+def _require(kwargs: dict[str, Any], name: str) -> Any:
+    if name not in kwargs or kwargs[name] is None:
+        raise ValueError(f"{name} is required")
+    return kwargs[name]
+
+
+def _check_name(kwargs: dict[str, Any], name: str) -> str:
+    value = _require(kwargs, name)
+    if not isinstance(value, str) or not _NAME_PATTERN.match(value):
+        raise ValueError(f"{name} {value!r} does not match {_NAME_PATTERN.pattern}")
+    return value
+
+
+def _body_bytes(body: Any, name: str = "Body") -> bytes:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if hasattr(body, "read"):
+        data = body.read()
+        if isinstance(data, (bytes, bytearray)):
+            return bytes(data)
+    raise ValueError(f"{name} must be bytes, a bytearray or a readable binary file object")
+
+
+# --- transports -----------------------------------------------------------------------
+
+
+class _Transport(Protocol):
+    def infer(self, algo_type: str, service: str, content_type: str | None,
+              body: bytes, accept: str | None) -> tuple[bytes, str]: ...
+
+    def feedback(self, config_id: str, body: bytes, prediction: Any,
+                 metadata: dict[str, str]) -> dict[str, Any]: ...
+
+
+class _HttpTransport:
+    """HTTP to a lis ingress; one kept-alive connection per thread."""
+
+    def __init__(self, endpoint: str, token: str | None) -> None:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"LIS_ENDPOINT {endpoint!r} is not an http(s) URL")
+        self.endpoint = endpoint
+        self._parsed = parsed
+        self._token = token
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            kind = (http.client.HTTPSConnection if self._parsed.scheme == "https"
+                    else http.client.HTTPConnection)
+            connection = kind(self._parsed.hostname, self._parsed.port,
+                              timeout=DEFAULT_CALL_TIMEOUT_S)
+            self._local.connection = connection
+        return connection
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
+            connection = self._connection()
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read(), response.getheader("content-type", "")
+            except (ConnectionError, http.client.HTTPException, OSError) as error:
+                connection.close()
+                self._local.connection = None
+                if attempt == 2 or isinstance(error, (ConnectionRefusedError, TimeoutError)):
+                    raise ServiceUnavailable(
+                        path, f"lis is not reachable at {self.endpoint}: {error}") from error
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _error(status: int, data: bytes) -> LisError:
+        try:
+            detail = json.loads(data)["error"]
+            return from_wire(detail["type"], detail["message"])
+        except (ValueError, KeyError, TypeError):
+            return LisError(f"HTTP {status}: {data[:200]!r}")
+
+    def infer(self, algo_type: str, service: str, content_type: str | None,
+              body: bytes, accept: str | None) -> tuple[bytes, str]:
+        headers = {"X-Algo-Type": algo_type}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
+        path = "/inference/" + urllib.parse.quote(service)
+        status, data, response_type = self._post(path, body, headers)
+        if status != 200:
+            raise self._error(status, data)
+        return data, response_type
+
+    def feedback(self, config_id: str, body: bytes, prediction: Any,
+                 metadata: dict[str, str]) -> dict[str, Any]:
+        headers = {"X-Model-Prediction": json.dumps(prediction),
+                   "X-Metadata": json.dumps(metadata),
+                   "Content-Type": "application/octet-stream"}
+        status, data, _ = self._post("/feedback/" + urllib.parse.quote(config_id), body, headers)
+        if status != 200:
+            raise self._error(status, data)
+        return json.loads(data)
+
+
+class _HandleTransport:
+    """Ray Serve handles, for code running inside the cluster that runs lis."""
+
+    def infer(self, algo_type: str, service: str, content_type: str | None,
+              body: bytes, accept: str | None) -> tuple[bytes, str]:
+        from serve_app._handles import call_service_sync
+
+        handle = _deployment_handle(service)
+        result = call_service_sync(handle, service, body, content_type, algo_type,
+                                   DEFAULT_CALL_TIMEOUT_S)
+        return result.body.encode(), result.content_type
+
+    def feedback(self, config_id: str, body: bytes, prediction: Any,
+                 metadata: dict[str, str]) -> dict[str, Any]:
+        handle = _deployment_handle(_FEEDBACK_DEPLOYMENT)
+        return handle.publish.remote(config_id, body, prediction, metadata).result(
+            timeout_s=DEFAULT_CALL_TIMEOUT_S)
+
+
+def _deployment_handle(name: str) -> Any:
+    from ray import serve
+
+    try:
+        return serve.get_deployment_handle(name, app_name=_APP_NAME)
+    except Exception as error:  # noqa: BLE001 - Ray raises several types for "no such"
+        raise ServiceNotFound(name) from error
+
+
+def _inside_lis_cluster() -> bool:
+    # Only if the caller already joined Ray: the client never starts a cluster.
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _transport() -> _Transport:
+    mode = os.environ.get("LIS_TRANSPORT", "auto")
+    if mode == "handle" or (mode == "auto" and _inside_lis_cluster()):
+        return _HandleTransport()
+    return _HttpTransport(os.environ.get("LIS_ENDPOINT", DEFAULT_ENDPOINT),
+                          os.environ.get("LIS_TOKEN") or None)
+
+
+# --- the SDK's clients ----------------------------------------------------------------
+
+
+class InferenceClient:
+    """``client('inference')``."""
+
+    def __init__(self, transport: _Transport | None = None) -> None:
+        self._transport = transport
+
+    def invoke_inference_service(self, **kwargs: Any) -> dict[str, Any]:
+        algo_type = _check_name(kwargs, "AlgoType")
+        service = _check_name(kwargs, "ServiceName")
+        body = _body_bytes(_require(kwargs, "Body"))
+        transport = self._transport or _transport()
+        try:
+            data, content_type = transport.infer(algo_type, service, kwargs.get("ContentType"),
+                                                 body, kwargs.get("Accept"))
+        except LisError as error:
+            raise _sdk_exception(error) from error
+        return {"Body": StreamingBody(data), "ContentType": content_type}
+
+
+class FeedbackClient:
+    """``client('feedback')``."""
+
+    def __init__(self, transport: _Transport | None = None) -> None:
+        self._transport = transport
+
+    def publish(self, **kwargs: Any) -> None:
+        config_id = _check_name(kwargs, "ConfigId")
+        body = _body_bytes(_require(kwargs, "ModelInput"), "ModelInput")
+        prediction = _require(kwargs, "ModelPrediction")
+        if not isinstance(prediction, (list, dict)):
+            raise ValueError("ModelPrediction must be a list (classification) "
+                             "or a dict (detection)")
+        metadata = kwargs.get("Metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("Metadata must be a dict")
+        transport = self._transport or _transport()
+        try:
+            status = transport.feedback(config_id, body, prediction,
+                                        {str(k): str(v) for k, v in metadata.items()})
+        except LisError as error:
+            raise _sdk_exception(error, feedback=True) from error
+        if status.get("response", {}).get("status") == "fail":
+            raise GreengrassFeedbackException(status["response"].get("error_message", "failed"))
+
+
+def client(client_type: str) -> InferenceClient | FeedbackClient:
+    """``client('inference')`` or ``client('feedback')``, as the original SDK."""
+    if client_type == "inference":
+        return InferenceClient()
+    if client_type == "feedback":
+        return FeedbackClient()
+    raise Exception(f"Client type {client_type} is not recognized.")  # noqa: TRY002 - as the SDK

@@ -1,0 +1,195 @@
+"""The HTTP ingress: one Starlette app in front of every inference service.
+
+Routes (see the README's HTTP API):
+
+    POST /inference/{service_name}   image body -> the connector's output
+    POST /feedback/{config_id}       a sample for ML Feedback
+    GET  /services                   name, algorithm, ARN, platform, replicas, state
+    GET  /healthz                    the ingress is up
+    GET  /readyz                     200 only when every service is running
+
+The app talks to a ``Router``: ``HandleRouter`` reaches the services through
+Ray Serve handles; tests can hand in any other router to exercise the HTTP
+layer in-process. ``LisError`` is mapped to an HTTP answer here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serve_app.errors import (
+    AlgorithmMismatch,
+    InvalidArgument,
+    LisError,
+    PayloadTooLarge,
+    ServiceNotFound,
+    Unauthorized,
+)
+
+__all__ = ["Router", "ServiceInfo", "build_http_app", "error_response"]
+
+log = logging.getLogger("lis.ingress")
+
+# What the ingress reads before it knows which service a body is for.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+_UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What the ingress knows of a service without asking its replicas."""
+
+    name: str
+    algorithm: str
+    connector_id: str
+    connector_arn: str
+    platform: str
+    timeout_s: float
+    max_request_bytes: int
+    feedback_config_id: str | None = None
+
+
+class Router(Protocol):
+    """Where the ingress sends requests; one implementation per transport."""
+
+    services: dict[str, ServiceInfo]
+
+    async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
+                    algo_type: str | None) -> Any: ...
+
+    async def service_states(self) -> dict[str, dict[str, Any]]: ...
+
+    async def publish_feedback(self, config_id: str, body: bytes,
+                               prediction: Any, metadata: dict[str, str]) -> dict[str, Any]: ...
+
+
+def error_response(error: LisError) -> JSONResponse:
+    """The one mapping of lis errors to HTTP."""
+    return JSONResponse({"error": {"type": error.type_name, "message": error.message}},
+                        status_code=int(error.status))
+
+
+def _lookup(router: Router, name: str, algo_type: str | None) -> ServiceInfo:
+    service = router.services.get(name)
+    if service is None:
+        raise ServiceNotFound(name)
+    if algo_type and algo_type != service.algorithm:
+        raise AlgorithmMismatch(name, algo_type, service.algorithm)
+    return service
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge("request body bytes", int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("request body bytes", size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
+    """The Starlette app; with ``token`` every route but /healthz needs ``Bearer <token>``."""
+
+    async def infer(request: Request) -> Response:
+        service = _lookup(router, request.path_params["service_name"],
+                          request.headers.get("x-algo-type"))
+        body = await _read_body(request, service.max_request_bytes)
+        result = await router.infer(service, body, request.headers.get("content-type"),
+                                    request.headers.get("x-algo-type"))
+        return Response(result.body, media_type=result.content_type)
+
+    async def feedback(request: Request) -> Response:
+        body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)
+        prediction, metadata = _feedback_fields(request)
+        status = await router.publish_feedback(request.path_params["config_id"], body,
+                                               prediction, metadata)
+        return JSONResponse(status)
+
+    async def services(_: Request) -> Response:
+        states = await router.service_states()
+        listing = [{**asdict(info), **states.get(name, {})}
+                   for name, info in sorted(router.services.items())]
+        return JSONResponse({"services": listing})
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        states = await router.service_states()
+        waiting = sorted(name for name in router.services
+                         if states.get(name, {}).get("state") != "RUNNING")
+        if waiting:
+            return JSONResponse({"status": "not ready", "waiting_for": waiting},
+                                status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        return JSONResponse({"status": "ready"})
+
+    async def on_lis_error(_: Request, error: Exception) -> Response:
+        assert isinstance(error, LisError)
+        return error_response(error)
+
+    async def on_unexpected(_: Request, error: Exception) -> Response:
+        log.exception("unexpected ingress failure")
+        return error_response(LisError(f"internal error: {type(error).__name__}: {error}"))
+
+    app = Starlette(
+        routes=[
+            Route("/inference/{service_name}", infer, methods=["POST"]),
+            Route("/feedback/{config_id}", feedback, methods=["POST"]),
+            Route("/services", services, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={LisError: on_lis_error, Exception: on_unexpected},
+    )
+    if token:
+        app.add_middleware(_BearerTokenMiddleware, token=token)
+    return app
+
+
+def _feedback_fields(request: Request) -> tuple[Any, dict[str, str]]:
+    """Prediction and metadata of ``POST /feedback``: JSON in two headers."""
+    import json
+
+    raw_prediction = request.headers.get("x-model-prediction")
+    if raw_prediction is None:
+        raise InvalidArgument("X-Model-Prediction header", None, "the model's prediction as JSON")
+    try:
+        prediction = json.loads(raw_prediction)
+        metadata = json.loads(request.headers.get("x-metadata", "{}"))
+    except ValueError as error:
+        raise InvalidArgument("X-Model-Prediction/X-Metadata header", str(error),
+                              "valid JSON") from None
+    if not isinstance(metadata, dict):
+        raise InvalidArgument("X-Metadata header", metadata, "a JSON object")
+    return prediction, {str(k): str(v) for k, v in metadata.items()}
+
+
+class _BearerTokenMiddleware:
+    """Requires ``Authorization: Bearer <token>`` (constant-time compare)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in _UNAUTHENTICATED_PATHS:
+            headers = dict(scope.get("headers") or [])
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                await error_response(Unauthorized())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,133 @@
+"""Decoding: every bad input is refused with a status and a reason; good ones normalised."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from http import HTTPStatus
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from deployments.imaging import (
+    CLASSIFIER_PREPROCESSING,
+    DETECTOR_PREPROCESSING,
+    Preprocessing,
+    decode_image,
+    preprocess,
+)
+from serve_app.errors import LisError
+
+
+def _encode(image_bgr: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, image_bgr)
+    assert ok
+    return data.tobytes()
+
+
+def _pil(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"\x00") + \
+        chunk(b"IEND", b"")
+
+
+RED_BGR = np.zeros((40, 60, 3), np.uint8)
+RED_BGR[:, :, 2] = 255
+JPEG = _encode(RED_BGR, ".jpg")
+PNG = _encode(RED_BGR, ".png")
+
+
+BAD_INPUTS = {
+    "empty body": (b"", "image/jpeg", HTTPStatus.BAD_REQUEST, "empty"),
+    "random bytes": (np.random.default_rng(0).bytes(5000), "image/jpeg",
+                     HTTPStatus.BAD_REQUEST, "neither a JPEG nor a PNG"),
+    "truncated JPEG": (JPEG[: len(JPEG) // 2], "image/jpeg", HTTPStatus.BAD_REQUEST,
+                       "truncated"),
+    "truncated PNG": (PNG[: len(PNG) - 20], "image/png", HTTPStatus.BAD_REQUEST, "truncated"),
+    "PNG labelled as JPEG": (PNG, "image/jpeg", HTTPStatus.BAD_REQUEST,
+                             "Content-Type is image/jpeg but the body is image/png"),
+    "GIF": (_pil(Image.new("RGB", (8, 8)), "GIF"), "image/gif",
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "image/gif"),
+    "GIF labelled PNG": (_pil(Image.new("RGB", (8, 8)), "GIF"), "image/png",
+                         HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "GIF"),
+    "BMP": (_encode(RED_BGR, ".bmp"), "image/png", HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "BMP"),
+    "WebP": (_encode(RED_BGR, ".webp"), "image/jpeg", HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+             "WebP"),
+    "30000x30000 PNG header": (_png_header_only(30000, 30000), "image/png",
+                               HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "30000x30000"),
+    "zero-size PNG": (_png_header_only(0, 10), "image/png", HTTPStatus.BAD_REQUEST, "zero size"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_refused_with_status_and_reason(case: str) -> None:
+    body, content_type, status, reason = BAD_INPUTS[case]
+    with pytest.raises(LisError) as caught:
+        decode_image(body, content_type)
+    assert caught.value.status == status
+    assert reason in str(caught.value)
+
+
+def test_jpeg_and_png_decode_to_rgb() -> None:
+    for body, content_type in ((JPEG, "image/jpeg"), (PNG, "image/png"), (PNG, None)):
+        image = decode_image(body, content_type)
+        assert image.shape == (40, 60, 3) and image.dtype == np.uint8
+        assert image[5, 5, 0] > 240 and image[5, 5, 2] < 15  # red is channel 0: RGB
+
+
+def test_grayscale_16bit_and_alpha_pngs_become_rgb8() -> None:
+    gray16 = np.full((10, 12), 40000, np.uint16)
+    image = decode_image(_encode(gray16, ".png"), "image/png")
+    assert image.shape == (10, 12, 3) and image.dtype == np.uint8
+    assert image[0, 0].tolist() == [40000 >> 8] * 3
+
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[:, :6] = (255, 0, 0, 255)  # opaque blue (BGRA) on the left, transparent right
+    image = decode_image(_encode(rgba, ".png"), "image/png")
+    assert image[0, 0].tolist() == [0, 0, 255]
+    assert image[0, 11].tolist() == [255, 255, 255]  # transparent = white background
+
+
+def test_cmyk_jpeg_is_converted() -> None:
+    body = _pil(Image.new("RGB", (64, 48), (200, 30, 40)).convert("CMYK"), "JPEG")
+    image = decode_image(body, "image/jpeg")
+    assert np.abs(image[10, 10].astype(int) - [200, 30, 40]).max() < 10
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    body = _pil(Image.new("RGB", (64, 32), (0, 0, 255)), "JPEG", exif=exif.tobytes())
+    assert decode_image(body, "image/jpeg").shape == (64, 32, 3)
+
+
+def test_preprocess_layouts() -> None:
+    image = np.full((100, 50, 3), (255, 0, 0), np.uint8)
+    raw = preprocess(image, CLASSIFIER_PREPROCESSING)
+    assert raw.shape == (1, 3, 224, 224) and raw.dtype == np.float32
+    assert raw[0, 0, 0, 0] == 255 and raw[0, 2, 0, 0] == 0  # RGB, raw 0-255
+
+    normalised = preprocess(image, DETECTOR_PREPROCESSING)
+    assert normalised.shape == (1, 3, 512, 512)
+    assert normalised[0, 0, 0, 0] == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)
+
+    bgr = preprocess(image, Preprocessing(width=8, height=8, color="BGR"))
+    assert bgr[0, 2, 0, 0] == 255 and bgr[0, 0, 0, 0] == 0
+
+
+def test_preprocessing_round_trips_through_dict() -> None:
+    spec = DETECTOR_PREPROCESSING.with_overrides(width=320, color="BGR")
+    assert Preprocessing.from_dict(spec.to_dict()) == spec
+    assert spec.width == 320 and spec.height == 512 and spec.color == "BGR"

@@ -1,0 +1,57 @@
+"""The connectors' output formats, parsed the way their users' code parses them."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import numpy as np
+
+from deployments.output import (
+    detections,
+    format_classification,
+    format_detection,
+    softmax_if_needed,
+)
+
+
+def test_classification_text_parses_like_the_seed_example() -> None:
+    text = format_classification(np.array([[0.3, 0.1, 0.6]], np.float32))
+    assert text.startswith("[") and text.endswith("]") and " " not in text
+    inner = text[1:-1]
+    parsed = np.fromstring(inner, count=len(inner.split(",")), sep=",")
+    np.testing.assert_allclose(parsed, [0.3, 0.1, 0.6], rtol=1e-6)
+
+
+def test_logits_become_probabilities_but_probabilities_stay() -> None:
+    assert softmax_if_needed(np.array([0.2, 0.8])).tolist() == [0.2, 0.8]
+    probabilities = softmax_if_needed(np.array([2.0, -1.0, 0.5]))
+    assert abs(probabilities.sum() - 1) < 1e-12
+    assert probabilities.argmax() == 0
+
+
+def test_detection_rows_dropped_sorted_scaled_clipped() -> None:
+    ids = np.array([[[1], [-1], [0], [2]]], np.float32)
+    scores = np.array([[[0.5], [0.99], [0.9], [0.04]]], np.float32)
+    boxes = np.array([[[0, 0, 256, 512], [1, 1, 2, 2], [-10, 100, 600, 200],
+                       [256, 256, 512, 512]]], np.float32)
+    rows = detections(ids, scores, boxes, 512, 512)
+    assert [row[0] for row in rows] == [0, 1, 2]  # padding row (-1) gone, by score
+    assert rows[0][2:] == [0.0, 100 / 512, 1.0, 200 / 512]  # clipped to [0, 1]
+    assert all(isinstance(row[0], int) for row in rows)
+    assert detections(ids, scores, boxes, 512, 512, score_threshold=0.3)[-1][0] == 1
+    assert len(detections(ids, scores, boxes, 512, 512, top_k=1)) == 1
+
+
+def test_detection_text_is_json_and_a_python_literal() -> None:
+    rows = [[14, 0.9384938478469849, 0.37, 0.51, 0.66, 0.85], [12, 0.04, 0.0, 0.4, 0.3, 0.9]]
+    text = format_detection(rows)
+    assert json.loads(text) == {"prediction": rows}
+    assert eval(text) == {"prediction": rows}  # noqa: S307 - the seed example's own parsing
+    assert ast.literal_eval(text) == {"prediction": rows}
+
+
+def test_non_finite_scores_still_parse() -> None:
+    rows = detections(np.array([0.0]), np.array([np.nan]), np.array([[0, 0, np.inf, 1]]), 10, 10)
+    json.loads(format_detection(rows))
+    format_classification(np.array([np.nan, np.inf]))
