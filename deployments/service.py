@@ -99,7 +99,9 @@ class InferenceService:
     def __init__(self, spec: ServiceSpec, store: ModelStoreSpec | None = None,
                  feedback: Any = None) -> None:
         self.spec = spec
-        self.log = _ServiceLog(logging.getLogger("lis.service"), {"service": spec.name})
+        # A child of Ray Serve's logger: lines land in the replica's log with
+        # Serve's deployment and replica ids, after our service-name prefix.
+        self.log = _ServiceLog(logging.getLogger("ray.serve.lis"), {"service": spec.name})
         set_thread_count(spec.runtime_threads)
         started = time.perf_counter()
         model_dir = _load_model_dir(spec, store)

@@ -23,7 +23,7 @@ from serve_app.errors import ServiceNotFound
 from serve_app.ingress import ServiceInfo, build_http_app
 
 __all__ = ["APP_NAME", "HandleRouter", "LisIngress", "build_app", "service_info",
-           "service_states"]
+           "service_states", "short_message"]
 
 APP_NAME = "lis"
 # Each replica asks for a sliver of its platform's resource: a node that
@@ -111,17 +111,26 @@ def service_states(app_name: str = APP_NAME) -> dict[str, dict[str, Any]]:
             "state": _state(str(getattr(deployment.status, "value", deployment.status)),
                             replicas.get("RUNNING", 0)),
             "replicas": replicas,
-            "message": deployment.message,
+            "message": short_message(deployment.message),
         }
     return states
 
 
 def _state(deployment_status: str, running: int) -> str:
-    if deployment_status in ("HEALTHY", "UPSCALING", "DOWNSCALING") and running:
-        return "RUNNING"
+    if deployment_status == "DEPLOY_FAILED":
+        return "FAILED"
     if deployment_status == "UNHEALTHY":
-        return "UNHEALTHY"
-    return "STARTING" if not running else "RUNNING"
+        return "UNHEALTHY" if not running else "DEGRADED"
+    return "RUNNING" if running else "STARTING"
+
+
+def short_message(message: str) -> str:
+    """Ray's status message without the traceback: its first sentence and the error line."""
+    if "Traceback" not in message:
+        return message.strip()
+    first = message.split(". ", 1)[0].strip()
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return f"{first}: {lines[-1]}" if lines else first
 
 
 class HandleRouter:

@@ -121,9 +121,10 @@ def wait_for_services(config: LisConfig, timeout_s: float,
             seen[spec.name] = state["state"]
         if all(seen.get(s.name) == "RUNNING" for s in config.services):
             return states
-        if any(state == "UNHEALTHY" for state in seen.values()):
-            bad = {n: states[n]["message"] for n, s in seen.items() if s == "UNHEALTHY"}
-            raise LisError(f"services failed to start: {bad}")
+        failed = {n: states[n]["message"] for n, s in seen.items() if s == "FAILED"}
+        if failed:
+            raise LisError("services failed to start: " +
+                           "; ".join(f"{n}: {m}" for n, m in failed.items()))
         if time.monotonic() > deadline:
             return states
         time.sleep(0.5)

@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -142,6 +143,13 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
         assert isinstance(error, LisError)
         return error_response(error)
 
+    async def on_http_error(_: Request, error: Exception) -> Response:
+        # Unknown routes and methods answer in the same JSON shape as lis errors.
+        assert isinstance(error, HTTPException)
+        phrase = HTTPStatus(error.status_code).phrase
+        return JSONResponse({"error": {"type": phrase.replace(" ", ""), "message": error.detail}},
+                            status_code=error.status_code)
+
     async def on_unexpected(_: Request, error: Exception) -> Response:
         log.exception("unexpected ingress failure")
         return error_response(LisError(f"internal error: {type(error).__name__}: {error}"))
@@ -154,7 +162,8 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
-        exception_handlers={LisError: on_lis_error, Exception: on_unexpected},
+        exception_handlers={LisError: on_lis_error, HTTPException: on_http_error,
+                            Exception: on_unexpected},
     )
     if token:
         app.add_middleware(_BearerTokenMiddleware, token=token)

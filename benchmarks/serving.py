@@ -1,0 +1,227 @@
+"""``make bench``: what serving costs over the raw inference path.
+
+For the demo detector and classifier it measures p50/p95 latency and
+throughput of (a) the raw in-process path (decode + preprocess + run +
+format), (b) the SDK client over a Ray Serve handle from the driver, (c) HTTP
+through the ingress, each at concurrency 1 and 4, with the same runtime thread
+count everywhere. The table and the machine it ran on go into the README
+between the ``bench`` markers. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BENCH_CONFIG = ROOT / "benchmarks" / "bench-services.yaml"
+CONCURRENCIES = (1, 4)
+WARMUP = 3
+
+
+@dataclass(frozen=True)
+class Figures:
+    path: str
+    service: str
+    concurrency: int
+    p50_ms: float
+    p95_ms: float
+    throughput: float
+
+
+def camera_frame(seed: int = 0) -> bytes:
+    """A 1280x720 JPEG with shapes on a noisy background, like a camera frame."""
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    cv2.GaussianBlur(frame, (21, 21), 0, dst=frame)
+    cv2.circle(frame, (400, 360), 120, (0, 0, 230), -1)
+    cv2.rectangle(frame, (800, 200), (1000, 420), (230, 0, 0), -1)
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def measure(call: Callable[[], object], concurrency: int, requests: int) -> tuple[list[float], float]:
+    """Latencies (s) of ``requests`` calls made by ``concurrency`` threads, and the wall time."""
+    for _ in range(WARMUP):
+        call()
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        started = time.perf_counter()
+        call()
+        with lock:
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    return latencies, time.perf_counter() - started
+
+
+def figures(path: str, service: str, concurrency: int, latencies: list[float],
+            wall: float) -> Figures:
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return Figures(path, service, concurrency, 1000 * statistics.median(ordered), 1000 * p95,
+                   len(ordered) / wall)
+
+
+def raw_caller(model_dir: Path, algorithm: str, threads: int, body: bytes) -> Callable[[], object]:
+    """The raw path, shaped like a replica: decoding overlaps, the model runs one at a time."""
+    from deployments.imaging import decode_image, preprocess
+    from deployments.inference import InferencePipeline, PipelineOptions
+
+    pipeline = InferencePipeline(model_dir, PipelineOptions(algorithm=algorithm, threads=threads))
+    model_lock = threading.Lock()
+
+    def call() -> object:
+        batch = preprocess(decode_image(body, "image/jpeg"), pipeline.preprocessing)
+        with model_lock:
+            return pipeline.run_batch(batch)
+
+    return call
+
+
+def http_caller(port: int, service: str, body: bytes) -> Callable[[], object]:
+    local = threading.local()
+
+    def call() -> object:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = http.client.HTTPConnection("127.0.0.1", port)
+        connection.request("POST", f"/inference/{service}", body=body,
+                           headers={"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    return call
+
+
+def handle_caller(service: str, algorithm: str, body: bytes) -> Callable[[], object]:
+    import greengrass_machine_learning_sdk as ml
+
+    client = ml.client("inference")
+
+    def call() -> object:
+        return client.invoke_inference_service(AlgoType=algorithm, ServiceName=service,
+                                               ContentType="image/jpeg", Body=body)
+
+    return call
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return (f"{cpu}, {os.cpu_count()} cores, {memory_kb / 2**20:.0f} GiB, "
+            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
+
+
+def table(rows: list[Figures]) -> str:
+    lines = ["| service | path | concurrency | p50 ms | p95 ms | req/s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.service} | {r.path} | {r.concurrency} | {r.p50_ms:.1f} | "
+                     f"{r.p95_ms:.1f} | {r.throughput:.2f} |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Figures]) -> list[str]:
+    found = {(r.service, r.path, r.concurrency): r for r in rows}
+    out = []
+    for service in sorted({r.service for r in rows}):
+        raw1, http1 = found[(service, "raw", 1)], found[(service, "http", 1)]
+        raw4, http4 = found[(service, "raw", 4)], found[(service, "http", 4)]
+        gap = http1.p50_ms - raw1.p50_ms
+        ratio = http4.throughput / raw4.throughput
+        out.append(f"- {service}: HTTP p50 at concurrency 1 is {gap:+.1f} ms from raw "
+                   f"(target within 10 ms: {'met' if gap <= 10 else 'NOT met'}); HTTP throughput "
+                   f"at concurrency 4 is {ratio:.2f}x raw (target >= 0.85: "
+                   f"{'met' if ratio >= 0.85 else 'NOT met'}).")
+    return out
+
+
+def write_readme(report: str) -> None:
+    text = README.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text:
+        print("README has no bench markers; not updated")
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{report}\n{end}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    parser.add_argument("--no-readme", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    from modelkit.demo import demo_models
+    from serve_app.config import load_config
+
+    config = load_config([BENCH_CONFIG])
+    models = demo_models()
+    body = camera_frame()
+    rows: list[Figures] = []
+    for spec in config.services:  # (a) raw, before Ray takes any CPU
+        call = raw_caller(Path(spec.model_source), spec.algorithm, spec.runtime_threads, body)
+        for concurrency in CONCURRENCIES:
+            rows.append(figures("raw", spec.name, concurrency,
+                                *measure(call, concurrency, args.requests)))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    del models
+
+    from ray import serve
+
+    from serve_app.deploy import connect_ray, deploy, wait_for_services
+
+    os.environ["LIS_TRANSPORT"] = "handle"
+    connect_ray(None)
+    try:
+        deploy(config, port=config.http.port)
+        wait_for_services(config, timeout_s=300)
+        for spec in config.services:
+            callers = {"handle": handle_caller(spec.name, spec.algorithm, body),
+                       "http": http_caller(config.http.port, spec.name, body)}
+            for path, call in callers.items():
+                for concurrency in CONCURRENCIES:
+                    rows.append(figures(path, spec.name, concurrency,
+                                        *measure(call, concurrency, args.requests)))
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+    finally:
+        serve.shutdown()
+    order = {"raw": 0, "handle": 1, "http": 2}
+    rows.sort(key=lambda r: (r.service, order[r.path], r.concurrency))
+    report = "\n".join([f"Measured by `make bench` on: {machine()}; {args.requests} requests "
+                        "per row, a 1280x720 JPEG camera frame.", "", table(rows), "",
+                        *verdicts(rows)])
+    print(report)
+    if not args.no_readme:
+        write_readme(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

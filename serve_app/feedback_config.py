@@ -1,0 +1,409 @@
+"""Typed configuration of the ML Feedback connector, and its parser.
+
+Two sources meet here:
+
+* the Greengrass connector itself, in the connector definition, with ARN
+  ``arn:aws:greengrass:<region>::/connectors/MLFeedback/versions/1`` and two
+  string parameters: ``FeedbackConfigurationMap`` (a JSON *string* mapping
+  feedback config ids to configurations) and ``RequestLimit``
+  (``^$|^[0-9]{1,3}$``);
+* lis's own keys, which say where "S3" and the MQTT broker are, under a
+  top-level ``feedback:`` section of the services file. Every key is optional::
+
+    feedback:
+      storage:
+        # An S3 endpoint (AWS or any S3-compatible store) for boto3 ...
+        s3_endpoint_url: http://minio.local:9000   # absent: AWS's own endpoint
+        region: us-west-2
+        access_key_id: AKIA...       # absent (both): boto3's default chain,
+        secret_access_key: ...       #   e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+        # ... or, for offline devices, a local folder; each bucket is a sub-folder:
+        # s3_endpoint_url: file:///var/lib/lis/feedback-store
+      mqtt:
+        host: 127.0.0.1
+        port: 1883
+        client_id: lis-feedback-edge-1   # absent: lis-feedback-<hostname>-<pid>
+        username: lis
+        password: secret
+        keepalive_s: 60
+        tls:                             # absent: plain TCP
+          ca_file: /etc/lis/mqtt-ca.pem
+          cert_file: /etc/lis/mqtt.crt   # cert_file and key_file: both or neither
+          key_file: /etc/lis/mqtt.key
+      spool:
+        directory: /var/lib/lis/feedback-spool
+        max_bytes: 1073741824
+
+``parse_feedback_connector`` validates both at once, field by field, and
+returns every problem as a ``ConfigIssue`` that names the connector, the
+feedback config id and the field, and quotes the value; it never raises for a
+user mistake. The result, ``FeedbackConnectorSpec``, is all a feedback
+pipeline needs; nothing downstream reads the raw JSON or YAML again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from serve_app.errors import ConfigIssue
+
+__all__ = [
+    "CONFIG_ID_PATTERN",
+    "BUCKET_NAME_PATTERN",
+    "DEFAULT_MQTT_HOST",
+    "DEFAULT_MQTT_PORT",
+    "DEFAULT_SPOOL_DIRECTORY",
+    "DEFAULT_SPOOL_MAX_BYTES",
+    "REQUEST_LIMIT_PATTERN",
+    "STRATEGY_NAMES",
+    "Entropy",
+    "FeedbackConfig",
+    "FeedbackConnectorSpec",
+    "LeastConfidence",
+    "Margin",
+    "MqttSpec",
+    "MqttTlsSpec",
+    "RandomSampling",
+    "SamplingStrategy",
+    "SpoolSpec",
+    "StorageSpec",
+    "parse_feedback_connector",
+]
+
+CONFIG_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$"
+BUCKET_NAME_PATTERN = r"^[a-z0-9\.\-]{3,63}$"
+REQUEST_LIMIT_PATTERN = r"^$|^[0-9]{1,3}$"
+STRATEGY_NAMES = ("RANDOM_SAMPLING", "LEAST_CONFIDENCE", "MARGIN", "ENTROPY")
+
+DEFAULT_MQTT_HOST = "127.0.0.1"
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTT_KEEPALIVE_S = 60
+DEFAULT_SPOOL_DIRECTORY = Path("~/.local/state/lis/feedback-spool")
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+
+_PARAMETERS = ("FeedbackConfigurationMap", "RequestLimit")
+_SPEC = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+# Rates and thresholds come from JSON numbers: a quoted "0.5" or a boolean is a
+# mistake in the map, not something to coerce silently.
+_Fraction = Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)]
+
+
+# --- the connector's own configuration (FeedbackConfigurationMap) ---------------
+
+
+class RandomSampling(BaseModel):
+    """Keep a sample when ``random() < rate``."""
+
+    model_config = _SPEC
+    strategy_name: Literal["RANDOM_SAMPLING"] = Field("RANDOM_SAMPLING", alias="strategy-name")
+    rate: _Fraction = Field(description="Fraction of samples kept, in [0, 1].")
+
+
+class LeastConfidence(BaseModel):
+    """Keep a sample when its highest score is below ``threshold``."""
+
+    model_config = _SPEC
+    strategy_name: Literal["LEAST_CONFIDENCE"] = Field("LEAST_CONFIDENCE", alias="strategy-name")
+    threshold: _Fraction = Field(description="Keep when max(p) < threshold; in [0, 1].")
+
+
+class Margin(BaseModel):
+    """Keep a sample when its two highest scores are closer than ``threshold``."""
+
+    model_config = _SPEC
+    strategy_name: Literal["MARGIN"] = Field("MARGIN", alias="strategy-name")
+    threshold: _Fraction = Field(description="Keep when top1 - top2 < threshold; in [0, 1].")
+
+
+class Entropy(BaseModel):
+    """Keep a sample when the entropy (nats) of its normalised scores is above ``threshold``."""
+
+    model_config = _SPEC
+    strategy_name: Literal["ENTROPY"] = Field("ENTROPY", alias="strategy-name")
+    threshold: float = Field(ge=0, strict=True, allow_inf_nan=False,
+                             description="Keep when entropy > threshold; at least 0.")
+
+
+SamplingStrategy = Annotated[
+    Union[RandomSampling, LeastConfidence, Margin, Entropy],
+    Field(discriminator="strategy_name"),
+]
+
+
+class FeedbackConfig(BaseModel):
+    """One entry of ``FeedbackConfigurationMap``: where samples go and which are kept."""
+
+    model_config = _SPEC
+    s3_bucket_name: str = Field(alias="s3-bucket-name", pattern=BUCKET_NAME_PATTERN,
+                                description="Bucket the samples are uploaded to.")
+    content_type: str = Field(alias="content-type", min_length=1,
+                              description="Content type of the uploaded objects, e.g. image/jpeg.")
+    s3_prefix: str = Field("", alias="s3-prefix",
+                           description="Key prefix: objects are <s3-prefix>/<uuid>.<file-ext>.")
+    file_ext: str = Field("", alias="file-ext", pattern=r"^[A-Za-z0-9.\-_]*$",
+                          description="Object key extension, e.g. jpg; empty: no extension.")
+    sampling_strategy: SamplingStrategy | None = Field(
+        None, alias="sampling-strategy", description="Absent: every sample is uploaded.")
+
+
+# --- lis's own keys (the `feedback:` section) ------------------------------------
+
+
+class StorageSpec(BaseModel):
+    """Where "S3" is: an S3-compatible endpoint, or a local folder (``file:///...``)."""
+
+    model_config = _SPEC
+    s3_endpoint_url: str | None = Field(
+        None, description="http(s):// endpoint for boto3, file:///folder for a local store; "
+                          "absent: AWS's own S3 endpoint.")
+    region: str | None = Field(None, description="Region for boto3; absent: boto3's default.")
+    access_key_id: str | None = Field(None, description="Absent: boto3's credential chain.")
+    secret_access_key: SecretStr | None = Field(None, description="Goes with access_key_id.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageSpec:
+        url = self.s3_endpoint_url
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https", "file"):
+                raise ValueError(f"s3_endpoint_url {url!r} must start with http://, https:// "
+                                 "or file:///")
+            if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+                raise ValueError(f"s3_endpoint_url {url!r}: a local store is file:///absolute/path")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together: give both or neither")
+        return self
+
+    @property
+    def local_root(self) -> Path | None:
+        """The folder of a local store, or None for S3."""
+        if self.s3_endpoint_url is None or not self.s3_endpoint_url.startswith("file:"):
+            return None
+        return Path(unquote(urlsplit(self.s3_endpoint_url).path))
+
+
+class MqttTlsSpec(BaseModel):
+    """TLS towards the broker: a CA to trust, and optionally a client certificate."""
+
+    model_config = _SPEC
+    ca_file: Path | None = Field(None, description="CA bundle; absent: the system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(None, description="Client private key (PEM).")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttTlsSpec:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+
+class MqttSpec(BaseModel):
+    """The MQTT broker that receives statuses, predictions and metrics."""
+
+    model_config = _SPEC
+    host: str = Field(DEFAULT_MQTT_HOST, min_length=1)
+    port: int = Field(DEFAULT_MQTT_PORT, ge=1, le=65535)
+    tls: MqttTlsSpec | None = Field(None, description="Absent: plain TCP.")
+    client_id: str | None = Field(
+        None, description="Absent: lis-feedback-<hostname>-<pid>. Must differ per node: a "
+                          "broker disconnects the older of two clients with one id.")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(DEFAULT_MQTT_KEEPALIVE_S, ge=5, le=65535)
+
+
+class SpoolSpec(BaseModel):
+    """The on-disk spool that holds accepted samples until they are uploaded and announced."""
+
+    model_config = _SPEC
+    directory: Path = Field(DEFAULT_SPOOL_DIRECTORY, description="One per node; ~ is expanded.")
+    max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, gt=0,
+                           description="New samples are refused (status fail) past this size.")
+
+
+class _LisKeys(BaseModel):
+    model_config = _SPEC
+    storage: StorageSpec = StorageSpec()
+    mqtt: MqttSpec = MqttSpec()
+    spool: SpoolSpec = SpoolSpec()
+
+
+class FeedbackConnectorSpec(BaseModel):
+    """Everything a feedback pipeline needs: the connector's configs and lis's own keys."""
+
+    model_config = _SPEC
+    configs: dict[str, FeedbackConfig] = Field(description="Feedback config id -> configuration.")
+    request_limit: int | None = Field(
+        None, ge=1, description="Samples accepted and not yet delivered, at most; None: no limit.")
+    storage: StorageSpec = StorageSpec()
+    mqtt: MqttSpec = MqttSpec()
+    spool: SpoolSpec = SpoolSpec()
+
+
+# --- parsing ---------------------------------------------------------------------
+
+
+def parse_feedback_connector(
+    connector_id: str, parameters: Mapping[str, Any], lis_keys: Mapping[str, Any] | None,
+) -> tuple[FeedbackConnectorSpec | None, list[ConfigIssue]]:
+    """Validate an MLFeedback connector's parameters and lis's ``feedback:`` keys.
+
+    Returns ``(spec, [])`` when everything is valid, otherwise ``(None, issues)``
+    with every problem found.
+    """
+    where = f"connector {connector_id!r}"
+    issues = [ConfigIssue(where, name, "unknown parameter of the MLFeedback connector")
+              for name in parameters if name not in _PARAMETERS]
+    configs = _parse_configuration_map(where, parameters.get("FeedbackConfigurationMap"), issues)
+    request_limit = _parse_request_limit(where, parameters.get("RequestLimit", ""), issues)
+    keys = _parse_lis_keys(lis_keys or {}, issues)
+    if configs is not None and keys is not None:
+        _check_local_prefixes(where, configs, keys.storage, issues)
+    if issues or configs is None or keys is None:
+        return None, issues
+    spec = FeedbackConnectorSpec(configs=configs, request_limit=request_limit,
+                                 storage=keys.storage, mqtt=keys.mqtt, spool=keys.spool)
+    return spec, []
+
+
+def _parse_configuration_map(
+    where: str, raw: Any, issues: list[ConfigIssue],
+) -> dict[str, FeedbackConfig] | None:
+    parameter = "FeedbackConfigurationMap"
+    if raw is None:
+        issues.append(ConfigIssue(where, parameter, "is required"))
+        return None
+    if not isinstance(raw, str):
+        issues.append(ConfigIssue(where, parameter,
+                                  f"must be a JSON string (all connector parameters are strings), "
+                                  f"got {type(raw).__name__} {_shown(raw)}"))
+        return None
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        issues.append(ConfigIssue(where, parameter, f"{_shown(raw)} is not valid JSON: {exc}"))
+        return None
+    if not isinstance(document, dict) or not document:
+        issues.append(ConfigIssue(where, parameter,
+                                  f"{_shown(raw)} must be a JSON object with at least one config"))
+        return None
+    configs = {}
+    for config_id, body in document.items():
+        config = _parse_config(f"{where} feedback config {config_id!r}", config_id, body, issues)
+        if config is not None:
+            configs[config_id] = config
+    return configs
+
+
+def _parse_config(where: str, config_id: str, body: Any,
+                  issues: list[ConfigIssue]) -> FeedbackConfig | None:
+    valid_id = re.fullmatch(CONFIG_ID_PATTERN, config_id) is not None
+    if not valid_id:
+        issues.append(ConfigIssue(where, "config id",
+                                  f"{config_id!r} does not match {CONFIG_ID_PATTERN}"))
+    if not isinstance(body, dict):
+        issues.append(ConfigIssue(where, None, f"{_shown(body)} must be a JSON object"))
+        return None
+    try:
+        config = FeedbackConfig.model_validate(body)
+    except ValidationError as exc:
+        issues.extend(_issues_from(where, exc))
+        return None
+    return config if valid_id else None
+
+
+def _parse_request_limit(where: str, raw: Any, issues: list[ConfigIssue]) -> int | None:
+    if not isinstance(raw, str) or re.fullmatch(REQUEST_LIMIT_PATTERN, raw) is None:
+        issues.append(ConfigIssue(where, "RequestLimit",
+                                  f"{raw!r} does not match {REQUEST_LIMIT_PATTERN}"))
+        return None
+    if raw == "":
+        return None
+    if int(raw) == 0:
+        # The pattern allows it, but a limit of 0 would refuse every sample.
+        issues.append(ConfigIssue(where, "RequestLimit",
+                                  "'0' would refuse every sample: use at least 1, or '' for no limit"))
+        return None
+    return int(raw)
+
+
+def _parse_lis_keys(raw: Mapping[str, Any], issues: list[ConfigIssue]) -> _LisKeys | None:
+    if not isinstance(raw, Mapping):
+        issues.append(ConfigIssue("feedback", None, f"{_shown(raw)} must be a mapping"))
+        return None
+    try:
+        return _LisKeys.model_validate(dict(raw))
+    except ValidationError as exc:
+        issues.extend(_lis_key_issues(exc))
+        return None
+
+
+def _check_local_prefixes(where: str, configs: Mapping[str, FeedbackConfig],
+                          storage: StorageSpec, issues: list[ConfigIssue]) -> None:
+    # In a local store the key becomes a path: it must stay inside the bucket folder.
+    if storage.local_root is None:
+        return
+    for config_id, config in configs.items():
+        segments = config.s3_prefix.split("/")
+        if ".." in segments or config.s3_prefix.startswith("/"):
+            issues.append(ConfigIssue(f"{where} feedback config {config_id!r}", "s3-prefix",
+                                      f"{config.s3_prefix!r} would leave the bucket folder of "
+                                      "the local store"))
+
+
+# --- pydantic errors -> ConfigIssue -------------------------------------------------
+
+
+def _issues_from(where: str, error: ValidationError) -> list[ConfigIssue]:
+    return [ConfigIssue(where, _location(item) or None, _problem(item))
+            for item in error.errors(include_url=False)]
+
+
+def _lis_key_issues(error: ValidationError) -> list[ConfigIssue]:
+    # Name the section in `where` ("feedback.mqtt") and the key in `parameter`.
+    issues = []
+    for item in error.errors(include_url=False):
+        section, _, key = _location(item).partition(".")
+        if not key:
+            section, key = "", section
+        issues.append(ConfigIssue(f"feedback.{section}" if section else "feedback",
+                                  key or None, _problem(item)))
+    return issues
+
+
+def _location(item: Mapping[str, Any]) -> str:
+    # A discriminated union puts the tag ("ENTROPY") in the path: the user never wrote it.
+    parts = [str(part) for part in item["loc"] if str(part) not in STRATEGY_NAMES]
+    if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append("strategy-name")
+    return ".".join(parts)
+
+
+def _problem(item: Mapping[str, Any]) -> str:
+    kind, value = item["type"], item.get("input")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return f"unknown key (value {_shown(value)})"
+    if kind == "union_tag_invalid":
+        tag = item.get("ctx", {}).get("tag")
+        return f"strategy-name {tag!r} is not one of {', '.join(STRATEGY_NAMES)}"
+    if kind == "union_tag_not_found":
+        return f"strategy-name is required: one of {', '.join(STRATEGY_NAMES)}"
+    if kind == "string_pattern_mismatch":
+        return f"{_shown(value)} does not match {item['ctx']['pattern']}"
+    if kind == "value_error":
+        return str(item["ctx"]["error"])
+    return f"{_shown(value)}: {item['msg'].replace('Input should', 'should')}"
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."

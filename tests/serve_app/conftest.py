@@ -1,0 +1,124 @@
+"""A real Ray Serve instance running lis, shared by the end-to-end tests of this folder.
+
+Started once per test session (Ray takes seconds to start on 2 cores) with
+small real models: a tiny SageMaker IC classifier on MXNet, a deliberately
+slow one for the timeout test, and the compiled SSD from ``tests/conftest.py``
+on DLR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
+# Logical CPUs for the test cluster: five services at 0.5 CPU plus Ray's own.
+TEST_CLUSTER_CPUS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _classifier(name: str, channels: int, depth: int, classes: int) -> Path:
+    """A random-weight Gluon classifier written as a SageMaker IC artifact (cached)."""
+    key = hashlib.sha256(f"e2e-classifier-{name}-{channels}-{depth}-{classes}-v1".encode())
+    dest = CACHE / f"{name}-{key.hexdigest()[:12]}"
+    if dest.is_dir():
+        return dest
+    import mxnet as mx
+    from mxnet.gluon import nn
+
+    from modelkit.sagemaker_ic import write_classifier_artifact
+
+    mx.random.seed(7)
+    net = nn.HybridSequential()
+    for _ in range(depth):
+        net.add(nn.Conv2D(channels, 3, padding=1, activation="relu"))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(classes))
+    net.initialize(mx.init.Xavier(magnitude=2.5))
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 224, 224)))
+    scratch = dest.with_suffix(".tmp")
+    write_classifier_artifact(net, scratch, labels=[f"class{i}" for i in range(classes)])
+    scratch.rename(dest)
+    return dest
+
+
+@dataclass(frozen=True)
+class RunningLis:
+    endpoint: str
+    config_path: Path
+    classifier: Path
+    detector: Path
+
+
+SERVICES_YAML = """\
+services:
+  - LocalInferenceServiceName: imageClassification
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: {classifier}
+    LocalInferenceServiceTimeoutSeconds: "10"
+    num_cpus: 0.5
+    max_request_bytes: 2000000
+  - LocalInferenceServiceName: objectDetection
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ObjectDetectionx86-64/versions/1
+    model: {detector}
+    LocalInferenceServiceTimeoutSeconds: "10"
+    num_cpus: 0.5
+  - LocalInferenceServiceName: slowClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/1
+    model: {slow}
+    LocalInferenceServiceTimeoutSeconds: "1"
+    num_cpus: 0.5
+  - LocalInferenceServiceName: hungryClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/1
+    model: {classifier}
+    # Far below any Python process: the first request finds the replica over its limit.
+    LocalInferenceServiceMemoryLimitKB: "1000"
+    num_cpus: 0.5
+"""
+
+
+@pytest.fixture(scope="session")
+def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RunningLis]:
+    import ray
+    from ray import serve
+
+    from serve_app.config import load_config
+    from serve_app.deploy import connect_ray, deploy, wait_for_services
+
+    classifier = _classifier("tiny", 8, 2, 3)
+    # ~3 x 30 GFLOP: seconds per request on one thread, well past a 1 s timeout.
+    slow = _classifier("slow", 256, 4, 3)
+    config_path = tmp_path_factory.mktemp("lis") / "services.yaml"
+    config_path.write_text(SERVICES_YAML.format(classifier=classifier, slow=slow,
+                                                detector=ssd_artifact["artifact"]))
+    config = load_config([config_path])
+    port = _free_port()
+    connect_ray(None, num_cpus=TEST_CLUSTER_CPUS)
+    try:
+        deploy(config, port=port)
+        states = wait_for_services(config, timeout_s=240)
+        assert all(s["state"] == "RUNNING" for s in states.values()), states
+        yield RunningLis(f"http://127.0.0.1:{port}", config_path, classifier,
+                         Path(ssd_artifact["artifact"]))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture
+def http_endpoint(running_lis: RunningLis, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The SDK client talks HTTP to the running lis."""
+    monkeypatch.setenv("LIS_TRANSPORT", "http")
+    monkeypatch.setenv("LIS_ENDPOINT", running_lis.endpoint)
+    return running_lis.endpoint
