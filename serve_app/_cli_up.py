@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config import demo_config_path, load_config
+from serve_app.errors import ConfigError, ConfigIssue
 from serve_app.deploy import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -29,10 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="connector/resource definitions or lis services files "
                              "(default: the demo services)")
     parser.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:PORT")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="HTTP bind address (default %(default)s; beyond loopback a bearer "
-                             "token is required)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    parser.add_argument("--host", help=f"HTTP bind address (default: the config's http.host or "
+                                        f"{DEFAULT_HOST}; beyond loopback a bearer token is "
+                                        f"required)")
+    parser.add_argument("--port", type=int,
+                        help=f"HTTP port (default: the config's http.port or {DEFAULT_PORT})")
     parser.add_argument("--any-platform", action="store_true",
                         help="advertise all three connector platforms on this machine")
     parser.add_argument("--detach", action="store_true",
@@ -56,7 +58,12 @@ def _example(config: Any, host: str, port: int, token: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     sources = args.configs or [demo_config_path()]
     config = load_config(sources)
-    token = http_token(args.host)
+    if not config.services:
+        raise ConfigError(", ".join(map(str, sources)), [ConfigIssue("services", None,
+                                                                     "no inference service")])
+    args.host = args.host or config.http.host
+    args.port = args.port or config.http.port
+    token = http_token(args.host, config.http.token_env)
     connect_ray(args.address, any_platform=args.any_platform)
     print(f"lis: deploying {len(config.services)} service(s) from "
           f"{', '.join(str(s) for s in sources)}", flush=True)

@@ -71,13 +71,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def http_token(host: str) -> str | None:
+def http_token(host: str, token_env: str | None = None) -> str | None:
     """The ingress's bearer token: required whenever it listens beyond loopback.
 
-    Taken from ``LIS_TOKEN``; otherwise generated once into
-    ``~/.config/lis/http-token`` (mode 0600) for clients to read.
+    Taken from the variable the config's ``http.token_env`` names, else
+    ``LIS_TOKEN``; otherwise generated once into ``~/.config/lis/http-token``
+    (mode 0600) for clients to read.
     """
-    token = os.environ.get("LIS_TOKEN")
+    token = os.environ.get(token_env or "LIS_TOKEN")
     if token or is_loopback(host):
         return token or None
     if TOKEN_FILE.is_file():
