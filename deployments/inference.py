@@ -55,8 +55,9 @@ class Prediction:
 
     body: str
     content_type: str
-    # Probabilities (classification) or rows (detection), for ML Feedback.
-    values: list[float] | list[list[float | int]]
+    # What ML Feedback samples on, in the SDK's ModelPrediction shapes: a list
+    # of probabilities (classification) or {"prediction": rows} (detection).
+    values: list[float] | dict[str, list[list[float | int]]]
 
 
 def load_labels(model_dir: Path) -> tuple[str, ...] | None:
@@ -140,4 +141,5 @@ class InferencePipeline:
                                  self.preprocessing.width, self.preprocessing.height,
                                  score_threshold=self.options.score_threshold,
                                  top_k=self.options.top_k)
-        return Prediction(output.format_detection(rows), output.DETECTION_CONTENT_TYPE, rows)
+        return Prediction(output.format_detection(rows), output.DETECTION_CONTENT_TYPE,
+                          {"prediction": rows})

@@ -29,11 +29,13 @@ GUARD_SECONDS = 5.0
 
 def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisError:
     """The lis error a failed handle call stands for."""
-    if isinstance(error, LisError):
-        return error
+    # A replica's LisError arrives as ``RayTaskError(<cls>)``, a subclass of
+    # both; its ``cause`` is the original, whose type name the caller sees.
     cause = getattr(error, "cause", None)
     if isinstance(cause, LisError):
         return cause
+    if isinstance(error, LisError):
+        return error
     if isinstance(error, serve_errors.BackPressureError):
         return ServiceUnavailable(service, "overloaded: its request queue is full")
     if isinstance(error, (serve_errors.DeploymentUnavailableError,

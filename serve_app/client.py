@@ -49,7 +49,7 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 DEFAULT_CALL_TIMEOUT_S = 120.0
 _NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$")
 _APP_NAME = "lis"
-_FEEDBACK_DEPLOYMENT = "MLFeedback"
+_FEEDBACK_DEPLOYMENT = "FeedbackWorker"
 
 
 class GreengrassInferenceException(Exception):

@@ -178,7 +178,8 @@ class StorageSpec(BaseModel):
             if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
                 raise ValueError(f"s3_endpoint_url {url!r}: a local store is file:///absolute/path")
         if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key go together: give both or neither")
+            raise ValueError("access_key_id and secret_access_key go together: "
+                             "give both or neither")
         return self
 
     @property
@@ -329,7 +330,8 @@ def _parse_request_limit(where: str, raw: Any, issues: list[ConfigIssue]) -> int
     if int(raw) == 0:
         # The pattern allows it, but a limit of 0 would refuse every sample.
         issues.append(ConfigIssue(where, "RequestLimit",
-                                  "'0' would refuse every sample: use at least 1, or '' for no limit"))
+                                  "'0' would refuse every sample: use at least 1, "
+                                  "or '' for no limit"))
         return None
     return int(raw)
 
