@@ -1,0 +1,67 @@
+"""The feedback worker as a Ray Serve deployment: one ``FeedbackPipeline`` per node.
+
+The inference services and the feedback HTTP route call
+``FeedbackWorker.publish`` through a deployment handle and need not wait for
+it: uploads and MQTT run on the pipeline's own thread in this replica, so a
+stuck upload never blocks inference. At most one replica runs per node
+(``max_replicas_per_node=1``) because each node has one spool folder; the
+spool's lock file keeps a replica that is being replaced from sharing it with
+its successor. Replicas take no CPU reservation: they mostly wait on the
+network and the disk.
+
+This is the only feedback module that imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.feedback.pipeline import DEFAULT_BACKOFF, Backoff, FeedbackPipeline
+from serve_app.feedback_config import FeedbackConnectorSpec
+
+__all__ = ["FeedbackWorker", "build_feedback_worker"]
+
+
+@serve.deployment(
+    name="FeedbackWorker",
+    max_replicas_per_node=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=64,
+)
+class FeedbackWorker:
+    """Holds the node's feedback pipeline; ``publish`` is its one entry point."""
+
+    def __init__(self, spec: FeedbackConnectorSpec, backoff: Backoff = DEFAULT_BACKOFF) -> None:
+        self._pipeline = FeedbackPipeline(spec, backoff=backoff)
+
+    async def publish(self, config_id: str, model_input: bytes, prediction: Any,
+                      metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``FeedbackPipeline.submit`` off the replica's event loop (it fsyncs)."""
+        submit = functools.partial(self._pipeline.submit, config_id, model_input, prediction,
+                                   metadata)
+        return await asyncio.get_running_loop().run_in_executor(None, submit)
+
+    def pending(self) -> int:
+        """Samples this node accepted and has not yet delivered."""
+        return self._pipeline.pending
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica: release the spool for the next one.
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
+
+
+def build_feedback_worker(spec: FeedbackConnectorSpec, *, num_replicas: int = 1,
+                          backoff: Backoff = DEFAULT_BACKOFF) -> Application:
+    """The bound feedback deployment for ``spec``; pass its handle to whoever publishes.
+
+    ``num_replicas`` is how many nodes run a worker (at most one each).
+    """
+    return FeedbackWorker.options(num_replicas=num_replicas).bind(spec, backoff)

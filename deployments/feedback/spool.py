@@ -1,0 +1,279 @@
+"""The durable on-disk spool of accepted feedback samples.
+
+A sample the pipeline accepts is on disk, fsync'd, before ``Spool.add``
+returns; it leaves the spool (``Spool.remove``) only once it is uploaded and
+its messages are acknowledged by the broker. A process that dies at any point
+finds its samples again with ``Spool.records()`` when it reopens the folder.
+
+Layout of the spool folder (one per node; a lock file keeps a second process
+out)::
+
+    <directory>/.lock
+    <directory>/samples/<id>.bin    the model input, exactly as received
+    <directory>/samples/<id>.json   config id, prediction, metadata, upload state
+    <directory>/tmp/                files being written (cleared on open)
+    <directory>/corrupt/            records that could not be read back (kept, never deleted)
+
+A record exists when its ``.json`` exists: the ``.bin`` is written and made
+durable first, the ``.json`` last, and removal goes in the opposite order. The
+upload state (bucket, key, ETag) is written into the ``.json`` as soon as the
+upload succeeds, so a record replayed after a crash between the upload and the
+broker's acknowledgement is announced without being uploaded again. A crash
+after the upload but before that state reached the disk re-uploads it on
+replay, to the same key (the sample id is fixed at acceptance): the object is
+overwritten with the same bytes, never duplicated.
+
+The spool has a size cap: a sample that would pass it is refused with
+``SpoolFull``; stored samples are never dropped to make room.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from deployments.feedback.store import StoredObject
+from serve_app.errors import LisError
+
+__all__ = ["DEFAULT_LOCK_TIMEOUT_S", "Destination", "Spool", "SpoolFull", "SpoolRecord"]
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+_FORMAT_VERSION = 1
+_LOCK_POLL_S = 0.05
+
+logger = logging.getLogger(__name__)
+
+
+class SpoolFull(LisError):
+    """A new sample would pass the spool's size cap; it is refused, nothing is dropped."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+
+    def __init__(self, size: int, used: int, limit: int) -> None:
+        super().__init__(f"feedback spool is full: a sample of {size} bytes does not fit "
+                         f"({used} of {limit} bytes used, waiting for upload)")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the sample was to go when it was accepted (its config may change later)."""
+
+    bucket: str
+    key: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class SpoolRecord:
+    """One accepted sample: what to upload, where it came from, how far it got."""
+
+    sample_id: str
+    config_id: str
+    prediction: Any
+    metadata: dict[str, Any]
+    destination: Destination
+    accepted_ns: int
+    input_size: int
+    upload: StoredObject | None = None
+
+    def to_json(self) -> bytes:
+        document = {"version": _FORMAT_VERSION, "sample_id": self.sample_id,
+                    "config_id": self.config_id, "prediction": self.prediction,
+                    "metadata": self.metadata, "destination": asdict(self.destination),
+                    "accepted_ns": self.accepted_ns,
+                    "input_size": self.input_size,
+                    "upload": None if self.upload is None else self.upload.to_dict()}
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SpoolRecord:
+        document = json.loads(data)
+        upload = document["upload"]
+        return cls(sample_id=document["sample_id"], config_id=document["config_id"],
+                   prediction=document["prediction"], metadata=document["metadata"],
+                   destination=Destination(**document["destination"]),
+                   accepted_ns=document["accepted_ns"], input_size=document["input_size"],
+                   upload=None if upload is None else StoredObject.from_dict(upload))
+
+
+class Spool:
+    """A folder of accepted samples with a size cap, owned by one process at a time."""
+
+    def __init__(self, directory: Path, max_bytes: int, *,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+        self.directory = Path(directory).expanduser()
+        self.max_bytes = max_bytes
+        self._samples = self.directory / "samples"
+        self._tmp = self.directory / "tmp"
+        for folder in (self._samples, self._tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _acquire_lock(self.directory / ".lock", lock_timeout_s)
+        self._mutex = threading.Lock()
+        self._found = self._recover()
+        self._used = sum(self._size(record) for record in self._found)
+        self._count = len(self._found)
+
+    # --- reading ---------------------------------------------------------------
+
+    def records(self) -> list[SpoolRecord]:
+        """The records found when the spool was opened, oldest first (the replay)."""
+        return list(self._found)
+
+    def read_input(self, record: SpoolRecord) -> bytes:
+        return self._input_path(record.sample_id).read_bytes()
+
+    @property
+    def used_bytes(self) -> int:
+        with self._mutex:
+            return self._used
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return self._count
+
+    # --- writing ---------------------------------------------------------------
+
+    def add(self, sample_id: str, config_id: str, model_input: bytes, prediction: Any,
+            metadata: Mapping[str, Any], destination: Destination) -> SpoolRecord:
+        """Store a sample durably and return its record; ``SpoolFull`` if it does not fit."""
+        record = SpoolRecord(sample_id=sample_id, config_id=config_id, prediction=prediction,
+                             metadata=dict(metadata), destination=destination,
+                             accepted_ns=time.time_ns(), input_size=len(model_input))
+        header = record.to_json()
+        self._reserve(len(model_input) + len(header))
+        try:
+            self._write(self._input_path(record.sample_id), model_input)
+            self._write(self._header_path(record.sample_id), header)
+        except BaseException:
+            self._discard(record.sample_id)
+            self._release(len(model_input) + len(header))
+            raise
+        return record
+
+    def mark_uploaded(self, record: SpoolRecord, stored: StoredObject) -> SpoolRecord:
+        """Record durably that the sample's object is stored, so a replay skips the upload."""
+        updated = replace(record, upload=stored)
+        header = updated.to_json()
+        self._write(self._header_path(record.sample_id), header)
+        with self._mutex:
+            self._used += len(header) - len(record.to_json())
+        return updated
+
+    def remove(self, record: SpoolRecord) -> None:
+        """Forget a delivered sample (header first: a record without header does not exist)."""
+        size = self._size(record)
+        self._header_path(record.sample_id).unlink(missing_ok=True)
+        _fsync_dir(self._samples)
+        self._input_path(record.sample_id).unlink(missing_ok=True)
+        self._release(size)
+
+    def close(self) -> None:
+        """Release the folder to another process; the records stay on disk."""
+        if not self._lock_file.closed:
+            self._lock_file.close()  # closing the descriptor drops the flock
+
+    # --- internals -------------------------------------------------------------
+
+    def _reserve(self, size: int) -> None:
+        with self._mutex:
+            if self._used + size > self.max_bytes:
+                raise SpoolFull(size, self._used, self.max_bytes)
+            self._used += size
+            self._count += 1
+
+    def _release(self, size: int) -> None:
+        with self._mutex:
+            self._used -= size
+            self._count -= 1
+
+    def _size(self, record: SpoolRecord) -> int:
+        return record.input_size + len(record.to_json())
+
+    def _write(self, final: Path, data: bytes) -> None:
+        temporary = self._tmp / f"{final.name}.{uuid.uuid4().hex}"
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, final)
+        _fsync_dir(final.parent)
+
+    def _discard(self, sample_id: str) -> None:
+        self._header_path(sample_id).unlink(missing_ok=True)
+        self._input_path(sample_id).unlink(missing_ok=True)
+
+    def _recover(self) -> list[SpoolRecord]:
+        for leftover in self._tmp.iterdir():
+            leftover.unlink()  # never renamed into place: never accepted
+        records = []
+        for header in self._samples.glob("*.json"):
+            record = self._read_record(header)
+            if record is not None:
+                records.append(record)
+        known = {record.sample_id for record in records}
+        for orphan in self._samples.glob("*.bin"):
+            if orphan.stem not in known and not self._header_path(orphan.stem).exists():
+                orphan.unlink()  # its header never landed: add() had not returned
+        records.sort(key=lambda record: record.accepted_ns)
+        if records:
+            logger.info("feedback spool %s: %d sample(s) to replay", self.directory, len(records))
+        return records
+
+    def _read_record(self, header: Path) -> SpoolRecord | None:
+        try:
+            record = SpoolRecord.from_json(header.read_bytes())
+            if self._input_path(record.sample_id).stat().st_size != record.input_size:
+                raise ValueError("model input size differs from the header")
+            return record
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._quarantine(header, exc)
+            return None
+
+    def _quarantine(self, header: Path, reason: Exception) -> None:
+        corrupt = self.directory / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        for path in (header, header.with_suffix(".bin")):
+            if path.exists():
+                os.replace(path, corrupt / path.name)
+        logger.error("feedback spool %s: moved unreadable record %s to %s: %s",
+                     self.directory, header.stem, corrupt, reason)
+
+    def _input_path(self, sample_id: str) -> Path:
+        return self._samples / f"{sample_id}.bin"
+
+    def _header_path(self, sample_id: str) -> Path:
+        return self._samples / f"{sample_id}.json"
+
+
+def _acquire_lock(path: Path, timeout_s: float) -> Any:
+    lock_file = open(path, "a+")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_file
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock_file.close()
+                raise LisError(f"feedback spool {path.parent} is held by another process "
+                               f"(waited {timeout_s:g} s for {path})") from None
+            time.sleep(_LOCK_POLL_S)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename or unlink is durable only once its directory is synced.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,30 @@
+"""The Ray Serve wrapper: one call in, the pipeline's status out (no cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from _feedback_peers import MqttBroker, wait_until
+
+from deployments.feedback import ACCEPTED, FAIL, PREDICTION_TOPIC, Backoff
+from serve_app.feedback_config import FeedbackConfig
+
+
+def test_the_worker_publishes_through_its_pipeline(make_spec, mqtt_broker: MqttBroker) -> None:
+    from deployments.feedback.deployment import FeedbackWorker
+
+    spec = make_spec({"cfg": FeedbackConfig(s3_bucket_name="worker", content_type="image/png")})
+    worker = FeedbackWorker.func_or_class(spec, Backoff(initial_s=0.05, max_s=0.5))
+    try:
+        accepted = asyncio.run(worker.publish("cfg", b"png bytes", [0.1, 0.9], {"k": "v"}))
+        refused = asyncio.run(worker.publish("missing", b"png bytes", [0.1, 0.9]))
+        assert accepted["response"]["status"] == ACCEPTED
+        assert refused["response"] == {
+            "status": FAIL, "error": "InvalidArgument",
+            "error_message": "invalid ConfigId 'missing': expected a configured feedback "
+                             "config (cfg)"}
+        (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC))
+        assert prediction["source-ref"].endswith(f"/worker/{accepted['id']}")
+        assert worker.pending() == 0
+    finally:
+        worker.__del__()
