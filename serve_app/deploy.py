@@ -57,6 +57,10 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
     if ray.is_initialized():
         return
     if address:
+        # A lis cluster runs with Ray's token authentication (`lis node`).
+        from cluster import cluster_auth_environment
+
+        os.environ.update(cluster_auth_environment())
         ray.init(address=address, namespace="lis", log_to_driver=True)
         return
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)

@@ -3,7 +3,7 @@
 Started once per test session (Ray takes seconds to start on 2 cores) with
 small real models: a tiny SageMaker IC classifier on MXNet, a deliberately
 slow one for the timeout test, and the compiled SSD from ``tests/conftest.py``
-on DLR.
+on DLR; with ML Feedback writing to a local-folder store and a real MQTT broker.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from peers import MqttBroker
 
 CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
-# Logical CPUs for the test cluster: five services at 0.5 CPU plus Ray's own.
+# Logical CPUs for the test cluster: the services at 0.5 CPU each, with room to spare.
 TEST_CLUSTER_CPUS = 8
 
 
@@ -58,6 +59,8 @@ class RunningLis:
     config_path: Path
     classifier: Path
     detector: Path
+    broker: MqttBroker
+    feedback_store: Path
 
 
 SERVICES_YAML = """\
@@ -84,6 +87,30 @@ services:
     # Far below any Python process: the first request finds the replica over its limit.
     LocalInferenceServiceMemoryLimitKB: "1000"
     num_cpus: 0.5
+  - LocalInferenceServiceName: feedbackClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: {classifier}
+    MLFeedbackConnectorConfigId: every-sample
+    num_cpus: 0.5
+connectors:
+  - Id: MyFeedbackConnector
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/MLFeedback/versions/1
+    Parameters:
+      FeedbackConfigurationMap: >-
+        {{"every-sample": {{"s3-bucket-name": "field-samples", "content-type": "image/jpeg",
+        "file-ext": "jpg", "s3-prefix": "e2e"}},
+        "keep-half": {{"s3-bucket-name": "field-samples", "content-type": "image/jpeg",
+        "s3-prefix": "sdk", "file-ext": "jpg",
+        "sampling-strategy": {{"strategy-name": "RANDOM_SAMPLING", "rate": 0.5}}}}}}
+      RequestLimit: "500"
+feedback:
+  storage:
+    s3_endpoint_url: file://{store}
+  mqtt:
+    host: 127.0.0.1
+    port: {mqtt_port}
+  spool:
+    directory: {spool}
 """
 
 
@@ -99,9 +126,13 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
     classifier = _classifier("tiny", 8, 2, 3)
     # ~3 x 30 GFLOP: seconds per request on one thread, well past a 1 s timeout.
     slow = _classifier("slow", 256, 4, 3)
-    config_path = tmp_path_factory.mktemp("lis") / "services.yaml"
-    config_path.write_text(SERVICES_YAML.format(classifier=classifier, slow=slow,
-                                                detector=ssd_artifact["artifact"]))
+    folder = tmp_path_factory.mktemp("lis")
+    broker = MqttBroker(folder / "mqtt-record.jsonl")
+    broker.start()
+    config_path = folder / "services.yaml"
+    config_path.write_text(SERVICES_YAML.format(
+        classifier=classifier, slow=slow, detector=ssd_artifact["artifact"],
+        store=folder / "store", spool=folder / "spool", mqtt_port=broker.port))
     config = load_config([config_path])
     port = _free_port()
     connect_ray(None, num_cpus=TEST_CLUSTER_CPUS)
@@ -110,10 +141,11 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
         states = wait_for_services(config, timeout_s=240)
         assert all(s["state"] == "RUNNING" for s in states.values()), states
         yield RunningLis(f"http://127.0.0.1:{port}", config_path, classifier,
-                         Path(ssd_artifact["artifact"]))
+                         Path(ssd_artifact["artifact"]), broker, folder / "store")
     finally:
         serve.shutdown()
         ray.shutdown()
+        broker.stop()
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ def test_services_health_and_readiness(running_lis) -> None:
     services = {s["name"]: s for s in
                 requests.get(f"{running_lis.endpoint}/services", timeout=30).json()["services"]}
     assert set(services) == {"imageClassification", "objectDetection", "slowClassifier",
-                             "hungryClassifier"}
+                             "hungryClassifier", "feedbackClassifier"}
     detector = services["objectDetection"]
     assert detector["algorithm"] == "object-detection"
     assert detector["connector_arn"].endswith("/ObjectDetectionx86-64/versions/1")

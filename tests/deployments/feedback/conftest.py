@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _feedback_peers import MqttBroker, S3Server
+from peers import MqttBroker, S3Server
 
 from serve_app.feedback_config import (
     FeedbackConfig,

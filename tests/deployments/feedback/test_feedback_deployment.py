@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from _feedback_peers import MqttBroker, wait_until
+from peers import MqttBroker, wait_until
 
 from deployments.feedback import ACCEPTED, FAIL, PREDICTION_TOPIC, Backoff
 from serve_app.feedback_config import FeedbackConfig

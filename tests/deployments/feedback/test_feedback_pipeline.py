@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _feedback_peers import MqttBroker, S3Server, wait_until
+from peers import MqttBroker, S3Server, wait_until
 
 import deployments.feedback as feedback
 from deployments.feedback import (

@@ -1,4 +1,4 @@
-"""Real peers for the feedback tests (used by ``conftest.py`` and the tests)."""
+"""Real peers the tests start on loopback: an MQTT broker (amqtt) and S3 (moto server)."""
 
 from __future__ import annotations
 
