@@ -1,0 +1,123 @@
+"""MXNet runtime for SageMaker image-classification artifacts.
+
+Loads ``image-classification-symbol.json`` + the highest-epoch ``.params``
+(``modelkit.sagemaker_ic``), binds an inference executor for the artifact's
+input shape, and returns the class probabilities.
+
+Threads: MXNet sizes its OpenMP pool when its library loads, from
+``OMP_NUM_THREADS``; ``load()`` sets that (``set_thread_count``) before the
+first ``import mxnet``. If MXNet is already imported in the process, the
+OpenMP pool is resized through ``MXSetNumOMPThreads`` instead, but MXNet's
+engine worker threads keep the count they started with.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from deployments.runtime import DEFAULT_THREADS, ModelRuntime, set_thread_count
+from modelkit.sagemaker_ic import ClassifierArtifact, read_classifier_artifact
+from serve_app.errors import ArtifactError, InvalidArgument, LisError
+
+__all__ = ["MXNetClassifierRuntime"]
+
+_INPUT_NAME = "data"
+
+
+def _import_mxnet(threads: int) -> ModuleType:
+    already_loaded = "mxnet" in sys.modules
+    if not already_loaded:
+        set_thread_count(threads)
+    import mxnet as mx  # noqa: PLC0415 - only after the thread count is fixed
+
+    if already_loaded:
+        mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(threads))
+    return mx
+
+
+class MXNetClassifierRuntime(ModelRuntime):
+    """A SageMaker image-classification model run by MXNet.
+
+    ``predict(batch)`` returns ``[probabilities]`` of shape ``(N, classes)``.
+    """
+
+    def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
+                 device: str = "cpu") -> None:
+        super().__init__(artifact_dir, threads=threads, device=device)
+        self.artifact: ClassifierArtifact | None = None
+        self._executor: Any = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.artifact is None:
+            self.artifact = read_classifier_artifact(self.artifact_dir)
+        return self.artifact.input_shape
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.artifact.labels if self.artifact is not None else None
+
+    def load(self) -> None:
+        self.artifact = read_classifier_artifact(self.artifact_dir)
+        mx = _import_mxnet(self.threads)
+        self._executor = self._bind(mx, self.artifact, self._context(mx))
+
+    def _context(self, mx: ModuleType) -> Any:
+        if self.device == "cpu":
+            return mx.cpu()
+        if self.device != "gpu":
+            raise LisError(f"unknown device {self.device!r}: expected 'cpu' or 'gpu'")
+        if not mx.runtime.Features().is_enabled("CUDA"):
+            raise LisError("device 'gpu' requested, but this MXNet build has no CUDA support "
+                           "(install an mxnet-cu* wheel, or use device 'cpu')")
+        return mx.gpu(0)
+
+    def _bind(self, mx: ModuleType, artifact: ClassifierArtifact, context: Any) -> Any:
+        try:
+            symbol = mx.sym.load(str(artifact.symbol_file))
+            saved = mx.nd.load(str(artifact.params_file))
+        except mx.base.MXNetError as error:
+            raise ArtifactError(str(artifact.directory), _first_line(error)) from error
+        executor = symbol.simple_bind(context, grad_req="null",
+                                      **{_INPUT_NAME: artifact.input_shape})
+        _copy_params(artifact, executor.arg_dict, saved, "arg:", skip_missing=_is_input)
+        _copy_params(artifact, executor.aux_dict, saved, "aux:", skip_missing=lambda _: False)
+        return executor
+
+    def predict(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._executor is None:
+            raise LisError("the MXNet runtime is not loaded (call load() first)")
+        if tuple(batch.shape) != self.input_shape:
+            raise InvalidArgument("input batch shape", tuple(batch.shape), str(self.input_shape))
+        outputs = self._executor.forward(is_train=False, **{_INPUT_NAME: batch})
+        return [outputs[0].asnumpy()]
+
+
+def _is_input(name: str) -> bool:
+    # SageMaker's symbol ends in SoftmaxOutput, whose label is an unused input.
+    return name == _INPUT_NAME or name.endswith("_label")
+
+
+def _copy_params(artifact: ClassifierArtifact, targets: dict[str, Any], saved: dict[str, Any],
+                 prefix: str, skip_missing: Any) -> None:
+    for name, array in targets.items():
+        value = saved.get(prefix + name, saved.get(name))
+        if value is None:
+            if skip_missing(name):
+                continue
+            raise ArtifactError(str(artifact.params_file), f"has no weights for {name!r}")
+        if value.shape != array.shape:
+            raise ArtifactError(str(artifact.params_file),
+                                f"weights {name!r} have shape {value.shape}, the symbol "
+                                f"needs {array.shape} for input {artifact.input_shape}")
+        value.copyto(array)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

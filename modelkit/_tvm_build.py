@@ -1,0 +1,191 @@
+"""The TVM half of ``lis compile``, run as ``python -m modelkit._tvm_build``.
+
+It runs in its own process because TVM and DLR each carry a TVM runtime and
+crash when loaded into one process. It talks to ``modelkit.compile`` through
+files and stdout:
+
+- stdout: one line per stage, ``STAGE <text>``, which the parent shows with
+  the elapsed time; everything else (TVM's warnings) goes to the log;
+- ``<work>/build/``: ``compiled.so``, ``compiled.params``, ``compiled_model.json``;
+- ``<work>/reference.npz``: MXNet's outputs for ``<work>/input.npy``;
+- ``<work>/result.json``: the resolved target;
+- ``<work>/error.txt``: on failure, one line saying what went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The TVM tuning log lookup would otherwise try the network.
+os.environ.setdefault("TOPHUB_LOCATION", "NONE")
+
+_INPUT_NAME = "data"
+_CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++", "armv7l": "arm-linux-gnueabihf-g++"}
+
+
+class BuildFailure(Exception):
+    """A failure already summarised in one line."""
+
+
+def _stage(text: str) -> None:
+    print(f"STAGE {text}", flush=True)
+
+
+def _load_checkpoint(symbol_file: str, params_file: str) -> tuple[Any, dict, dict]:
+    import mxnet as mx  # noqa: PLC0415 - before tvm, always
+
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except mx.base.MXNetError as error:
+        raise BuildFailure(f"cannot load symbol {symbol_file}: {_summary(error)}") from error
+    try:
+        saved = mx.nd.load(params_file)
+    except mx.base.MXNetError as error:
+        raise BuildFailure(f"cannot load params {params_file}: {_summary(error)}") from error
+    if isinstance(saved, list):  # what nd.save wrote from a list (or an empty dict)
+        if saved:
+            raise BuildFailure(f"params {params_file} holds unnamed arrays, not a checkpoint")
+        saved = {}
+    arg = {k.split(":", 1)[1]: v for k, v in saved.items() if k.startswith("arg:")}
+    aux = {k.split(":", 1)[1]: v for k, v in saved.items() if k.startswith("aux:")}
+    if not arg and not aux:  # saved without prefixes (e.g. Gluon save_parameters)
+        aux_names = set(symbol.list_auxiliary_states())
+        arg = {k: v for k, v in saved.items() if k not in aux_names}
+        aux = {k: v for k, v in saved.items() if k in aux_names}
+    return symbol, arg, aux
+
+
+def _reference(symbol: Any, arg: dict, aux: dict, batch: np.ndarray) -> list[np.ndarray]:
+    import mxnet as mx  # noqa: PLC0415
+
+    try:
+        executor = symbol.simple_bind(mx.cpu(), grad_req="null", **{_INPUT_NAME: batch.shape})
+    except mx.base.MXNetError as error:
+        raise BuildFailure(f"the symbol does not bind for input {batch.shape}: "
+                           f"{_summary(error)}") from error
+    for name, array in executor.arg_dict.items():
+        if name in arg:
+            arg[name].copyto(array)
+        elif name != _INPUT_NAME and not name.endswith("_label"):
+            raise BuildFailure(f"the params have no weights for {name!r}")
+    for name, array in executor.aux_dict.items():
+        if name not in aux:
+            raise BuildFailure(f"the params have no auxiliary state {name!r}")
+        aux[name].copyto(array)
+    outputs = executor.forward(is_train=False, **{_INPUT_NAME: batch})
+    return [output.asnumpy() for output in outputs]
+
+
+def _resolve_target(target: str) -> tuple[str, str | None]:
+    """(LLVM target string, cross compiler or None) for a ``--target`` value."""
+    from tvm.target import codegen  # noqa: PLC0415
+
+    if target == "x86_64":
+        if os.uname().machine != "x86_64":
+            return "llvm -mtriple=x86_64-linux-gnu", "x86_64-linux-gnu-g++"
+        cpu = codegen.llvm_get_system_cpu() if hasattr(codegen, "llvm_get_system_cpu") else ""
+        return (f"llvm -mcpu={cpu}" if cpu and cpu != "generic" else "llvm"), None
+    if target == "aarch64":
+        return "llvm -mtriple=aarch64-linux-gnu -mattr=+neon", _CROSS_COMPILERS["aarch64"]
+    triple = next((part.split("=", 1)[1] for part in target.split()
+                   if part.startswith("-mtriple=")), "")
+    arch = triple.split("-", 1)[0]
+    if arch and arch != os.uname().machine:
+        return target, _CROSS_COMPILERS.get(arch, f"{arch}-linux-gnu-g++")
+    return target, None
+
+
+def _build(symbol: Any, arg: dict, aux: dict, shape: tuple[int, ...], target: str,
+           cross_compiler: str | None, out: Path) -> None:
+    import tvm  # noqa: PLC0415 - after mxnet
+    from tvm import relay  # noqa: PLC0415
+
+    _stage("importing the model into TVM Relay")
+    try:
+        mod, params = relay.frontend.from_mxnet(symbol, shape={_INPUT_NAME: shape},
+                                                arg_params=arg, aux_params=aux)
+    except tvm.error.OpNotImplemented as error:
+        # TVM lists the operators on the following lines: keep them, on one line.
+        raise BuildFailure(f"unsupported operator: {' '.join(str(error).split())}") from error
+    _stage(f"building for target {target!r} (the longest stage)")
+    with tvm.transform.PassContext(opt_level=3):
+        lib = relay.build(mod, target=target, params=params)
+    _stage("writing compiled.so, compiled.params, compiled_model.json")
+    out.mkdir(parents=True, exist_ok=True)
+    _export_library(lib, out / "compiled.so", cross_compiler)
+    (out / "compiled_model.json").write_text(lib.get_graph_json())
+    (out / "compiled.params").write_bytes(relay.save_param_dict(lib.get_params()))
+
+
+def _export_library(lib: Any, path: Path, cross_compiler: str | None) -> None:
+    if cross_compiler is None:
+        lib.get_lib().export_library(str(path))
+        return
+    if shutil.which(cross_compiler) is None:
+        raise BuildFailure(f"cross compiler {cross_compiler} not found "
+                           "(Debian: apt-get install g++-aarch64-linux-gnu)")
+    from tvm.contrib import cc  # noqa: PLC0415
+
+    lib.get_lib().export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
+
+
+def _summary(error: BaseException) -> str:
+    """One line from an MXNet/TVM error, skipping their C++ stack traces."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("Traceback", "Stack trace"))
+              and not line[:1].isdigit() and not line.startswith(("File ", "[bt]", "at "))]
+    text = next((line for line in useful if "Error" in line or "rror:" in line),
+                useful[0] if useful else type(error).__name__)
+    return text[:400]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m modelkit._tvm_build")
+    parser.add_argument("--symbol", required=True)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--input-shape", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--work", required=True, type=Path)
+    return parser.parse_args(argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    shape = tuple(int(d) for d in args.input_shape.split(","))
+    _stage("loading the MXNet checkpoint")
+    symbol, arg, aux = _load_checkpoint(args.symbol, args.params)
+    _stage("running MXNet on the verification input (reference outputs)")
+    batch = np.load(args.work / "input.npy")
+    outputs = _reference(symbol, arg, aux, batch)
+    np.savez(args.work / "reference.npz", *outputs)
+    target, cross_compiler = _resolve_target(args.target)
+    (args.work / "result.json").write_text(json.dumps(
+        {"target": target, "cross_compiler": cross_compiler}))
+    _build(symbol, arg, aux, shape, target, cross_compiler, args.work / "build")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        _main(args)
+    except BuildFailure as failure:
+        traceback.print_exc()  # the cause, in full, for the log
+        (args.work / "error.txt").write_text(str(failure))
+        return 1
+    except Exception as error:  # noqa: BLE001 - reported as one line, logged in full
+        traceback.print_exc()
+        (args.work / "error.txt").write_text(f"{type(error).__name__}: {_summary(error)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

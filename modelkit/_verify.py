@@ -1,0 +1,48 @@
+"""The DLR half of ``lis compile``'s verification, run as ``python -m modelkit._verify``.
+
+A fresh process (never the one that loaded TVM) loads the new artifact with
+``deployments.dlr_runtime.DLRRuntime`` exactly as serving will, runs
+``<work>/input.npy`` and saves the outputs to ``<work>/dlr.npz``. On failure
+it writes one line to ``<work>/verify-error.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from deployments.dlr_runtime import DLRRuntime
+from serve_app.errors import LisError
+
+
+def _run(artifact: Path, work: Path) -> None:
+    runtime = DLRRuntime(artifact)
+    runtime.load()
+    outputs = runtime.predict(np.load(work / "input.npy"))
+    np.savez(work / "dlr.npz", *outputs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelkit._verify")
+    parser.add_argument("--artifact", required=True, type=Path)
+    parser.add_argument("--work", required=True, type=Path)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        _run(args.artifact, args.work)
+    except LisError as error:
+        (args.work / "verify-error.txt").write_text(str(error))
+        return 1
+    except Exception as error:  # noqa: BLE001 - reported as one line, logged in full
+        traceback.print_exc()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        (args.work / "verify-error.txt").write_text(f"{type(error).__name__}: {first}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

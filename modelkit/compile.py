@@ -1,0 +1,498 @@
+"""``lis compile``: what SageMaker Neo does, done locally.
+
+Input: an MXNet checkpoint (``--symbol X-symbol.json --params X-0000.params``,
+or the prefix ``X``) or a SageMaker image-classification artifact (folder or
+archive). Output: a Neo/DLR artifact (``modelkit.neo``) as a folder or
+``.tar.gz``, with ``labels.txt``, ``preprocessing.json`` and
+``lis-compile.json`` beside the model files.
+
+The work happens in two child processes, because TVM and DLR each carry a TVM
+runtime and crash when loaded into one process:
+
+1. ``modelkit._tvm_build`` imports MXNet (first) then TVM, computes MXNet's
+   outputs for a deterministic input, and builds the model with Relay;
+2. ``modelkit._verify`` loads the result with DLR, exactly as serving does,
+   and runs the same input.
+
+This process compares the two and reports the largest difference. Stages are
+shown as they happen; a failure is one ``CompileError`` line that points at
+the full log, never a TVM traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deployments.imaging import (
+    CLASSIFIER_PREPROCESSING,
+    DETECTOR_PREPROCESSING,
+    Preprocessing,
+    preprocess,
+    read_preprocessing,
+)
+from modelkit.archive import is_archive, store_artifact
+from modelkit.neo import (
+    COMPILE_INFO_FILE,
+    host_machine,
+    library_machine,
+    read_neo_artifact,
+    write_neo_artifact,
+)
+from modelkit.sagemaker_ic import (
+    SHAPES_FILE,
+    read_classifier_artifact,
+    read_input_shape,
+    read_labels,
+)
+from serve_app.errors import ArtifactError, CompileError
+
+__all__ = [
+    "DEFAULT_DETECTION_INPUT_SHAPE",
+    "DEFAULT_TARGET",
+    "PREPROCESSING_PRESETS",
+    "VERIFY_SEED",
+    "VERIFY_TOLERANCE",
+    "CompileResult",
+    "add_arguments",
+    "compare_outputs",
+    "compile_model",
+    "run",
+]
+
+DEFAULT_TARGET = "x86_64"
+# Neo's detection models (GluonCV SSD/YOLOv3) are trained at 512x512.
+DEFAULT_DETECTION_INPUT_SHAPE = (1, 3, 512, 512)
+PREPROCESSING_PRESETS = {"classifier": CLASSIFIER_PREPROCESSING,
+                         "detector": DETECTOR_PREPROCESSING}
+# The verification input is a random image from this seed, preprocessed.
+VERIFY_SEED = 0
+# Verification fails above this difference, relative to each output's scale
+# (max(1, largest value)): 1e-3 on probabilities, half a pixel on 512-px boxes.
+VERIFY_TOLERANCE = 1e-3
+# How often a long stage reports that it is still working.
+_HEARTBEAT_SECONDS = 15.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """What ``compile_model`` produced."""
+
+    artifact: Path
+    max_abs_diff: float | None   # None when verification was skipped
+    target: str                  # the LLVM target string actually used
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Source:
+    symbol: Path
+    params: Path
+    input_shape: tuple[int, ...] | None
+    labels: tuple[str, ...] | None
+    preprocessing: Preprocessing | None
+    is_classifier: bool = False   # a SageMaker IC artifact
+
+
+def _print_progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def compile_model(
+    symbol_file: Path,
+    params_file: Path | None,
+    output: Path,
+    *,
+    input_shape: Sequence[int] | None = None,
+    target: str = DEFAULT_TARGET,
+    labels: Sequence[str] | Path | None = None,
+    preprocessing: Preprocessing | str | Path | None = None,
+    verify: bool = True,
+    progress: Progress | None = _print_progress,
+) -> CompileResult:
+    """Compile an MXNet model into a Neo/DLR artifact at ``output``.
+
+    ``symbol_file`` is a symbol JSON (with ``params_file``), a checkpoint
+    prefix (``params_file=None``), or a SageMaker IC artifact folder/archive
+    (``params_file=None``). ``input_shape`` defaults to the artifact's
+    ``model-shapes.json``, else 1x3x512x512. ``target`` is ``x86_64`` (this
+    CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled, not
+    verifiable here) or an explicit LLVM target string. ``preprocessing`` is
+    ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
+    defaults to the IC artifact's own, else ``"detector"``.
+    """
+    started = time.monotonic()
+    source = _resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
+    shape = _input_shape(input_shape, source)
+    job = _Job(source, shape, _preprocessing(preprocessing, source, shape),
+               _labels(labels, source), target)
+    _check_symbol(source.symbol)
+    _check_tvm()
+    output = Path(output).expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # The work folder sits beside the output and is kept, with its log, on failure.
+    work = Path(tempfile.mkdtemp(prefix=f".lis-compile-{output.name}-", dir=output.parent))
+    clock = _Clock(started, progress or (lambda _line: None))
+    try:
+        resolved_target, max_diff = _compile_in(work, job, output, verify, clock)
+    except ArtifactError as error:
+        raise CompileError(f"{error} (full log: {work / 'compile.log'})") from error
+    shutil.rmtree(work, ignore_errors=True)
+    return CompileResult(output, max_diff, resolved_target, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: _Source
+    shape: tuple[int, ...]
+    preprocessing: Preprocessing
+    labels: tuple[str, ...] | None
+    target: str
+
+
+def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
+                clock: _Clock) -> tuple[str, float | None]:
+    clock.say(f"compiling {job.source.symbol.name} + {job.source.params.name}, "
+              f"input {job.shape}, target {job.target}")
+    np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
+    resolved_target = _build(job.source, job.shape, job.target, work, clock)
+    built = work / "build"
+    staged = write_neo_artifact(
+        work / "artifact", library=built / "compiled.so", graph=built / "compiled_model.json",
+        params=built / "compiled.params", labels=job.labels, preprocessing=job.preprocessing,
+        compile_info=_compile_info(job.source, job.shape, resolved_target))
+    max_diff = _verify(staged, work, clock) if verify else None
+    if max_diff is not None:
+        _record_difference(staged, max_diff)
+    store_artifact(staged, output)
+    clock.say(f"wrote {output}")
+    return resolved_target, max_diff
+
+
+# --- inputs --------------------------------------------------------------------------
+
+def _resolve_source(symbol: Path, params: Path | None) -> _Source:
+    if params is not None:
+        return _Source(symbol, params, _shape_beside(symbol), None, None)
+    if symbol.is_dir() or is_archive(symbol):
+        try:
+            artifact = read_classifier_artifact(symbol)
+        except ArtifactError as error:
+            raise CompileError(str(error)) from error
+        return _Source(artifact.symbol_file, artifact.params_file, artifact.input_shape,
+                       artifact.labels, read_preprocessing(artifact.directory),
+                       is_classifier=True)
+    return _checkpoint(symbol)
+
+
+def _checkpoint(prefix: Path) -> _Source:
+    """``X`` -> ``X-symbol.json`` and the highest-epoch ``X-NNNN.params``."""
+    symbol = prefix.with_name(f"{prefix.name}-symbol.json")
+    pattern = re.compile(rf"^{re.escape(prefix.name)}-(\d+)\.params$")
+    epochs = sorted((int(m.group(1)), p) for p in prefix.parent.glob(f"{prefix.name}-*.params")
+                    if (m := pattern.match(p.name)))
+    if not symbol.is_file() or not epochs:
+        raise CompileError(f"{prefix} is not a SageMaker IC artifact nor a checkpoint prefix "
+                           f"({symbol.name} and {prefix.name}-NNNN.params); or pass "
+                           "--symbol and --params")
+    return _Source(symbol, epochs[-1][1], _shape_beside(symbol), None, None)
+
+
+def _shape_beside(symbol: Path) -> tuple[int, ...] | None:
+    shapes = symbol.parent / SHAPES_FILE
+    if not shapes.is_file():
+        return None
+    try:
+        return read_input_shape(shapes)
+    except ArtifactError as error:
+        raise CompileError(str(error)) from error
+
+
+def _input_shape(requested: Sequence[int] | None, source: _Source) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in requested) if requested else (
+        source.input_shape or DEFAULT_DETECTION_INPUT_SHAPE)
+    if len(shape) != 4 or min(shape) <= 0:
+        raise CompileError(f"input shape {shape} must be 4 positive integers N,C,H,W")
+    return shape
+
+
+def _preprocessing(requested: Preprocessing | str | Path | None, source: _Source,
+                   shape: tuple[int, ...]) -> Preprocessing:
+    if isinstance(requested, Preprocessing):
+        spec = requested
+    elif requested is None:
+        spec = source.preprocessing or (CLASSIFIER_PREPROCESSING if source.is_classifier
+                                        else DETECTOR_PREPROCESSING)
+    elif str(requested) in PREPROCESSING_PRESETS:
+        spec = PREPROCESSING_PRESETS[str(requested)]
+    else:
+        spec = _preprocessing_file(Path(requested))
+    # The file describes what the compiled model takes: its own size.
+    return spec.with_overrides(width=shape[3], height=shape[2])
+
+
+def _preprocessing_file(path: Path) -> Preprocessing:
+    try:
+        return Preprocessing.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise CompileError(f"--preprocessing {path}: expected 'classifier', 'detector' or a "
+                           f"readable preprocessing JSON file ({error})") from error
+
+
+def _labels(requested: Sequence[str] | Path | None,
+            source: _Source) -> tuple[str, ...] | None:
+    if requested is None:
+        return source.labels
+    if isinstance(requested, (str, Path)):
+        path = Path(requested)
+        labels = read_labels(path)
+        if labels is None:
+            raise CompileError(f"--labels {path}: no such file")
+        return labels
+    return tuple(requested)
+
+
+def _check_symbol(symbol: Path) -> None:
+    """Catch a broken symbol file here, before MXNet prints a C++ trace about it."""
+    try:
+        graph = json.loads(symbol.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise CompileError(f"{symbol}: not a valid MXNet symbol JSON ({error})") from error
+    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+        raise CompileError(f"{symbol}: not an MXNet symbol (no 'nodes' list)")
+
+
+def _check_tvm() -> None:
+    if importlib.util.find_spec("tvm") is None:
+        raise CompileError("TVM is not installed: install the compile extra "
+                           "(pip install -r requirements-compile.txt, or make models)")
+
+
+def _verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarray:
+    image = np.random.RandomState(VERIFY_SEED).randint(0, 256, (shape[2], shape[3], 3),
+                                                       dtype=np.uint8)
+    batch = preprocess(image, spec)
+    return np.ascontiguousarray(np.repeat(batch, shape[0], axis=0))
+
+
+def _compile_info(source: _Source, shape: tuple[int, ...], target: str) -> dict[str, object]:
+    return {"symbol": source.symbol.name, "params": source.params.name,
+            "input_shape": list(shape), "target": target}
+
+
+def _record_difference(artifact: Path, max_diff: float) -> None:
+    path = artifact / COMPILE_INFO_FILE
+    info = json.loads(path.read_text())
+    info["verified_max_abs_diff"] = max_diff
+    path.write_text(json.dumps(info, indent=2))
+
+
+# --- child processes -------------------------------------------------------------
+
+class _Clock:
+    """Prints progress lines prefixed with the seconds since the start."""
+
+    def __init__(self, started: float, say: Progress) -> None:
+        self.started = started
+        self._say = say
+
+    def say(self, text: str) -> None:
+        self._say(f"[{time.monotonic() - self.started:6.1f}s] {text}")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, TOPHUB_LOCATION="NONE")
+    # The children import lis from wherever this process did.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_child(module: str, arguments: list[str], log: Path, clock: _Clock) -> int:
+    """Run ``python -m module``, relaying its STAGE lines; everything goes to ``log``."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    with open(log, "a", encoding="utf-8") as log_file:
+        log_file.write(f"$ {sys.executable} -m {module} {' '.join(arguments)}\n")
+        log_file.flush()
+        child = subprocess.Popen([sys.executable, "-m", module, *arguments],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=_child_env(), errors="replace")
+        reader = threading.Thread(target=_pump, args=(child, log_file, lines), daemon=True)
+        reader.start()
+        _relay(lines, clock)
+        reader.join()
+        return child.wait()
+
+
+def _pump(child: subprocess.Popen[str], log_file: object, lines: queue.Queue[str | None]) -> None:
+    assert child.stdout is not None
+    for line in child.stdout:
+        log_file.write(line)  # type: ignore[attr-defined]
+        log_file.flush()  # type: ignore[attr-defined]
+        if line.startswith("STAGE "):
+            lines.put(line[6:].rstrip())
+    lines.put(None)
+
+
+def _relay(lines: queue.Queue[str | None], clock: _Clock) -> None:
+    while True:
+        try:
+            line = lines.get(timeout=_HEARTBEAT_SECONDS)
+        except queue.Empty:
+            clock.say("  ... still working")
+            continue
+        if line is None:
+            return
+        clock.say(line)
+
+
+def _failure(work: Path, error_file: str, what: str, returncode: int) -> CompileError:
+    path = work / error_file
+    summary = path.read_text().strip() if path.is_file() else ""
+    if not summary:
+        summary = (f"the {what} process died with signal {-returncode}" if returncode < 0
+                   else f"the {what} process exited with status {returncode}")
+    return CompileError(f"{what} failed: {summary} (full log: {work / 'compile.log'})")
+
+
+def _build(source: _Source, shape: tuple[int, ...], target: str, work: Path,
+           clock: _Clock) -> str:
+    arguments = ["--symbol", str(source.symbol), "--params", str(source.params),
+                 "--input-shape", ",".join(map(str, shape)), "--target", target,
+                 "--work", str(work)]
+    returncode = _run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
+    if returncode != 0:
+        raise _failure(work, "error.txt", "compile", returncode)
+    return str(json.loads((work / "result.json").read_text())["target"])
+
+
+def _verify(artifact: Path, work: Path, clock: _Clock) -> float | None:
+    built_for = library_machine(read_neo_artifact(artifact).library)
+    if built_for != host_machine():
+        clock.say(f"not verified: the artifact is for {built_for}, this machine is "
+                  f"{host_machine()}")
+        return None
+    clock.say("verifying: loading the artifact with DLR in a fresh process")
+    returncode = _run_child("modelkit._verify", ["--artifact", str(artifact), "--work", str(work)],
+                            work / "compile.log", clock)
+    if returncode != 0:
+        raise _failure(work, "verify-error.txt", "verification", returncode)
+    reference = _outputs(work / "reference.npz")
+    actual = _outputs(work / "dlr.npz")
+    max_diff = compare_outputs(reference, actual)
+    clock.say(f"verified: DLR vs MXNet max abs difference {max_diff:.3g} "
+              f"over {len(actual)} output(s)")
+    return max_diff
+
+
+def _outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
+                    tolerance: float = VERIFY_TOLERANCE) -> float:
+    """Largest absolute difference; ``CompileError`` if they disagree.
+
+    A detector's outputs (class ids, scores, boxes) are compared only on the
+    rows MXNet filled (class id >= 0): the rest is padding. The ids on those
+    rows must be equal.
+    """
+    if [o.shape for o in reference] != [o.shape for o in actual]:
+        raise CompileError(f"verification failed: DLR output shapes {[o.shape for o in actual]}"
+                           f" differ from MXNet's {[o.shape for o in reference]}")
+    if _is_detection(reference):
+        reference, actual = _detection_rows(reference, actual)
+    worst = 0.0
+    for expected, got in zip(reference, actual):
+        if expected.size == 0:
+            continue
+        diff = float(np.max(np.abs(expected.astype(np.float64) - got)))
+        if diff > tolerance * max(1.0, float(np.max(np.abs(expected)))):
+            raise CompileError(f"verification failed: DLR and MXNet outputs differ by {diff:.3g}")
+        worst = max(worst, diff)
+    return worst
+
+
+def _is_detection(outputs: list[np.ndarray]) -> bool:
+    return (len(outputs) == 3 and outputs[0].ndim == 3 and outputs[0].shape[-1] == 1
+            and outputs[2].shape[-1] == 4)
+
+
+def _detection_rows(reference: list[np.ndarray],
+                    actual: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    valid = reference[0][..., 0] >= 0
+    if not np.array_equal(reference[0][valid], actual[0][valid]):
+        raise CompileError("verification failed: DLR and MXNet detect different class ids")
+    return [reference[1][valid], reference[2][valid]], [actual[1][valid], actual[2][valid]]
+
+
+# --- command line ----------------------------------------------------------------
+
+def _shape_argument(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N,C,H,W, e.g. 1,3,512,512")
+    return shape
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", type=Path,
+                        help="a SageMaker image-classification artifact (folder, .tar.gz, "
+                             ".zip) or an MXNet checkpoint prefix (X for X-symbol.json + "
+                             "X-NNNN.params)")
+    parser.add_argument("--symbol", type=Path, help="MXNet symbol JSON (with --params)")
+    parser.add_argument("--params", type=Path, help="MXNet .params file (with --symbol)")
+    parser.add_argument("--input-shape", type=_shape_argument,
+                        help="N,C,H,W (default: model-shapes.json, else 1,3,512,512)")
+    parser.add_argument("--output", "-o", type=Path, required=True,
+                        help="the artifact to write: a folder, or a .tar.gz/.zip file")
+    parser.add_argument("--target", default=DEFAULT_TARGET,
+                        help="x86_64 (this CPU; -mcpu detected), aarch64 (cross-compiled with "
+                             "aarch64-linux-gnu-g++, not verified), or an LLVM target string "
+                             "like 'llvm -mcpu=skylake'")
+    parser.add_argument("--labels", type=Path, help="class names, one per line")
+    parser.add_argument("--preprocessing",
+                        help="classifier | detector | FILE.json (default: the IC artifact's, "
+                             "else detector)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip loading the result with DLR and comparing with MXNet")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.symbol or args.params:
+        if not (args.symbol and args.params) or args.source:
+            raise CompileError("give --symbol with --params, or a SOURCE, not both")
+        symbol, params = args.symbol, args.params
+    elif args.source:
+        symbol, params = args.source, None
+    else:
+        raise CompileError("nothing to compile: give a SOURCE, or --symbol and --params")
+    result = compile_model(symbol, params, args.output, input_shape=args.input_shape,
+                           target=args.target, labels=args.labels,
+                           preprocessing=args.preprocessing, verify=args.verify)
+    difference = ("not verified" if result.max_abs_diff is None
+                  else f"DLR vs MXNet max abs difference {result.max_abs_diff:.3g}")
+    print(f"compiled {result.artifact} for {result.target!r} in {result.seconds:.0f} s; "
+          f"{difference}")
+    return 0
