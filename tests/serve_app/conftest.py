@@ -9,23 +9,16 @@ on DLR; with ML Feedback writing to a local-folder store and a real MQTT broker.
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from peers import MqttBroker
+from peers import MqttBroker, free_port
 
 CACHE = Path(__file__).resolve().parents[2] / "build" / "test-cache"
 # Logical CPUs for the test cluster: the services at 0.5 CPU each, with room to spare.
 TEST_CLUSTER_CPUS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _classifier(name: str, channels: int, depth: int, classes: int) -> Path:
@@ -134,7 +127,7 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
         classifier=classifier, slow=slow, detector=ssd_artifact["artifact"],
         store=folder / "store", spool=folder / "spool", mqtt_port=broker.port))
     config = load_config([config_path])
-    port = _free_port()
+    port = free_port()
     connect_ray(None, num_cpus=TEST_CLUSTER_CPUS)
     try:
         deploy(config, port=port)
