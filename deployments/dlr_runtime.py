@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from deployments._dlr import import_dlr
-from deployments.runtime import DEFAULT_THREADS, ModelRuntime, set_thread_count
+from deployments.runtime import DEFAULT_THREADS, ModelRuntime, select_device, set_thread_count
 from modelkit.neo import NeoArtifact, host_machine, read_neo_artifact
 from serve_app.errors import ArtifactError, InvalidArgument, LisError
 
@@ -35,6 +35,8 @@ __all__ = ["DLRRuntime"]
 
 _DEVICES = ("cpu", "gpu")
 _CUDA_MARKERS = (b"libcudart", b"cudaMalloc", b"cuModuleLoad")
+_NO_CUDA = ("the DLR runtime {libdlr} has no CUDA support (the pip dlr==1.6.0 wheel is "
+            "CPU-only; use device 'cpu' or a GPU build of DLR)")
 
 
 class DLRRuntime(ModelRuntime):
@@ -45,8 +47,10 @@ class DLRRuntime(ModelRuntime):
     """
 
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
-                 device: str = "cpu", prefer_bundled_libdlr: bool = False) -> None:
+                 device: str = "cpu", prefer_bundled_libdlr: bool = False,
+                 allow_cpu_fallback: bool = False) -> None:
         super().__init__(artifact_dir, threads=threads, device=device)
+        self.allow_cpu_fallback = allow_cpu_fallback
         self.prefer_bundled_libdlr = prefer_bundled_libdlr
         self.artifact: NeoArtifact | None = None
         self._model: Any = None
@@ -77,7 +81,10 @@ class DLRRuntime(ModelRuntime):
         dlr = import_dlr()
         use_bundled = self.prefer_bundled_libdlr and artifact.libdlr is not None
         if self.device == "gpu":
-            _check_cuda(_libdlr_path(dlr, artifact, use_bundled))
+            libdlr = _libdlr_path(dlr, artifact, use_bundled)
+            self.device = select_device(self.device, _has_cuda(libdlr),
+                                        allow_cpu_fallback=self.allow_cpu_fallback,
+                                        unsupported=_NO_CUDA.format(libdlr=libdlr))
         self._model = self._create(dlr, artifact, use_bundled)
         names = self._model.get_input_names()
         self._input_name = names[0] if names else self._input_name
@@ -121,13 +128,9 @@ def _libdlr_path(dlr: Any, artifact: NeoArtifact, use_bundled: bool) -> Path:
     return Path(dlr.libpath.find_lib_path(use_default_dlr=True))
 
 
-def _check_cuda(libdlr: Path) -> None:
+def _has_cuda(libdlr: Path) -> bool:
     with open(libdlr, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if any(data.find(marker) >= 0 for marker in _CUDA_MARKERS):
-            return
-    raise LisError(f"device 'gpu' requested, but the DLR runtime {libdlr} has no CUDA support "
-                   "(the pip dlr==1.6.0 wheel is CPU-only; use device 'cpu' or a GPU build "
-                   "of DLR)")
+        return any(data.find(marker) >= 0 for marker in _CUDA_MARKERS)
 
 
 def _first_line(error: BaseException) -> str:

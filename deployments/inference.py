@@ -43,6 +43,8 @@ class PipelineOptions:
     algorithm: Algorithm
     threads: int = 1
     device: str = "cpu"
+    # With device "gpu": run on the CPU when the runtime has no GPU support.
+    allow_cpu_fallback: bool = False
     preprocessing_overrides: dict[str, object] = field(default_factory=dict)
     score_threshold: float | None = None
     top_k: int | None = None
@@ -67,16 +69,18 @@ def load_labels(model_dir: Path) -> tuple[str, ...] | None:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
-def _make_runtime(algorithm: Algorithm, model_dir: Path, threads: int, device: str) -> ModelRuntime:
+def _make_runtime(model_dir: Path, options: PipelineOptions) -> ModelRuntime:
     # Imported here: a process serving only detectors never loads MXNet's
     # 100 MB library, and one serving only classifiers never loads DLR.
-    if algorithm == "image-classification":
+    settings = {"threads": options.threads, "device": options.device,
+                "allow_cpu_fallback": options.allow_cpu_fallback}
+    if options.algorithm == "image-classification":
         from deployments.mxnet_runtime import MXNetClassifierRuntime
 
-        return MXNetClassifierRuntime(model_dir, threads=threads, device=device)
+        return MXNetClassifierRuntime(model_dir, **settings)
     from deployments.dlr_runtime import DLRRuntime
 
-    return DLRRuntime(model_dir, threads=threads, device=device)
+    return DLRRuntime(model_dir, **settings)
 
 
 class InferencePipeline:
@@ -85,8 +89,7 @@ class InferencePipeline:
     def __init__(self, model_dir: Path, options: PipelineOptions) -> None:
         self.model_dir = Path(model_dir)
         self.options = options
-        self.runtime = _make_runtime(options.algorithm, self.model_dir, options.threads,
-                                     options.device)
+        self.runtime = _make_runtime(self.model_dir, options)
         self.runtime.load()
         self.preprocessing = self._resolve_preprocessing()
         self.labels = load_labels(self.model_dir)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.runtime import DEFAULT_THREADS, ModelRuntime, set_thread_count
+from deployments.runtime import DEFAULT_THREADS, ModelRuntime, select_device, set_thread_count
 from modelkit.sagemaker_ic import ClassifierArtifact, read_classifier_artifact
 from serve_app.errors import ArtifactError, InvalidArgument, LisError
 
@@ -48,8 +48,9 @@ class MXNetClassifierRuntime(ModelRuntime):
     """
 
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", allow_cpu_fallback: bool = False) -> None:
         super().__init__(artifact_dir, threads=threads, device=device)
+        self.allow_cpu_fallback = allow_cpu_fallback
         self.artifact: ClassifierArtifact | None = None
         self._executor: Any = None
 
@@ -69,14 +70,12 @@ class MXNetClassifierRuntime(ModelRuntime):
         self._executor = self._bind(mx, self.artifact, self._context(mx))
 
     def _context(self, mx: ModuleType) -> Any:
-        if self.device == "cpu":
-            return mx.cpu()
-        if self.device != "gpu":
-            raise LisError(f"unknown device {self.device!r}: expected 'cpu' or 'gpu'")
-        if not mx.runtime.Features().is_enabled("CUDA"):
-            raise LisError("device 'gpu' requested, but this MXNet build has no CUDA support "
-                           "(install an mxnet-cu* wheel, or use device 'cpu')")
-        return mx.gpu(0)
+        gpu_supported = self.device == "gpu" and mx.runtime.Features().is_enabled("CUDA")
+        self.device = select_device(
+            self.device, gpu_supported, allow_cpu_fallback=self.allow_cpu_fallback,
+            unsupported="this MXNet build has no CUDA support (install an mxnet-cu* wheel, "
+                        "or use device 'cpu')")
+        return mx.gpu(0) if self.device == "gpu" else mx.cpu()
 
     def _bind(self, mx: ModuleType, artifact: ClassifierArtifact, context: Any) -> Any:
         try:

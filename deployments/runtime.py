@@ -8,15 +8,25 @@ benchmarked on its own (see ``deployments.mxnet_runtime`` and
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_THREADS", "ModelRuntime", "set_thread_count", "thread_environment"]
+from serve_app.errors import LisError
+
+__all__ = ["DEFAULT_THREADS", "FAKE_GPU_SUPPORT_ENV", "ModelRuntime", "select_device",
+           "set_thread_count", "thread_environment"]
 
 DEFAULT_THREADS = 1
+# TEST ONLY: "1" makes a GPU request run on the CPU as if the runtime had GPU
+# support, so placement on GPU nodes can be tested on machines without a GPU.
+FAKE_GPU_SUPPORT_ENV = "LIS_FAKE_GPU_SUPPORT"
+_DEVICES = ("cpu", "gpu")
+
+log = logging.getLogger("lis.runtime")
 
 # Each runtime reads its own variable, once, when its native library loads.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
@@ -35,6 +45,30 @@ def set_thread_count(threads: int) -> None:
     fights Ray's own processes; a replica's threads equal its CPUs instead.
     """
     os.environ.update(thread_environment(threads))
+
+
+def select_device(requested: str, gpu_supported: bool, *, allow_cpu_fallback: bool,
+                  unsupported: str = "this runtime has no GPU support") -> str:
+    """The device a runtime should use for ``requested`` ("cpu" or "gpu").
+
+    A GPU request on a runtime without GPU support fails with ``unsupported``
+    as the reason, or runs on the CPU when the service allows the fallback.
+    ``LIS_FAKE_GPU_SUPPORT=1`` (tests only: never set it on a real node) treats
+    the runtime as GPU-capable and runs the request on the CPU.
+    """
+    if requested not in _DEVICES:
+        raise LisError(f"unknown device {requested!r}: expected 'cpu' or 'gpu'")
+    if requested == "cpu" or gpu_supported:
+        return requested
+    if os.environ.get(FAKE_GPU_SUPPORT_ENV) == "1":
+        log.warning("%s=1: running a GPU request on the CPU (test only)", FAKE_GPU_SUPPORT_ENV)
+        return "cpu"
+    if allow_cpu_fallback:
+        log.warning("device 'gpu' requested, but %s: running on the CPU (allow_cpu_fallback)",
+                    unsupported)
+        return "cpu"
+    raise LisError(f"device 'gpu' requested, but {unsupported} "
+                   "(or set allow_cpu_fallback to run on the CPU)")
 
 
 class ModelRuntime(ABC):

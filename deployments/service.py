@@ -53,11 +53,18 @@ class InferenceResult:
     content_type: str
 
 
-def artifact_version(model_dir: Path) -> str:
-    """A short content hash of a model folder: shows which model a replica runs."""
+def artifact_version(source: Path) -> str:
+    """A short content hash of a model folder or archive: shows which model a replica runs.
+
+    The deployer computes it too, from the same path, so that a new model at
+    the same path is a new version of the service (see ``serve_app.app``).
+    """
+    source = Path(source)
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(model_dir)).encode())
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        if path != source:
+            digest.update(str(path.relative_to(source)).encode())
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -71,13 +78,11 @@ class _ServiceLog(logging.LoggerAdapter):
         return f"[{self.extra['service']}] {msg}", kwargs
 
 
-def _load_model_dir(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
+def _fetch_model(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
     from deployments.model_source import fetch_model
-    from modelkit.archive import materialize
 
-    fetched = fetch_model(spec.model_source, destination=spec.model_destination, store=store,
-                          cache_dir=_MODEL_CACHE)
-    return materialize(fetched)
+    return fetch_model(spec.model_source, destination=spec.model_destination, store=store,
+                       cache_dir=_MODEL_CACHE)
 
 
 def _pipeline_options(spec: ServiceSpec) -> PipelineOptions:
@@ -85,6 +90,7 @@ def _pipeline_options(spec: ServiceSpec) -> PipelineOptions:
         algorithm=spec.algorithm,
         threads=spec.runtime_threads,
         device="gpu" if spec.gpu else "cpu",
+        allow_cpu_fallback=spec.allow_cpu_fallback,
         preprocessing_overrides=dict(spec.preprocessing),
         score_threshold=spec.score_threshold,
         top_k=spec.top_k,
@@ -97,17 +103,24 @@ class InferenceService:
     """One replica of one named inference service."""
 
     def __init__(self, spec: ServiceSpec, store: ModelStoreSpec | None = None,
-                 feedback: Any = None) -> None:
+                 feedback: Any = None, expected_version: str | None = None) -> None:
+        from modelkit.archive import materialize
+
         self.spec = spec
         # A child of Ray Serve's logger: lines land in the replica's log with
         # Serve's deployment and replica ids, after our service-name prefix.
         self.log = _ServiceLog(logging.getLogger("ray.serve.lis"), {"service": spec.name})
         set_thread_count(spec.runtime_threads)
         started = time.perf_counter()
-        model_dir = _load_model_dir(spec, store)
+        fetched = _fetch_model(spec, store)
+        self.version = artifact_version(fetched)
+        if expected_version and expected_version != self.version:
+            # A local path is read on each node: this node's copy is not the deployer's.
+            self.log.warning("model %s is version %s here, the deployer saw %s",
+                             fetched, self.version, expected_version)
+        model_dir = materialize(fetched)
         self.pipeline = InferencePipeline(model_dir, _pipeline_options(spec))
         self.pipeline.warm_up()
-        self.version = artifact_version(model_dir)
         self._model_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(_WORKER_THREADS, thread_name_prefix=spec.name)
         self._process = psutil.Process()
@@ -194,6 +207,8 @@ class InferenceService:
             "replica": context.replica_id.unique_id,
             "node_id": _node_id(),
             "version": self.version,
+            "device": self.pipeline.runtime.device,
+            "gpu_ids": _gpu_ids(),
             "rss_kb": self._process.memory_info().rss // 1024,
             "labels": list(self.pipeline.labels or ()),
         }
@@ -203,3 +218,9 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def _gpu_ids() -> list[str]:
+    import ray
+
+    return [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]

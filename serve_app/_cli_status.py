@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 from serve_app.client import DEFAULT_ENDPOINT
-from serve_app.errors import ServiceUnavailable
+from serve_app.errors import LisError, ServiceUnavailable, from_wire
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,19 @@ def fetch_services(endpoint: str) -> list[dict[str, Any]]:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)["services"]
+    except urllib.error.HTTPError as error:
+        raise _answered_error(error) from error
     except (urllib.error.URLError, OSError) as error:
         raise ServiceUnavailable("lis", f"cannot reach {endpoint}: {error}") from error
+
+
+def _answered_error(error: urllib.error.HTTPError) -> LisError:
+    """The lis error the ingress answered with (401 without the right LIS_TOKEN)."""
+    try:
+        found = json.loads(error.read())["error"]
+        return from_wire(found["type"], found["message"])
+    except (ValueError, KeyError, TypeError):
+        return ServiceUnavailable("lis", f"{error.url} answered {error.code} {error.reason}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'SERVICE':24} {'ALGORITHM':22} {'PLATFORM':12} {'STATE':10} {'REPLICAS':9} VERSION")
     for service in services:
         running = service.get("replicas", {}).get("RUNNING", 0)
+        # Serving while its replicas are being replaced (a new model rolling out).
+        state = "UPDATING" if service.get("updating") and service.get("state") == "RUNNING" \
+            else service.get("state", "?")
         print(f"{service['name']:24} {service['algorithm']:22} {service['platform']:12} "
-              f"{service.get('state', '?'):10} {running:<9} {service.get('version', '-')}")
+              f"{state:10} {running:<9} {service.get('version', '-')}")
         if service.get("state") != "RUNNING" and service.get("message"):
             print(f"    why: {service['message']}")
     return 0

@@ -43,7 +43,12 @@ def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisErr
         return ServiceUnavailable(service, "no replica is running")
     if isinstance(error, (TimeoutError, asyncio.TimeoutError, ray_errors.GetTimeoutError)):
         return InferenceTimeout(service, timeout_s)
+    if isinstance(error, ray_errors.ActorUnavailableError):
+        return ServiceUnavailable(service, "its replica became unreachable while handling "
+                                           "the request (its node may be down)")
     if isinstance(error, ray_errors.RayActorError):
+        # The replica's process or node died (node loss ends here): the
+        # request is lost, the service's other replicas keep answering.
         return InferenceFailed(service, "its replica died while handling the request")
     if isinstance(error, ray_errors.RayTaskError) and cause is not None:
         return InferenceFailed(service, f"{type(cause).__name__}: {cause}")

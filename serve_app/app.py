@@ -3,12 +3,26 @@
 Each service becomes a deployment named after its ``LocalInferenceServiceName``
 with its resources (CPUs, GPUs, the memory limit as Ray's ``memory``
 reservation, and ``connector-platform:<suffix>`` so it lands on a node of its
-platform); one ingress deployment fronts them all, on every node.
+platform); one ingress deployment fronts them all, on the head node, behind
+Ray Serve's HTTP proxy on every node.
+
+Each deployment carries a version computed from what its replicas run (the
+service's spec, its model's content hash, lis's code), so deploying the same
+config again changes nothing, and a changed model replaces the service's
+replicas one at a time, a new one ready before an old one stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -18,14 +32,16 @@ from ray.serve.handle import DeploymentHandle
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
 from serve_app._handles import call_service
-from serve_app.config import LisConfig, ServiceSpec
-from serve_app.errors import ServiceNotFound
+from serve_app.config import DEFAULT_TIMEOUT_S, LisConfig, ServiceSpec
+from serve_app.errors import ServiceNotFound, ServiceUnavailable
 from serve_app.ingress import ServiceInfo, build_http_app
 
-__all__ = ["APP_NAME", "HandleRouter", "LisIngress", "build_app", "service_info",
-           "service_states", "short_message"]
+__all__ = ["APP_NAME", "HandleRouter", "LisIngress", "build_app", "replica_demand",
+           "service_info", "service_states", "service_version", "short_message",
+           "unplaceable_reason"]
 
 APP_NAME = "lis"
+log = logging.getLogger("lis.app")
 # Each replica asks for a sliver of its platform's resource: a node that
 # advertises ``connector-platform:X: 1`` can host a thousand of them.
 PLATFORM_RESOURCE_PER_REPLICA = 0.001
@@ -33,6 +49,23 @@ PLATFORM_RESOURCE_PER_REPLICA = 0.001
 HEALTH_CHECK_PERIOD_S = 2.0
 # Replica start-up includes fetching and loading the model.
 HEALTH_CHECK_TIMEOUT_S = 30.0
+# Model updates start one extra replica (Ray rounds the surge up to a whole
+# replica) and stop an old one only once it is ready: replicas are replaced one
+# at a time, and a service never serves with fewer replicas than it asks for.
+MAX_SURGE_PERCENT = 1
+# A stopping replica finishes its requests first; none runs past the
+# service's timeout, plus this margin.
+SHUTDOWN_GRACE_S = 5.0
+# The ingress shares the head node's fate with Ray Serve's controller: losing
+# a worker never takes the front door down.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+# How often the ingress looks for services that no node can host.
+PENDING_CHECK_PERIOD_S = 2.0
+# Ray options that change without restarting replicas: not part of a version.
+_SCALING_FIELDS = frozenset({"num_replicas", "autoscaling", "max_queued_requests"})
+# What replicas run; a change to any of it restarts them on the next deploy.
+_CODE_PACKAGES = ("deployments", "modelkit", "serve_app")
+_REPO = Path(__file__).resolve().parent.parent
 
 
 def service_info(spec: ServiceSpec) -> ServiceInfo:
@@ -43,10 +76,21 @@ def service_info(spec: ServiceSpec) -> ServiceInfo:
     )
 
 
+def _custom_resources(spec: ServiceSpec) -> dict[str, float]:
+    return {spec.platform_resource: PLATFORM_RESOURCE_PER_REPLICA, **spec.placement}
+
+
+def replica_demand(spec: ServiceSpec) -> dict[str, float]:
+    """The Ray resources one replica of ``spec`` needs, as a node reports them."""
+    demand = {"CPU": spec.num_cpus, "GPU": spec.num_gpus,
+              "memory": float((spec.memory_limit_kb or 0) * 1024), **_custom_resources(spec)}
+    return {name: amount for name, amount in demand.items() if amount}
+
+
 def _actor_options(spec: ServiceSpec) -> dict[str, Any]:
     options: dict[str, Any] = {
         "num_cpus": spec.num_cpus,
-        "resources": {spec.platform_resource: PLATFORM_RESOURCE_PER_REPLICA, **spec.placement},
+        "resources": _custom_resources(spec),
         # Thread pools are sized when native libraries load, before any lis
         # code runs in the worker: set them in the worker's environment.
         "runtime_env": {"env_vars": thread_environment(spec.runtime_threads)},
@@ -69,51 +113,159 @@ def _scaling_options(spec: ServiceSpec) -> dict[str, Any]:
     }}
 
 
-def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any) -> Application:
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for package in _CODE_PACKAGES:
+        for path in sorted((_REPO / package).rglob("*.py")):
+            digest.update(str(path.relative_to(_REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _digest(*parts: object) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def service_version(spec: ServiceSpec, config: LisConfig, model_version: str | None,
+                    restart: str | None = None) -> str:
+    """The deployment version of a service: changes exactly when its replicas must.
+
+    ``model_version`` is the model's content hash (None when only the replica
+    can know it, as for ``s3://``); ``restart`` is a token that forces new
+    replicas (``lis reload``).
+    """
+    fields = spec.model_dump(mode="json", exclude=set(_SCALING_FIELDS))
+    return _digest(fields, config.model_store.model_dump(mode="json"),
+                   config.feedback is not None, model_version, restart, _code_fingerprint())
+
+
+def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
+                        model_version: str | None, restart: str | None) -> Application:
     return InferenceService.options(
         name=spec.name,
+        # Ray's imperative API gives every deploy a random version (every
+        # replica restarts); a version of our own makes a deploy restart only
+        # what changed. Ray accepts it only as an internal option.
+        version=service_version(spec, config, model_version, restart), _internal=True,
         ray_actor_options=_actor_options(spec),
         max_queued_requests=spec.max_queued_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        max_surge_percent=MAX_SURGE_PERCENT,
+        graceful_shutdown_timeout_s=spec.timeout_s + SHUTDOWN_GRACE_S,
         **_scaling_options(spec),
-    ).bind(spec, config.model_store, feedback)
+    ).bind(spec, config.model_store, feedback, model_version)
 
 
-def build_app(config: LisConfig, *, token: str | None = None) -> Application:
-    """The Ray Serve application for ``config``: services plus the ingress."""
+def build_app(config: LisConfig, *, token: str | None = None,
+              model_versions: Mapping[str, str | None] | None = None,
+              restart: Mapping[str, str] | None = None) -> Application:
+    """The Ray Serve application for ``config``: services plus the ingress.
+
+    ``model_versions`` maps services to their model's content hash where the
+    deployer could compute it; ``restart`` maps services to a token that makes
+    their replicas be replaced even if nothing else changed.
+    """
+    model_versions, restart = model_versions or {}, restart or {}
     feedback = None
     if config.feedback is not None:
         from deployments.feedback.deployment import build_feedback_worker
 
         feedback = build_feedback_worker(config.feedback)
-    services = {spec.name: _service_deployment(spec, config, feedback)
+    services = {spec.name: _service_deployment(spec, config, feedback,
+                                               model_versions.get(spec.name),
+                                               restart.get(spec.name))
                 for spec in config.services}
     infos = [service_info(spec) for spec in config.services]
-    return LisIngress.options(ray_actor_options={"num_cpus": 0}).bind(
-        infos, services, feedback, token)
+    demands = {spec.name: replica_demand(spec) for spec in config.services}
+    token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
+    longest = max((spec.timeout_s for spec in config.services), default=DEFAULT_TIMEOUT_S)
+    return LisIngress.options(
+        version=_digest([asdict(info) for info in infos], demands, token_hash,
+                        config.feedback is not None, _code_fingerprint()), _internal=True,
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        max_surge_percent=MAX_SURGE_PERCENT,
+        graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
+    ).bind(infos, services, feedback, token, demands)
 
 
 # --- the ingress deployment ---------------------------------------------------------
 
 
-def service_states(app_name: str = APP_NAME) -> dict[str, dict[str, Any]]:
-    """Per deployment: state (RUNNING/STARTING/UNHEALTHY/...), replica counts, message."""
+def service_states(app_name: str = APP_NAME,
+                   demands: Mapping[str, Mapping[str, float]] | None = None
+                   ) -> dict[str, dict[str, Any]]:
+    """Per deployment: state, replica counts, whether a rollout is under way, message.
+
+    States: RUNNING (serving), STARTING, PENDING (no node can host a replica:
+    the message says which resource is missing, from ``demands``, the
+    resources one replica needs), UNHEALTHY, DEGRADED, FAILED.
+    """
     status = serve.status()
     application = status.applications.get(app_name)
     if application is None:
         return {}
+    nodes = _alive_node_resources() if demands else []
     states = {}
     for name, deployment in application.deployments.items():
         replicas = {str(getattr(state, "value", state)): count
                     for state, count in deployment.replica_states.items()}
-        states[name] = {
-            "state": _state(str(getattr(deployment.status, "value", deployment.status)),
-                            replicas.get("RUNNING", 0)),
+        ray_status = str(getattr(deployment.status, "value", deployment.status))
+        state = {
+            "state": _state(ray_status, replicas.get("RUNNING", 0)),
             "replicas": replicas,
+            "updating": ray_status == "UPDATING",
             "message": short_message(deployment.message),
         }
+        # Ray only sees replicas that never start (at times as failures to
+        # start): the cause is a resource that no live node has.
+        waiting = state["state"] in ("STARTING", "UNHEALTHY")
+        reason = unplaceable_reason(demands[name], nodes) \
+            if waiting and demands and name in demands else None
+        if reason:
+            state.update(state="PENDING", message=f"pending: {reason}")
+        states[name] = state
     return states
+
+
+def _alive_node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _amount(resource: str, amount: float) -> str:
+    if resource == "memory":
+        return f"{amount / 2**20:.0f} MiB of memory"
+    if resource in ("CPU", "GPU"):
+        return f"{amount:g} {resource}"
+    return f"{resource}: {amount:g}"
+
+
+def unplaceable_reason(demand: Mapping[str, float], nodes: list[dict[str, float]]
+                       ) -> str | None:
+    """Why no node of ``nodes`` (their total resources) can ever host ``demand``; None if one can.
+
+    Judged from totals, not from what is free: a replica that waits for room
+    is starting, one that no node could ever host is pending until a node joins.
+    """
+    def offers(node: Mapping[str, float], resource: str) -> bool:
+        return node.get(resource, 0.0) >= demand[resource]
+
+    if any(all(offers(node, r) for r in demand) for node in nodes):
+        return None
+    platform = next((r for r in demand if r.startswith("connector-platform:")), None)
+    if platform is not None:
+        nodes = [node for node in nodes if offers(node, platform)]
+        if not nodes:
+            return f"no node offers {platform}"
+    where = f"offering {platform} " if platform else ""
+    rest = [r for r in demand if r != platform]
+    missing = [r for r in rest if not any(offers(node, r) for node in nodes)]
+    if missing:
+        return f"no node {where}has {' and '.join(_amount(r, demand[r]) for r in missing)}"
+    return f"no node {where}has {' and '.join(_amount(r, demand[r]) for r in rest)} together"
 
 
 def _state(deployment_status: str, running: int) -> str:
@@ -137,18 +289,48 @@ class HandleRouter:
     """Reaches each service through its Ray Serve deployment handle."""
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
-                 feedback: DeploymentHandle | None) -> None:
+                 feedback: DeploymentHandle | None,
+                 demands: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self.services = {info.name: info for info in services}
         self.handles = handles
         self.feedback = feedback
+        self.demands = dict(demands or {})
+        # Services no node can host, with the reason: a request to one is
+        # answered at once instead of waiting in Ray's queue until it times out.
+        self.pending: dict[str, str] = {}
+        self._checked_at = -PENDING_CHECK_PERIOD_S
+        self._checking: asyncio.Task[Any] | None = None
 
     async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
                     algo_type: str | None) -> Any:
+        self._check_pending_soon()
+        if service.name in self.pending:
+            raise ServiceUnavailable(service.name, self.pending[service.name])
         return await call_service(self.handles[service.name], service.name, body,
                                   content_type, algo_type, service.timeout_s)
 
+    def _check_pending_soon(self) -> None:
+        if self._checking is None and \
+                time.monotonic() - self._checked_at > PENDING_CHECK_PERIOD_S:
+            self._checking = asyncio.get_running_loop().create_task(self._check_pending())
+
+    async def _check_pending(self) -> None:
+        try:
+            await self._states()
+        except Exception:  # noqa: BLE001 - requests go to Ray, which has its own errors
+            log.warning("could not check for pending services", exc_info=True)
+
+    async def _states(self) -> dict[str, dict[str, Any]]:
+        try:
+            states = await asyncio.to_thread(service_states, APP_NAME, self.demands)
+            self.pending = {name: state["message"] for name, state in states.items()
+                            if state["state"] == "PENDING"}
+            return states
+        finally:
+            self._checked_at, self._checking = time.monotonic(), None
+
     async def service_states(self) -> dict[str, dict[str, Any]]:
-        states = await asyncio.to_thread(service_states)
+        states = await self._states()
         for name, state in states.items():
             if name in self.handles and state["state"] == "RUNNING":
                 state.update(await self._describe(name))
@@ -171,11 +353,12 @@ class HandleRouter:
 @serve.deployment
 @serve.ingress()
 class LisIngress:
-    """The HTTP front door; runs on every node (Ray Serve's proxy location)."""
+    """The HTTP front door: on the head node, reached through the proxy on every node."""
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
-                 feedback: DeploymentHandle | None, token: str | None) -> None:
-        self.router = HandleRouter(services, handles, feedback)
+                 feedback: DeploymentHandle | None, token: str | None,
+                 demands: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        self.router = HandleRouter(services, handles, feedback, demands)
         self.token = token
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -20,6 +20,7 @@ __all__ = ["main"]
 _COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("serve_app._cli_up", "start or join Ray and deploy the services"),
     "validate": ("serve_app._cli_validate", "check configuration files and report every problem"),
+    "reload": ("serve_app._cli_reload", "replace a service's replicas one at a time (new model)"),
     "status": ("serve_app._cli_status", "show the services of a running lis"),
     "invoke": ("serve_app._cli_invoke", "send one image to a service and print the result"),
     "compile": ("modelkit.compile", "compile an MXNet model into a DLR artifact (local Neo)"),

@@ -11,7 +11,7 @@ import platform as host_platform
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "http_token",
     "is_loopback",
     "local_platform",
+    "model_versions",
     "wait_for_services",
 ]
 
@@ -94,42 +95,87 @@ def http_token(host: str, token_env: str | None = None) -> str | None:
     return token
 
 
+def model_versions(config: LisConfig) -> dict[str, str | None]:
+    """Each service's model content hash, for models this machine can read (else None).
+
+    On a cluster a local model path is read on every node; the deployer's copy
+    decides the version, so a new model there rolls the service's replicas.
+    """
+    from deployments.model_source import fetch_model
+    from deployments.service import artifact_version
+
+    versions: dict[str, str | None] = {}
+    for spec in config.services:
+        versions[spec.name] = None
+        if spec.model_source.startswith("s3://"):
+            continue  # only the replica's fetch knows the object (ETag)
+        try:  # a local source is returned where it is: no cache is used
+            local = fetch_model(spec.model_source, destination=None, store=None,
+                                cache_dir=Path(os.devnull))
+        except LisError:
+            continue  # the replica reports it, where the path matters
+        versions[spec.name] = artifact_version(local)
+    return versions
+
+
 def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-           token: str | None = None) -> None:
-    """Deploy (or update in place) the lis application; returns without waiting."""
+           token: str | None = None, restart: Collection[str] = ()) -> dict[str, str | None]:
+    """Deploy (or update in place) the lis application; returns without waiting.
+
+    Only services whose spec, model content or code changed get new replicas,
+    one at a time (see ``serve_app.app``); ``restart`` names services replaced
+    regardless (``lis reload``). Returns the model versions deployed.
+    """
     from ray import serve
     from ray.serve.config import HTTPOptions, ProxyLocation
 
     from serve_app.app import APP_NAME, build_app
 
+    versions = model_versions(config)
+    nonce = secrets.token_hex(8)
     serve.start(http_options=HTTPOptions(host=host, port=port),
                 proxy_location=ProxyLocation.EveryNode)
-    serve.run_many([serve.RunTarget(build_app(config, token=token), name=APP_NAME,
-                                    route_prefix="/")],
+    app = build_app(config, token=token, model_versions=versions,
+                    restart={name: nonce for name in restart})
+    serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
                    wait_for_applications_running=False)
+    return versions
+
+
+# A deployment's status lags the deploy call by a control-loop tick: a state
+# counts as settled only when two polls this far apart agree.
+_POLL_S = 0.5
+
+
+def _settled(state: dict[str, Any]) -> bool:
+    return (state["state"] == "RUNNING" and not state.get("updating")) \
+        or state["state"] == "PENDING"
 
 
 def wait_for_services(config: LisConfig, timeout_s: float,
                       on_change: Callable[[str, dict[str, Any]], None] | None = None
                       ) -> dict[str, dict[str, Any]]:
-    """Poll until every service runs, one fails, or ``timeout_s`` passes; return the states."""
-    from serve_app.app import service_states
+    """Poll until every service runs with all its replicas up to date or is pending
+    (no node can host it), one fails, or ``timeout_s`` passes; return the states."""
+    from serve_app.app import replica_demand, service_states
 
+    demands = {spec.name: replica_demand(spec) for spec in config.services}
     deadline = time.monotonic() + timeout_s
     seen: dict[str, str] = {}
+    settled_before = False
     while True:
-        states = service_states()
+        time.sleep(_POLL_S)
+        states = service_states(demands=demands)
         for spec in config.services:
-            state = states.get(spec.name, {"state": "DEPLOYING", "message": ""})
+            state = states.setdefault(spec.name, {"state": "DEPLOYING", "message": ""})
             if on_change and seen.get(spec.name) != state["state"]:
                 on_change(spec.name, state)
             seen[spec.name] = state["state"]
-        if all(seen.get(s.name) == "RUNNING" for s in config.services):
-            return states
         failed = {n: states[n]["message"] for n, s in seen.items() if s == "FAILED"}
         if failed:
             raise LisError("services failed to start: " +
                            "; ".join(f"{n}: {m}" for n, m in failed.items()))
-        if time.monotonic() > deadline:
+        settled = all(_settled(states[s.name]) for s in config.services)
+        if (settled and settled_before) or time.monotonic() > deadline:
             return states
-        time.sleep(0.5)
+        settled_before = settled

@@ -80,6 +80,13 @@ services:
     # Far below any Python process: the first request finds the replica over its limit.
     LocalInferenceServiceMemoryLimitKB: "1000"
     num_cpus: 0.5
+  - LocalInferenceServiceName: busyClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/1
+    model: {busy}
+    LocalInferenceServiceTimeoutSeconds: "60"
+    # With Ray Serve's 5 requests in progress per replica, the 7th waiting one is refused.
+    max_queued_requests: 1
+    num_cpus: 0.5
   - LocalInferenceServiceName: feedbackClassifier
     ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
     model: {classifier}
@@ -119,12 +126,13 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
     classifier = _classifier("tiny", 8, 2, 3)
     # ~3 x 30 GFLOP: seconds per request on one thread, well past a 1 s timeout.
     slow = _classifier("slow", 256, 4, 3)
+    busy = _classifier("busy", 64, 3, 3)
     folder = tmp_path_factory.mktemp("lis")
     broker = MqttBroker(folder / "mqtt-record.jsonl")
     broker.start()
     config_path = folder / "services.yaml"
     config_path.write_text(SERVICES_YAML.format(
-        classifier=classifier, slow=slow, detector=ssd_artifact["artifact"],
+        classifier=classifier, slow=slow, busy=busy, detector=ssd_artifact["artifact"],
         store=folder / "store", spool=folder / "spool", mqtt_port=broker.port))
     config = load_config([config_path])
     port = free_port()

@@ -212,7 +212,7 @@ def test_services_health_and_readiness(running_lis) -> None:
     services = {s["name"]: s for s in
                 requests.get(f"{running_lis.endpoint}/services", timeout=30).json()["services"]}
     assert set(services) == {"imageClassification", "objectDetection", "slowClassifier",
-                             "hungryClassifier", "feedbackClassifier"}
+                             "hungryClassifier", "busyClassifier", "feedbackClassifier"}
     detector = services["objectDetection"]
     assert detector["algorithm"] == "object-detection"
     assert detector["connector_arn"].endswith("/ObjectDetectionx86-64/versions/1")
@@ -263,3 +263,46 @@ def test_memory_limit_replaces_the_replica_and_spares_the_others(http_endpoint: 
         time.sleep(1)
     assert replaced, "the replica over its memory limit was not replaced"
     assert _post(http_endpoint, "objectDetection", _jpeg()).status_code == 200
+
+
+def test_overload_is_503_and_the_accepted_requests_complete(http_endpoint: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda _: _post(http_endpoint, "busyClassifier", _jpeg()),
+                                  range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(_error(r)["type"] == "ServiceUnavailable" and "overloaded" in
+               _error(r)["message"] for r in refused)
+    with pytest.raises(ml.GreengrassDependencyException, match="overloaded"):
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(lambda _: ml.client("inference").invoke_inference_service(
+                AlgoType="image-classification", ServiceName="busyClassifier",
+                ContentType="image/jpeg", Body=_jpeg()), range(12)))
+    assert _post(http_endpoint, "busyClassifier", _jpeg()).status_code == 200
+
+
+def test_cli_status_and_invoke_with_drawing(http_endpoint: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from serve_app.cli import main
+
+    assert main(["status", "--endpoint", http_endpoint]) == 0
+    listing = capsys.readouterr().out
+    assert "objectDetection" in listing and "RUNNING" in listing
+
+    image = tmp_path / "frame.jpg"
+    image.write_bytes(_jpeg(640, 480))
+    drawn = tmp_path / "drawn.png"
+    assert main(["invoke", "objectDetection", str(image), "--endpoint", http_endpoint,
+                 "--draw", str(drawn)]) == 0
+    printed = capsys.readouterr().out
+    assert eval(printed.splitlines()[0])["prediction"]  # noqa: S307
+    original = cv2.imdecode(np.frombuffer(image.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    picture = cv2.imread(str(drawn))
+    assert picture.shape == original.shape
+    assert np.abs(picture.astype(int) - original.astype(int)).max() > 100  # boxes drawn
+
+    assert main(["invoke", "imageClassification", str(image), "--endpoint", http_endpoint]) == 0
+    assert capsys.readouterr().out.startswith("[")

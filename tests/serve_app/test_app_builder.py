@@ -1,0 +1,63 @@
+"""What the app builder asks Ray for, per service (placement, memory, threads, scaling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serve_app import app as app_builder
+from serve_app.config import load_config
+
+SERVICES = """\
+services:
+  - LocalInferenceServiceName: jetsonDetector
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ObjectDetectionAarch64JTX2/versions/1
+    GPUAcceleration: GPU
+    LocalInferenceServiceMemoryLimitKB: "500000"
+    model: /models/det
+    num_cpus: 2
+    num_gpus: 0.5
+    placement: {camera-bus: 1}
+  - LocalInferenceServiceName: gatewayClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: /models/ic
+    threads: 3
+    autoscaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 2}
+"""
+
+
+def _specs(tmp_path: Path):
+    path = tmp_path / "services.yaml"
+    path.write_text(SERVICES)
+    config = load_config([path])
+    return config.service("jetsonDetector"), config.service("gatewayClassifier")
+
+
+def test_replicas_ask_for_their_platform_gpus_memory_and_threads(tmp_path: Path) -> None:
+    jetson, gateway = _specs(tmp_path)
+    options = app_builder._actor_options(jetson)
+    assert options["resources"] == {"connector-platform:Aarch64JTX2": 0.001, "camera-bus": 1}
+    assert options["num_gpus"] == 0.5 and options["num_cpus"] == 2
+    assert options["memory"] == 500000 * 1024
+    assert options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
+    assert options["runtime_env"]["env_vars"]["TVM_NUM_THREADS"] == "2"
+
+    options = app_builder._actor_options(gateway)
+    assert options["resources"] == {"connector-platform:x86-64": 0.001}
+    assert "num_gpus" not in options and "memory" not in options
+    assert options["runtime_env"]["env_vars"]["MXNET_CPU_WORKER_NTHREADS"] == "3"
+
+
+def test_scaling_is_fixed_or_ray_serve_autoscaling(tmp_path: Path) -> None:
+    jetson, gateway = _specs(tmp_path)
+    assert app_builder._scaling_options(jetson) == {"num_replicas": 1}
+    assert app_builder._scaling_options(gateway) == {"autoscaling_config": {
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}}
+
+
+def test_ray_status_messages_lose_their_traceback() -> None:
+    message = ("The deployment failed to start 3 times in a row. This may be due to ... "
+               "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+               "ModuleNotFoundError: No module named 'x'")
+    assert app_builder.short_message(message) == (
+        "The deployment failed to start 3 times in a row: "
+        "ModuleNotFoundError: No module named 'x'")
