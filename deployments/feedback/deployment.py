@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,4 +66,9 @@ def build_feedback_worker(spec: FeedbackConnectorSpec, *, num_replicas: int = 1,
 
     ``num_replicas`` is how many nodes run a worker (at most one each).
     """
-    return FeedbackWorker.options(num_replicas=num_replicas).bind(spec, backoff)
+    # Ray's imperative API gives every deploy a random version, restarting the
+    # worker each time; a version from what it runs restarts it only on change
+    # (pickled, so secrets count too without being written anywhere).
+    version = hashlib.sha256(pickle.dumps((spec, backoff))).hexdigest()[:16]
+    return FeedbackWorker.options(num_replicas=num_replicas, version=version,
+                                  _internal=True).bind(spec, backoff)
