@@ -176,13 +176,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
     parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument("--config", type=Path, default=BENCH_CONFIG,
+                        help="services to measure (default: the demo detector and classifier)")
     args = parser.parse_args()
 
-    from modelkit.demo import demo_models
     from serve_app.config import load_config
 
-    config = load_config([BENCH_CONFIG])
-    models = demo_models()
+    if args.config == BENCH_CONFIG:
+        from modelkit.demo import demo_models
+
+        demo_models()  # builds the demo artifacts if they are missing
+    config = load_config([args.config])
     body = camera_frame()
     rows: list[Figures] = []
     for spec in config.services:  # (a) raw, before Ray takes any CPU
@@ -191,7 +195,6 @@ def main() -> int:
             rows.append(figures("raw", spec.name, concurrency,
                                 *measure(call, concurrency, args.requests)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    del models
 
     from ray import serve
 

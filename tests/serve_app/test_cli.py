@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from test_config import SEED_OD as SEED_OD_TEXT
+
 from serve_app.cli import main
 
-SEED_OD = {
-    "Connectors": [{
-        "Id": "MyObjectDetectionConnector",
-        "ConnectorArn": "arn:aws:greengrass:region::/connectors/ObjectDetectionARMv7/versions/1",
-        "Parameters": {
-            "MLModelDestinationPath": "/path-to-model",
-            "MLModelResourceId": "my-ml-resource",
-            "LocalInferenceServiceName": "objectDetection",
-            "LocalInferenceServiceTimeoutSeconds": "10",
-            "LocalInferenceServiceMemoryLimitKB": "500000",
-        },
-    }],
-}
+# The ML Object Detection page's create-connector-definition example.
+SEED_OD = json.loads(SEED_OD_TEXT)
 
 
 def test_validate_lists_the_services(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
