@@ -146,10 +146,21 @@ def table(rows: list[Figures]) -> str:
     return "\n".join(lines)
 
 
+FEEDBACK_SUFFIX = "Feedback"
+
+
 def verdicts(rows: list[Figures]) -> list[str]:
     found = {(r.service, r.path, r.concurrency): r for r in rows}
     out = []
     for service in sorted({r.service for r in rows}):
+        if service.endswith(FEEDBACK_SUFFIX):
+            plain = found.get((service[: -len(FEEDBACK_SUFFIX)], "http", 1))
+            if plain is not None:
+                growth = found[(service, "http", 1)].p50_ms - plain.p50_ms
+                out.append(f"- {service}: ML Feedback on adds {growth:+.1f} ms to the HTTP p50 "
+                           f"at concurrency 1 (target at most 2 ms: "
+                           f"{'met' if growth <= 2 else 'NOT met'}).")
+            continue
         raw1, http1 = found[(service, "raw", 1)], found[(service, "http", 1)]
         raw4, http4 = found[(service, "raw", 4)], found[(service, "http", 4)]
         gap = http1.p50_ms - raw1.p50_ms
