@@ -64,6 +64,37 @@ class GreengrassFeedbackException(Exception):
     """The feedback service answered with an error or could not be reached."""
 
 
+class _Py2Bytes(bytes):
+    """Bytes that also take ``str`` arguments, as Python 2's ``str`` did.
+
+    The Image Classification page's example was written for Python 2.7: it
+    slices the body and calls ``.split(',')`` on it. On Python 3 a plain
+    ``bytes`` raises ``TypeError`` there; this subclass keeps every bytes
+    behaviour (``decode``, ``json.loads``, ``isinstance(x, bytes)``) and lets
+    that code run unchanged.
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        item = bytes.__getitem__(self, key)
+        return _Py2Bytes(item) if isinstance(key, slice) else item
+
+    @staticmethod
+    def _b(value: Any) -> Any:
+        return value.encode() if isinstance(value, str) else value
+
+    def split(self, sep: Any = None, maxsplit: int = -1) -> list[bytes]:  # type: ignore[override]
+        return [_Py2Bytes(p) for p in bytes.split(self, self._b(sep), maxsplit)]
+
+    def strip(self, chars: Any = None) -> bytes:  # type: ignore[override]
+        return _Py2Bytes(bytes.strip(self, self._b(chars)))
+
+    def startswith(self, prefix: Any, *args: Any) -> bool:  # type: ignore[override]
+        return bytes.startswith(self, self._b(prefix), *args)
+
+    def endswith(self, suffix: Any, *args: Any) -> bool:  # type: ignore[override]
+        return bytes.endswith(self, self._b(suffix), *args)
+
+
 class StreamingBody:
     """A response body read like botocore's ``StreamingBody``."""
 
@@ -71,7 +102,7 @@ class StreamingBody:
         self._stream = io.BytesIO(data)
 
     def read(self, amt: int | None = None) -> bytes:
-        return self._stream.read(amt)
+        return _Py2Bytes(self._stream.read(amt))
 
     def close(self) -> None:
         self._stream.close()

@@ -79,3 +79,17 @@ def test_lis_errors_map_to_sdk_exceptions(error: Exception, expected: type) -> N
 def test_feedback_publish_argument_checks(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ml.client("feedback").publish(**kwargs)
+
+
+def test_body_reads_as_bytes_that_python2_era_code_can_split() -> None:
+    import numpy as np
+
+    data = ml.StreamingBody(b"[0.3,0.1,0.6]").read()
+    assert isinstance(data, bytes) and data == b"[0.3,0.1,0.6]"
+    assert data.decode("utf-8") == "[0.3,0.1,0.6]"  # the detection example's way
+    inner = data[1:-1]  # the classification example's (Python 2) way
+    count = len(inner.split(","))
+    np.testing.assert_allclose(np.fromstring(inner, count=count, sep=","), [0.3, 0.1, 0.6])
+    assert inner.split(b",")[0] == b"0.3" and data.startswith("[")
+    body = ml.StreamingBody(b"abcdef")
+    assert body.read(2) == b"ab" and body.read() == b"cdef"

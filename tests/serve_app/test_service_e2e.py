@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from http import HTTPStatus
@@ -127,6 +130,45 @@ def test_client_over_a_handle_inside_the_cluster(running_lis, monkeypatch) -> No
         ml.client("inference").invoke_inference_service(
             AlgoType="object-detection", ServiceName="objectDetection",
             ContentType="image/jpeg", Body=b"not an image")
+
+
+SEED_EXAMPLES = Path(__file__).parent / "seed_examples"
+# Only makes the examples' logging.info lines visible; the examples themselves are verbatim.
+LOGGING_ON = "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
+
+
+def _run_seed_example(name: str, image: Path, endpoint: str, seconds: float,
+                      fix: tuple[str, str] | None = None) -> str:
+    """Run a seed page's Lambda code (it re-schedules itself forever) for a few seconds."""
+    source = (SEED_EXAMPLES / name).read_text().replace("/test_img/test.jpg", str(image))
+    if fix:
+        assert fix[0] in source
+        source = source.replace(*fix)
+    env = {**os.environ, "LIS_ENDPOINT": endpoint, "LIS_TRANSPORT": "http"}
+    process = subprocess.Popen([sys.executable, "-c", LOGGING_ON + source], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        return process.communicate(timeout=seconds)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[0]
+
+
+def test_seed_pages_usage_examples_run_against_lis(running_lis, tmp_path: Path) -> None:
+    image = tmp_path / "test.jpg"
+    image.write_bytes(_jpeg())
+    # Image classification: verbatim; it infers once a second until stopped.
+    out = _run_seed_example("image_classification.py", image, running_lis.endpoint, 4)
+    assert out.count("predictions: b'[") >= 2, out
+    assert "exception" not in out, out
+    # Object detection, verbatim: the published code reads `predictions_str` before
+    # assigning it, so after a successful call it stops on that NameError ...
+    out = _run_seed_example("object_detection.py", image, running_lis.endpoint, 30)
+    assert "resp: {'Body': <" in out and "NameError: name 'predictions_str'" in out, out
+    # ... and with that one name fixed it runs as intended.
+    out = _run_seed_example("object_detection.py", image, running_lis.endpoint, 4,
+                            fix=("predictions = resp['Body']", "predictions_str = resp['Body']"))
+    assert 'predictions: {"prediction": [[' in out and "Error" not in out, out
 
 
 # --- routing errors ---------------------------------------------------------------
