@@ -29,6 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BENCH_CONFIG = ROOT / "benchmarks" / "bench-services.yaml"
+# GluonCV's SSD-512 MobileNet (random weights: speed does not depend on them), the
+# network the connector pages name and the project's reference figures used.
+REFERENCE_MODEL = "ssd_512_mobilenet1.0_voc"
+REFERENCE_DIR = ROOT / "build" / "bench" / REFERENCE_MODEL
 CONCURRENCIES = (1, 4)
 WARMUP = 3
 
@@ -51,6 +55,31 @@ def camera_frame(seed: int = 0) -> bytes:
     cv2.circle(frame, (400, 360), 120, (0, 0, 230), -1)
     cv2.rectangle(frame, (800, 200), (1000, 420), (230, 0, 0), -1)
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def build_reference_detector() -> None:
+    """Export and compile the reference SSD once (about a minute), into build/bench/."""
+    if REFERENCE_DIR.is_dir():
+        return
+    import tempfile
+
+    import mxnet as mx
+    from gluoncv import model_zoo
+
+    from modelkit.compile import compile_model
+
+    mx.random.seed(0)
+    net = model_zoo.get_model(REFERENCE_MODEL, pretrained=False, pretrained_base=False)
+    net.initialize()
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 512, 512)))
+    with tempfile.TemporaryDirectory() as scratch:
+        prefix = Path(scratch) / REFERENCE_MODEL
+        net.export(str(prefix), epoch=0)
+        compile_model(prefix.with_name(f"{REFERENCE_MODEL}-symbol.json"),
+                      prefix.with_name(f"{REFERENCE_MODEL}-0000.params"), REFERENCE_DIR,
+                      input_shape=(1, 3, 512, 512), labels=list(net.classes),
+                      preprocessing="detector", verify=False)
 
 
 def measure(call: Callable[[], object], concurrency: int, requests: int) -> tuple[list[float], float]:
@@ -197,6 +226,7 @@ def main() -> int:
         from modelkit.demo import demo_models
 
         demo_models()  # builds the demo artifacts if they are missing
+        build_reference_detector()
     config = load_config([args.config])
     body = camera_frame()
     rows: list[Figures] = []

@@ -50,8 +50,13 @@ def local_platform() -> str:
 
 
 def connect_ray(address: str | None, *, any_platform: bool = False,
-                num_cpus: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box."""
+                num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box.
+
+    Replica logs stay in Ray's log files (``<ray session>/logs/serve/``) unless
+    ``log_to_driver``: streaming every line to the driver costs CPU per request
+    that a 2-core box cannot spare.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -62,10 +67,11 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         from cluster import cluster_auth_environment
 
         os.environ.update(cluster_auth_environment())
-        ray.init(address=address, namespace="lis", log_to_driver=True)
+        ray.init(address=address, namespace="lis", log_to_driver=log_to_driver)
         return
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
     ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
+             log_to_driver=log_to_driver,
              resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
 
 
@@ -128,16 +134,20 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     """
     from ray import serve
     from ray.serve.config import HTTPOptions, ProxyLocation
+    from ray.serve.schema import LoggingConfig
 
     from serve_app.app import APP_NAME, build_app
 
     versions = model_versions(config)
     nonce = secrets.token_hex(8)
+    # Each replica writes lis's own access line; Ray's per-request lines (proxy,
+    # ingress, replica) would triple the logging work of every request.
+    quiet = LoggingConfig(enable_access_log=False)
     serve.start(http_options=HTTPOptions(host=host, port=port),
-                proxy_location=ProxyLocation.EveryNode)
+                proxy_location=ProxyLocation.EveryNode, logging_config=quiet)
     app = build_app(config, token=token, model_versions=versions,
                     restart={name: nonce for name in restart})
-    serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
+    serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", logging_config=quiet)],
                    wait_for_applications_running=False)
     return versions
 
