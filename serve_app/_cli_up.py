@@ -21,6 +21,8 @@ from serve_app.deploy import (
     wait_for_services,
 )
 
+# Where Ray keeps replica logs on every node (Ray's default temp dir).
+SERVE_LOG_DIR = "/tmp/ray/session_latest/logs/serve/"
 # First start includes Ray itself and every model's load.
 READY_TIMEOUT_S = 300.0
 
@@ -37,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"HTTP port (default: the config's http.port or {DEFAULT_PORT})")
     parser.add_argument("--any-platform", action="store_true",
                         help="advertise all three connector platforms on this machine")
+    parser.add_argument("--log-to-console", action="store_true",
+                        help="stream every replica's log lines here (costs CPU per request); "
+                             "by default they stay in Ray's log folder")
     parser.add_argument("--detach", action="store_true",
                         help="return once deployed instead of serving until Ctrl-C")
 
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     args.host = args.host or config.http.host
     args.port = args.port or config.http.port
     token = http_token(args.host, config.http.token_env)
-    connect_ray(args.address, any_platform=args.any_platform)
+    connect_ray(args.address, any_platform=args.any_platform, log_to_driver=args.log_to_console)
     print(f"lis: deploying {len(config.services)} service(s) from "
           f"{', '.join(str(s) for s in sources)}", flush=True)
     deploy(config, host=args.host, port=args.port, token=token)
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({len(pending)} service(s) still pending: {', '.join(pending)})" if pending
              else " - all services ready"), flush=True)
     print(f"try: {_example(config, args.host, args.port, token)}", flush=True)
+    if not args.log_to_console:
+        print(f"logs (one access line per request): {SERVE_LOG_DIR} on each node", flush=True)
     if token and not args.detach:
         print("the ingress requires 'Authorization: Bearer <token>' (LIS_TOKEN)", flush=True)
     if args.detach:
