@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from serve_app.config import demo_config_path, load_config
-from serve_app.errors import ConfigError, ConfigIssue
 from serve_app.deploy import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -20,6 +21,7 @@ from serve_app.deploy import (
     http_token,
     wait_for_services,
 )
+from serve_app.errors import ConfigError, ConfigIssue
 
 # Where Ray keeps replica logs on every node (Ray's default temp dir).
 SERVE_LOG_DIR = "/tmp/ray/session_latest/logs/serve/"
@@ -52,12 +54,28 @@ def _print_state(name: str, state: dict[str, Any]) -> None:
     print(f"  {name}: {state['state']}{message}", flush=True)
 
 
-def _example(config: Any, host: str, port: int, token: str | None) -> str:
+def _sample_image(sources: list[Path]) -> Path | None:
+    """For the demo services: a generated scene of shapes to try them on."""
+    if sources != [demo_config_path()]:
+        return None
+    sample = demo_config_path().parent.parent / "build" / "models" / "sample-scene.jpg"
+    if not sample.is_file():
+        from modelkit.shapes import detection_sample
+
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        image = detection_sample(seed=2026, index=0).image
+        cv2.imwrite(str(sample), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return sample
+
+
+def _example(config: Any, host: str, port: int, token: str | None,
+             image: Path | None) -> str:
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    service = config.services[0]
+    service = next((s for s in config.services if s.algorithm == "object-detection"),
+                   config.services[0])
     auth = ' -H "Authorization: Bearer $LIS_TOKEN"' if token else ""
-    return (f"curl -s -X POST http://{url_host}:{port}/inference/{service.name}"
-            f"{auth} -H 'Content-Type: image/jpeg' --data-binary @{shlex.quote('image.jpg')}")
+    return (f"curl -s -X POST http://{url_host}:{port}/inference/{service.name}{auth} "
+            f"-H 'Content-Type: image/jpeg' --data-binary @{shlex.quote(str(image or 'image.jpg'))}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"lis: serving on http://{url_host}:{args.port}"
           + (f" ({len(pending)} service(s) still pending: {', '.join(pending)})" if pending
              else " - all services ready"), flush=True)
-    print(f"try: {_example(config, args.host, args.port, token)}", flush=True)
+    print(f"try: {_example(config, args.host, args.port, token, _sample_image(sources))}",
+          flush=True)
     if not args.log_to_console:
         print(f"logs (one access line per request): {SERVE_LOG_DIR} on each node", flush=True)
     if token and not args.detach:
