@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import zlib
-from http import HTTPStatus
 from pathlib import Path
 
 import cv2
