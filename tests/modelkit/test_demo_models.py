@@ -72,9 +72,11 @@ def test_the_classifier_calls_a_square_a_square(artifacts: dict[str, Path]) -> N
 
 @pytest.mark.parametrize("name", [
     "shapes-ssd",
-    # The committed YOLOv3 reaches mAP 0.74 (target 0.85): it misses shapes.
+    # The committed YOLOv3 meets its mAP target (0.876) but scores triangles low: in this
+    # scene two of them get 0.07 and 0.19, under the 0.3 cut and under its false positives.
     pytest.param("shapes-yolo3", marks=pytest.mark.xfail(
-        reason="YOLOv3 demo model is below its mAP target (0.74 < 0.85)", strict=False)),
+        reason="YOLOv3 demo model scores triangles below 0.3 (recall 0.69 at 0.3)",
+        strict=True)),
 ])
 def test_a_detector_finds_every_shape_of_a_scene(artifacts: dict[str, Path], name: str) -> None:
     # A busy scene: at least four shapes, all three classes.
