@@ -111,14 +111,13 @@ def figures(path: str, service: str, concurrency: int, latencies: list[float],
 
 def raw_caller(model_dir: Path, algorithm: str, threads: int, body: bytes) -> Callable[[], object]:
     """The raw path, shaped like a replica: decoding overlaps, the model runs one at a time."""
-    from deployments.imaging import decode_image, preprocess
     from deployments.inference import InferencePipeline, PipelineOptions
 
     pipeline = InferencePipeline(model_dir, PipelineOptions(algorithm=algorithm, threads=threads))
     model_lock = threading.Lock()
 
     def call() -> object:
-        batch = preprocess(decode_image(body, "image/jpeg"), pipeline.preprocessing)
+        batch = pipeline.prepare(body, "image/jpeg")
         with model_lock:
             return pipeline.run_batch(batch)
 

@@ -108,13 +108,13 @@ class InferencePipeline:
         spec = self.preprocessing
         self.runtime.predict(np.zeros((1, 3, spec.height, spec.width), dtype=np.float32))
 
-    def run(self, body: bytes, content_type: str | None) -> Prediction:
+    def prepare(self, body: bytes, content_type: str | None) -> np.ndarray:
+        """Decode and preprocess a request body into the model's input batch."""
         image = decode_image(body, content_type, self.options.max_pixels)
-        return self.run_image(image)
+        return preprocess(image, self.preprocessing)
 
-    def run_image(self, image: np.ndarray) -> Prediction:
-        """Predict on an RGB uint8 image that is already decoded."""
-        return self.run_batch(preprocess(image, self.preprocessing))
+    def run(self, body: bytes, content_type: str | None) -> Prediction:
+        return self.run_batch(self.prepare(body, content_type))
 
     def run_batch(self, batch: np.ndarray) -> Prediction:
         """Run the model on a preprocessed batch and format its answer."""

@@ -164,10 +164,8 @@ class InferenceService:
             raise PayloadTooLarge("request body bytes", len(body), self.spec.max_request_bytes)
 
     def _predict(self, body: bytes, content_type: str | None) -> Prediction:
-        from deployments.imaging import decode_image, preprocess
-
-        image = decode_image(body, content_type, self.spec.max_pixels)
-        batch = preprocess(image, self.pipeline.preprocessing)
+        # Decoding runs outside the lock, overlapping another request's model run.
+        batch = self.pipeline.prepare(body, content_type)
         self._enforce_memory_limit()
         with self._model_lock:
             prediction = self.pipeline.run_batch(batch)
