@@ -213,7 +213,7 @@ def write_readme(report: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    parser.add_argument("--requests", type=int, default=200, help="requests per measurement")
     parser.add_argument("--no-readme", action="store_true", help="print only")
     parser.add_argument("--config", type=Path, default=BENCH_CONFIG,
                         help="services to measure (default: the demo detector and classifier)")
@@ -241,7 +241,7 @@ def main() -> int:
     from serve_app.deploy import connect_ray, deploy, wait_for_services
 
     os.environ["LIS_TRANSPORT"] = "handle"
-    connect_ray(None)
+    connect_ray(None, http_port=config.http.port)
     try:
         deploy(config, port=config.http.port)
         wait_for_services(config, timeout_s=300)

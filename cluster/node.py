@@ -25,6 +25,7 @@ from typing import Literal
 
 from cluster import _token
 from cluster.platform import CONNECTOR_SUFFIXES, DevicePlatform, detect_platform
+from serve_app.deploy import SERVE_THROUGHPUT_ENVIRONMENT
 from serve_app.errors import ConfigError, ConfigIssue
 
 __all__ = [
@@ -133,9 +134,13 @@ def plan_node(options: NodeOptions, device: DevicePlatform,
     args += _dashboard_args(options, device, decisions)
     token, generate = _token_decision(options, environ, decisions)
     tls_env = _tls_environment(options, environ, decisions)
-    env = {"RAY_USAGE_STATS_ENABLED": "0", **token.environment(), **tls_env}
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **token.environment(), **tls_env,
+           **SERVE_THROUGHPUT_ENVIRONMENT}
     decisions.append(Decision("usage stats", "off", "RAY_USAGE_STATS_ENABLED=0 and "
                               "--disable-usage-stats: Ray sends no usage statistics"))
+    decisions.append(Decision("serve", "high-throughput", "gRPC between deployments, user "
+                              "code on each replica's event loop, GC frozen after start-up "
+                              "(" + ", ".join(sorted(SERVE_THROUGHPUT_ENVIRONMENT)) + ")"))
     args.append("--disable-usage-stats")
     if options.block:
         args.append("--block")

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     args.host = args.host or config.http.host
     args.port = args.port or config.http.port
     token = http_token(args.host, config.http.token_env)
-    connect_ray(args.address, any_platform=args.any_platform, log_to_driver=args.log_to_console)
+    connect_ray(args.address, any_platform=args.any_platform, log_to_driver=args.log_to_console,
+                http_port=args.port)
     print(f"lis: deploying {len(config.services)} service(s) from "
           f"{', '.join(str(s) for s in sources)}", flush=True)
     deploy(config, host=args.host, port=args.port, token=token)

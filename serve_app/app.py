@@ -36,9 +36,9 @@ from serve_app.config import DEFAULT_TIMEOUT_S, LisConfig, ServiceSpec
 from serve_app.errors import ServiceNotFound, ServiceUnavailable
 from serve_app.ingress import ServiceInfo, build_http_app
 
-__all__ = ["APP_NAME", "HandleRouter", "LisIngress", "build_app", "replica_demand",
-           "service_info", "service_states", "service_version", "short_message",
-           "unplaceable_reason"]
+__all__ = ["APP_NAME", "INGRESS_DEPLOYMENT", "HandleRouter", "LisIngress", "build_app",
+           "replica_demand", "service_info", "service_states", "service_version",
+           "short_message", "unplaceable_reason"]
 
 APP_NAME = "lis"
 log = logging.getLogger("lis.app")
@@ -56,6 +56,7 @@ MAX_SURGE_PERCENT = 1
 # A stopping replica finishes its requests first; none runs past the
 # service's timeout, plus this margin.
 SHUTDOWN_GRACE_S = 5.0
+INGRESS_DEPLOYMENT = "LisIngress"
 # The ingress shares the head node's fate with Ray Serve's controller: losing
 # a worker never takes the front door down.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -160,12 +161,15 @@ def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
 
 def build_app(config: LisConfig, *, token: str | None = None,
               model_versions: Mapping[str, str | None] | None = None,
-              restart: Mapping[str, str] | None = None) -> Application:
+              restart: Mapping[str, str] | None = None,
+              direct_ingress: bool = False) -> Application:
     """The Ray Serve application for ``config``: services plus the ingress.
 
     ``model_versions`` maps services to their model's content hash where the
     deployer could compute it; ``restart`` maps services to a token that makes
-    their replicas be replaced even if nothing else changed.
+    their replicas be replaced even if nothing else changed. With
+    ``direct_ingress`` the ingress replica owns the HTTP port, so a new one can
+    only start once the old one has let go of it: no surge replica.
     """
     model_versions, restart = model_versions or {}, restart or {}
     feedback = None
@@ -185,7 +189,7 @@ def build_app(config: LisConfig, *, token: str | None = None,
         version=_digest([asdict(info) for info in infos], demands, token_hash,
                         config.feedback is not None, _code_fingerprint()), _internal=True,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
-        max_surge_percent=MAX_SURGE_PERCENT,
+        max_surge_percent=0 if direct_ingress else MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
     ).bind(infos, services, feedback, token, demands)
 
@@ -350,7 +354,7 @@ class HandleRouter:
         return await self.feedback.publish.remote(config_id, body, prediction, metadata)
 
 
-@serve.deployment
+@serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()
 class LisIngress:
     """The HTTP front door: on the head node, reached through the proxy on every node."""

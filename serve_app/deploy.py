@@ -22,8 +22,12 @@ __all__ = [
     "ALL_PLATFORMS",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "SERVE_THROUGHPUT_ENVIRONMENT",
     "connect_ray",
     "deploy",
+    "direct_ingress_environment",
+    "direct_ingress_port",
+    "wait_until_free",
     "http_token",
     "is_loopback",
     "local_platform",
@@ -38,6 +42,51 @@ TOKEN_FILE = Path.home() / ".config" / "lis" / "http-token"
 # A local node advertises one unit of its platform; replicas ask for 0.001.
 PLATFORM_UNITS = 1.0
 
+# Ray Serve's own high-throughput settings (its "Enable High Throughput" guide,
+# Ray >= 2.56), one by one: handle calls between deployments over gRPC, user
+# code on the replica's event loop instead of a second thread, the garbage
+# collector frozen after start-up. RAY_SERVE_THROUGHPUT_OPTIMIZED would also run
+# every handle's router on its caller's event loop, which breaks the SDK's
+# synchronous handle calls, so it is not used. Each Ray process reads these
+# when it starts: they belong in the environment Ray is started with.
+SERVE_THROUGHPUT_ENVIRONMENT = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+}
+_DIRECT_INGRESS_KEY = b"lis:direct-ingress-port"
+
+
+def direct_ingress_environment(port: int) -> dict[str, str]:
+    """Ray's environment for a box whose ingress replica itself listens on ``port``.
+
+    Ray Serve's direct ingress: the ingress replica runs the HTTP server, so a
+    request skips the proxy actor and one Ray hop (about 7 ms of CPU per
+    request on a 2-core box). Ray gives such replicas ports from a range; a
+    range of one port pins lis's single ingress replica to ``port``. A released
+    port is reusable at once (no quarantine: no load balancer holds it), and a
+    stopping ingress drains for one second instead of thirty.
+    """
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
+def direct_ingress_port() -> int | None:
+    """The port the connected Ray serves by direct ingress, if it was started that way.
+
+    Kept in the cluster's key-value store, not this process's environment, so a
+    later driver (``lis reload``) deploys the way the cluster was started.
+    """
+    from ray.experimental import internal_kv
+
+    value = internal_kv._internal_kv_get(_DIRECT_INGRESS_KEY)
+    return int(value) if value else None
+
 
 def local_platform() -> str:
     """The connector platform suffix of this machine."""
@@ -50,9 +99,13 @@ def local_platform() -> str:
 
 
 def connect_ray(address: str | None, *, any_platform: bool = False,
-                num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+                num_cpus: int | None = None, log_to_driver: bool = False,
+                http_port: int | None = None) -> None:
     """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box.
 
+    A local Ray given ``http_port`` serves HTTP by direct ingress on that port
+    (see ``direct_ingress_environment``); a joined cluster keeps Ray Serve's
+    proxy on every node, so a device reaches the ingress through its own node.
     Replica logs stay in Ray's log files (``<ray session>/logs/serve/``) unless
     ``log_to_driver``: streaming every line to the driver costs CPU per request
     that a 2-core box cannot spare.
@@ -69,10 +122,17 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         os.environ.update(cluster_auth_environment())
         ray.init(address=address, namespace="lis", log_to_driver=log_to_driver)
         return
+    os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
+    if http_port is not None:
+        os.environ.update(direct_ingress_environment(http_port))
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
     ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
              log_to_driver=log_to_driver,
              resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
+    if http_port is not None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(_DIRECT_INGRESS_KEY, str(http_port).encode())
 
 
 def is_loopback(host: str) -> bool:
@@ -143,13 +203,42 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     # Each replica writes lis's own access line; Ray's per-request lines (proxy,
     # ingress, replica) would triple the logging work of every request.
     quiet = LoggingConfig(enable_access_log=False)
-    serve.start(http_options=HTTPOptions(host=host, port=port),
+    direct_port = direct_ingress_port()
+    if direct_port is not None and direct_port != port:
+        raise LisError(f"this Ray serves HTTP by direct ingress on port {direct_port}, "
+                       f"not {port}: restart lis to change the port")
+    # With direct ingress the ingress replica owns ``port``; Ray Serve still
+    # wants its proxy on the head, which gets a free port nobody needs to know.
+    serve.start(http_options=HTTPOptions(host=host, port=0 if direct_port else port),
                 proxy_location=ProxyLocation.EveryNode, logging_config=quiet)
+    if direct_port is not None and APP_NAME not in serve.status().applications:
+        wait_until_free(host, port)
     app = build_app(config, token=token, model_versions=versions,
-                    restart={name: nonce for name in restart})
+                    restart={name: nonce for name in restart},
+                    direct_ingress=direct_port is not None)
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", logging_config=quiet)],
                    wait_for_applications_running=False)
     return versions
+
+
+# A lis stopped a moment ago may still hold its port while Ray winds down.
+_PORT_WAIT_S = 30.0
+
+
+def wait_until_free(host: str, port: int, timeout_s: float = _PORT_WAIT_S) -> None:
+    """Wait for ``port`` to be bindable: Ray gives up on a port that failed to bind once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise LisError(f"cannot serve HTTP on {host}:{port}: {error.strerror}") \
+                        from None
+        time.sleep(_POLL_S)
 
 
 # A deployment's status lags the deploy call by a control-loop tick: a state
@@ -167,7 +256,7 @@ def wait_for_services(config: LisConfig, timeout_s: float,
                       ) -> dict[str, dict[str, Any]]:
     """Poll until every service runs with all its replicas up to date or is pending
     (no node can host it), one fails, or ``timeout_s`` passes; return the states."""
-    from serve_app.app import replica_demand, service_states
+    from serve_app.app import INGRESS_DEPLOYMENT, replica_demand, service_states
 
     demands = {spec.name: replica_demand(spec) for spec in config.services}
     deadline = time.monotonic() + timeout_s
@@ -182,10 +271,14 @@ def wait_for_services(config: LisConfig, timeout_s: float,
                 on_change(spec.name, state)
             seen[spec.name] = state["state"]
         failed = {n: states[n]["message"] for n, s in seen.items() if s == "FAILED"}
+        if states.get(INGRESS_DEPLOYMENT, {}).get("state") == "FAILED":
+            failed[INGRESS_DEPLOYMENT] = states[INGRESS_DEPLOYMENT]["message"]
         if failed:
             raise LisError("services failed to start: " +
                            "; ".join(f"{n}: {m}" for n, m in failed.items()))
-        settled = all(_settled(states[s.name]) for s in config.services)
+        # The ingress too: with direct ingress its port opens only when it runs.
+        ingress = states.get(INGRESS_DEPLOYMENT, {"state": "DEPLOYING"})
+        settled = _settled(ingress) and all(_settled(states[s.name]) for s in config.services)
         if (settled and settled_before) or time.monotonic() > deadline:
             return states
         settled_before = settled

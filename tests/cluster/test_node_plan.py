@@ -110,6 +110,9 @@ def test_every_node_turns_token_auth_and_usage_stats_off(device, token_file: Pat
         assert plan.environment["RAY_AUTH_MODE"] == "token"
         assert plan.environment["RAY_AUTH_TOKEN_PATH"] == str(token_file)
         assert plan.environment["RAY_USAGE_STATS_ENABLED"] == "0"
+        # Every node's Ray processes start with Ray Serve's high-throughput settings.
+        assert plan.environment["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
+        assert plan.environment["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
         assert "--disable-usage-stats" in plan.command
 
 
@@ -231,7 +234,7 @@ def test_every_decision_is_printed_on_its_own_line(device, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     settings = [line.split(":")[1].strip() for line in lines if " -- " in line]
     assert settings == ["device", "role", "resources", "gpus", "object store", "dashboard",
-                        "token", "tls", "usage stats"]
+                        "token", "tls", "usage stats", "serve"]
     assert any("Jetson's integrated GPU is invisible to NVML" in line for line in lines)
 
 

@@ -136,7 +136,7 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
         store=folder / "store", spool=folder / "spool", mqtt_port=broker.port))
     config = load_config([config_path])
     port = free_port()
-    connect_ray(None, num_cpus=TEST_CLUSTER_CPUS)
+    connect_ray(None, num_cpus=TEST_CLUSTER_CPUS, http_port=port)
     try:
         deploy(config, port=port)
         states = wait_for_services(config, timeout_s=240)

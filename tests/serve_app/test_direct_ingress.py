@@ -1,0 +1,45 @@
+"""The single-box HTTP path: Ray Serve's direct ingress pinned to lis's port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import psutil
+import pytest
+
+from serve_app.deploy import direct_ingress_environment, direct_ingress_port, wait_until_free
+from serve_app.errors import LisError
+
+
+def test_the_port_range_holds_exactly_the_configured_port() -> None:
+    env = direct_ingress_environment(8123)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Ray hands out ports from [MIN, MAX): one port, lis's own.
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("8123", "8124")
+    assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(LisError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            wait_until_free("127.0.0.1", port, timeout_s=0.5)
+    wait_until_free("127.0.0.1", port, timeout_s=5)  # released: no error
+
+
+def test_the_ingress_replica_itself_listens_on_the_port(running_lis) -> None:
+    port = int(running_lis.endpoint.rsplit(":", 1)[1])
+    assert direct_ingress_port() == port
+    listeners = {c.pid for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert len(listeners) == 1
+    # The ingress replica's own process, not Ray Serve's proxy actor.
+    title = " ".join(psutil.Process(listeners.pop()).cmdline())
+    assert title.startswith("ray::ServeReplica:lis:LisIngress"), title
+    with urllib.request.urlopen(f"{running_lis.endpoint}/healthz", timeout=10) as ok:
+        assert json.loads(ok.read()) == {"status": "ok"}
