@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from ray import serve
 
+from deployments.feedback.handoff import FeedbackHandoff
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
 from deployments.runtime import set_thread_count
 from serve_app.errors import (
@@ -125,7 +126,8 @@ class InferenceService:
         self._executor = ThreadPoolExecutor(_WORKER_THREADS, thread_name_prefix=spec.name)
         self._process = psutil.Process()
         self._memory_exceeded: int | None = None
-        self._feedback = feedback
+        self._feedback = FeedbackHandoff(feedback) \
+            if feedback is not None and spec.feedback_config_id else None
         self.log.info("loaded %s (version %s) in %.1f s", model_dir, self.version,
                       time.perf_counter() - started)
 
@@ -185,12 +187,10 @@ class InferenceService:
 
     def _send_feedback(self, body: bytes, content_type: str | None,
                        prediction: Prediction) -> None:
-        if self._feedback is None or not self.spec.feedback_config_id:
+        if self._feedback is None:
             return
-        # Fire and forget: the upload never delays the answer.
-        self._feedback.publish.remote(self.spec.feedback_config_id, body, prediction.values,
-                                      {"service": self.spec.name,
-                                       "content-type": content_type or ""})
+        self._feedback.add((self.spec.feedback_config_id, body, prediction.values,
+                            {"service": self.spec.name, "content-type": content_type or ""}))
 
     # --- what Ray Serve and the ingress ask ---------------------------------
 

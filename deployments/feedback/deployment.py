@@ -1,9 +1,10 @@
 """The feedback worker as a Ray Serve deployment: one ``FeedbackPipeline`` per node.
 
-The inference services and the feedback HTTP route call
-``FeedbackWorker.publish`` through a deployment handle and need not wait for
-it: uploads and MQTT run on the pipeline's own thread in this replica, so a
-stuck upload never blocks inference. At most one replica runs per node
+The feedback HTTP route and the SDK call ``FeedbackWorker.publish`` through
+a deployment handle; inference replicas hand their samples over in batches
+through a ``FeedbackHandoff`` and never wait for it. Uploads and MQTT run on
+the pipeline's own thread in this replica, so a stuck upload never blocks
+inference. At most one replica runs per node
 (``max_replicas_per_node=1``) because each node has one spool folder; the
 spool's lock file keeps a replica that is being replaced from sharing it with
 its successor. Replicas take no CPU reservation: they mostly wait on the
@@ -24,6 +25,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.feedback.handoff import Sample
 from deployments.feedback.pipeline import DEFAULT_BACKOFF, Backoff, FeedbackPipeline
 from serve_app.feedback_config import FeedbackConnectorSpec
 
@@ -49,6 +51,13 @@ class FeedbackWorker:
                                    metadata)
         return await asyncio.get_running_loop().run_in_executor(None, submit)
 
+    async def publish_many(self, samples: list[Sample]) -> list[dict[str, Any]]:
+        """``publish`` for a batch of samples, in order; one status each."""
+        def submit_all() -> list[dict[str, Any]]:
+            return [self._pipeline.submit(*sample) for sample in samples]
+
+        return await asyncio.get_running_loop().run_in_executor(None, submit_all)
+
     def pending(self) -> int:
         """Samples this node accepted and has not yet delivered."""
         return self._pipeline.pending
@@ -72,3 +81,4 @@ def build_feedback_worker(spec: FeedbackConnectorSpec, *, num_replicas: int = 1,
     version = hashlib.sha256(pickle.dumps((spec, backoff))).hexdigest()[:16]
     return FeedbackWorker.options(num_replicas=num_replicas, version=version,
                                   _internal=True).bind(spec, backoff)
+

@@ -398,5 +398,5 @@ def test_numpy_predictions_are_accepted_as_plain_numbers(
 
 def test_the_package_exports_its_public_names() -> None:
     exported = {name for name in dir(feedback) if not name.startswith("_")} - {
-        "annotations", "deployment", "mqtt", "pipeline", "sampling", "spool", "store"}
+        "annotations", "deployment", "handoff", "mqtt", "pipeline", "sampling", "spool", "store"}
     assert exported == set(feedback.__all__)
