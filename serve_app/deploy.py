@@ -5,13 +5,14 @@ Kept apart from the CLI so tests and embedding programs deploy the same way.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import platform as host_platform
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,21 @@ def local_platform() -> str:
     return detect_platform().connector_suffix
 
 
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``variables`` set in this process's environment for the ``with`` block only."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def connect_ray(address: str | None, *, any_platform: bool = False,
                 num_cpus: int | None = None, log_to_driver: bool = False,
                 http_port: int | None = None) -> None:
@@ -123,12 +139,15 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         ray.init(address=address, namespace="lis", log_to_driver=log_to_driver)
         return
     os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
-    if http_port is not None:
-        os.environ.update(direct_ingress_environment(http_port))
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
-    ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
-             log_to_driver=log_to_driver,
-             resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
+    # Ray's processes inherit the direct-ingress settings, this process keeps
+    # them only for ray.init: what it starts later (its own Ray, a test's
+    # cluster) must not inherit a port that is taken.
+    ingress_env = direct_ingress_environment(http_port) if http_port is not None else {}
+    with _environment(ingress_env):
+        ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
+                 log_to_driver=log_to_driver,
+                 resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
     if http_port is not None:
         from ray.experimental import internal_kv
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.request
 
@@ -35,6 +36,9 @@ def test_a_port_in_use_is_a_clear_error() -> None:
 def test_the_ingress_replica_itself_listens_on_the_port(running_lis) -> None:
     port = int(running_lis.endpoint.rsplit(":", 1)[1])
     assert direct_ingress_port() == port
+    # Only Ray's processes got the port: a cluster this process starts later
+    # (the multi-node scenarios) must not inherit it.
+    assert not set(direct_ingress_environment(port)) & set(os.environ)
     listeners = {c.pid for c in psutil.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert len(listeners) == 1
