@@ -357,7 +357,11 @@ class HandleRouter:
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()
 class LisIngress:
-    """The HTTP front door: on the head node, reached through the proxy on every node."""
+    """The HTTP front door, on the head node.
+
+    On one box it serves HTTP itself (Ray Serve's direct ingress, see
+    ``serve_app.deploy``); on a cluster the proxy on every node forwards to it.
+    """
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
                  feedback: DeploymentHandle | None, token: str | None,
