@@ -70,14 +70,7 @@ def test_the_classifier_calls_a_square_a_square(artifacts: dict[str, Path]) -> N
     assert probabilities.max() > 0.5
 
 
-@pytest.mark.parametrize("name", [
-    "shapes-ssd",
-    # The committed YOLOv3 meets its mAP target (0.876) but scores triangles low: in this
-    # scene two of them get 0.07 and 0.19, under the 0.3 cut and under its false positives.
-    pytest.param("shapes-yolo3", marks=pytest.mark.xfail(
-        reason="YOLOv3 demo model scores triangles below 0.3 (recall 0.69 at 0.3)",
-        strict=True)),
-])
+@pytest.mark.parametrize("name", DETECTORS)
 def test_a_detector_finds_every_shape_of_a_scene(artifacts: dict[str, Path], name: str) -> None:
     # A busy scene: at least four shapes, all three classes.
     scene = _first(detection_sample, lambda s: len(s.shapes) >= 4
