@@ -241,7 +241,7 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
 
 # A lis stopped a moment ago may still hold its port while Ray winds down.
-_PORT_WAIT_S = 30.0
+_PORT_WAIT_S = 60.0
 
 
 def wait_until_free(host: str, port: int, timeout_s: float = _PORT_WAIT_S) -> None:
