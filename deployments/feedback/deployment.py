@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import os
 import pickle
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -34,25 +32,6 @@ from serve_app.feedback_config import FeedbackConnectorSpec
 __all__ = ["FeedbackWorker", "build_feedback_worker"]
 
 
-# Feedback is background work: on a small box its spool writes and uploads
-# must not take CPU from the inference runtimes, whose threads wait for each
-# other whenever one is preempted (measured: up to +3.6 ms of classifier p50 at
-# normal priority). Niceness 10 still gives it about a tenth of a busy core.
-FEEDBACK_NICENESS = 10
-
-
-def lower_priority(niceness: int) -> None:
-    """Renice every thread of this process (Linux keeps niceness per thread);
-    threads started later inherit it from the thread that starts them."""
-    tasks = Path(f"/proc/{os.getpid()}/task")
-    for tid in (int(t.name) for t in tasks.iterdir()) if tasks.is_dir() else (0,):
-        try:
-            current = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, max(current, niceness))
-        except OSError:  # the thread ended meanwhile, or no permission: best effort
-            continue
-
-
 @serve.deployment(
     name="FeedbackWorker",
     max_replicas_per_node=1,
@@ -63,7 +42,6 @@ class FeedbackWorker:
     """Holds the node's feedback pipeline; ``publish`` is its one entry point."""
 
     def __init__(self, spec: FeedbackConnectorSpec, backoff: Backoff = DEFAULT_BACKOFF) -> None:
-        lower_priority(FEEDBACK_NICENESS)
         self._pipeline = FeedbackPipeline(spec, backoff=backoff)
 
     async def publish(self, config_id: str, model_input: bytes, prediction: Any,

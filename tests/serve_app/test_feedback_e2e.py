@@ -85,22 +85,3 @@ def test_sdk_publish_samples_by_strategy_and_reports_errors(http_endpoint: str,
     with pytest.raises(GreengrassFeedbackException, match="no-such-config"):
         feedback.publish(ConfigId="no-such-config", ModelInput=b"x", ModelPrediction=[1.0])
 
-
-def test_the_feedback_worker_runs_below_inference_priority(running_lis) -> None:
-    import os
-
-    import psutil
-
-    from deployments.feedback.deployment import FEEDBACK_NICENESS
-
-    def replica(name: str) -> psutil.Process:
-        return next(p for p in psutil.process_iter(["cmdline"])
-                    if " ".join(p.info["cmdline"] or []).startswith(f"ray::ServeReplica:lis:{name}"))
-
-    def niceness(process: psutil.Process) -> set[int]:
-        return {os.getpriority(os.PRIO_PROCESS, thread.id) for thread in process.threads()}
-
-    # Every thread of the worker, including those it started after __init__
-    # (Ray runs a few of its own threads at lower priority still).
-    assert min(niceness(replica("FeedbackWorker"))) >= FEEDBACK_NICENESS
-    assert min(niceness(replica("feedbackClassifier"))) == 0
