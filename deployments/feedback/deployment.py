@@ -39,7 +39,8 @@ __all__ = ["FeedbackWorker", "build_feedback_worker"]
     max_ongoing_requests=64,
 )
 class FeedbackWorker:
-    """Holds the node's feedback pipeline; ``publish`` is its one entry point."""
+    """Holds the node's feedback pipeline: ``publish`` for one sample (SDK, HTTP route),
+    ``publish_many`` for an inference replica's batch."""
 
     def __init__(self, spec: FeedbackConnectorSpec, backoff: Backoff = DEFAULT_BACKOFF) -> None:
         self._pipeline = FeedbackPipeline(spec, backoff=backoff)
