@@ -15,6 +15,7 @@ import http.client
 import os
 import platform
 import re
+import shutil
 import statistics
 import threading
 import time
@@ -200,6 +201,16 @@ def interleaved_p50s(calls: dict[str, Callable[[], object]], rounds: int,
     return {name: 1000 * statistics.median(found) for name, found in latencies.items()}
 
 
+def empty_feedback_folders(feedback: object) -> None:
+    """Start from an empty spool and local store: a spool left full by an earlier run
+    would refuse every sample (RequestLimit, size cap) and time the refusal instead."""
+    if feedback is None:
+        return
+    for folder in (feedback.spool.directory, feedback.storage.local_root):
+        if folder is not None:
+            shutil.rmtree(Path(folder).expanduser(), ignore_errors=True)
+
+
 def feedback_pairs(services: list[str]) -> list[tuple[str, str]]:
     """(plain, with feedback) service pairs: ``X`` and ``XFeedback``."""
     return [(name[: -len(FEEDBACK_SUFFIX)], name) for name in services
@@ -271,6 +282,7 @@ def main() -> int:
         demo_models()  # builds the demo artifacts if they are missing
         build_reference_detector()
     config = load_config([args.config])
+    empty_feedback_folders(config.feedback)
     body = camera_frame()
     rows: list[Figures] = []
     raw_calls: dict[str, Callable[[], object]] = {}
