@@ -23,7 +23,7 @@ from deployments.imaging import (
     preprocess,
     read_preprocessing,
 )
-from deployments.runtime import ModelRuntime
+from deployments.runtime import ModelRuntime, keep_large_buffers
 from serve_app.errors import ArtifactError, InferenceFailed, LisError
 
 __all__ = ["Algorithm", "InferencePipeline", "PipelineOptions", "Prediction", "load_labels"]
@@ -89,6 +89,7 @@ class InferencePipeline:
     def __init__(self, model_dir: Path, options: PipelineOptions) -> None:
         self.model_dir = Path(model_dir)
         self.options = options
+        keep_large_buffers()
         self.runtime = _make_runtime(self.model_dir, options)
         self.runtime.load()
         self.preprocessing = self._resolve_preprocessing()

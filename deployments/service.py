@@ -72,6 +72,32 @@ def artifact_version(source: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+class _Stages:
+    """How long one request spent in each step of the replica, for its access line.
+
+    ``prepare`` (decode + preprocess), ``wait`` (for the model, behind other
+    requests) and ``model`` (run + output format); the rest of ``latency_ms``
+    is the replica's own handling and the wait for a worker thread.
+    """
+
+    _NAMES = ("prepare", "wait", "model")
+
+    def __init__(self) -> None:
+        self._ms = dict.fromkeys(self._NAMES, 0.0)
+        self._current: str | None = None
+        self._since = 0.0
+
+    def start(self, name: str | None) -> None:
+        """End the current stage (if any) and start ``name`` (``None``: stop timing)."""
+        now = time.perf_counter()
+        if self._current is not None:
+            self._ms[self._current] += 1000 * (now - self._since)
+        self._current, self._since = name, now
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}_ms={ms:.1f}" for name, ms in self._ms.items())
+
+
 class _ServiceLog(logging.LoggerAdapter):
     """Prefixes every line with the service name, as the connectors' logs did."""
 
@@ -138,10 +164,12 @@ class InferenceService:
         """Answer one request: the connector's output, or a ``LisError``."""
         started = time.perf_counter()
         status = 200
+        stages = _Stages()
         try:
             self._check_request(body, algo_type)
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._executor, self._predict, body, content_type)
+            work = loop.run_in_executor(self._executor, self._predict, body, content_type,
+                                        stages)
             try:
                 prediction = await asyncio.wait_for(work, self.spec.timeout_s)
             except asyncio.TimeoutError:
@@ -156,8 +184,8 @@ class InferenceService:
             self.log.exception("unexpected failure")
             raise
         finally:
-            self.log.info("access status=%d latency_ms=%.1f bytes=%d", status,
-                          1000 * (time.perf_counter() - started), len(body))
+            self.log.info("access status=%d latency_ms=%.1f %s bytes=%d", status,
+                          1000 * (time.perf_counter() - started), stages, len(body))
 
     def _check_request(self, body: bytes, algo_type: str | None) -> None:
         if algo_type is not None and algo_type != self.spec.algorithm:
@@ -165,12 +193,16 @@ class InferenceService:
         if len(body) > self.spec.max_request_bytes:
             raise PayloadTooLarge("request body bytes", len(body), self.spec.max_request_bytes)
 
-    def _predict(self, body: bytes, content_type: str | None) -> Prediction:
+    def _predict(self, body: bytes, content_type: str | None, stages: _Stages) -> Prediction:
         # Decoding runs outside the lock, overlapping another request's model run.
+        stages.start("prepare")
         batch = self.pipeline.prepare(body, content_type)
         self._enforce_memory_limit()
+        stages.start("wait")
         with self._model_lock:
+            stages.start("model")
             prediction = self.pipeline.run_batch(batch)
+        stages.start(None)
         self._enforce_memory_limit()
         return prediction
 

@@ -166,3 +166,33 @@ def test_compiled_detector_on_another_image(ssd_artifact: dict[str, Any]) -> Non
     image = np.zeros((300, 400, 3), np.uint8)
     image[50:200, 100:300] = (200, 30, 30)  # a red block on black, not the calibration input
     _assert_same_detections(ssd_artifact, preprocess(image, DETECTOR_PREPROCESSING))
+
+
+_PAGE_FAULTS_PER_FRAME = """
+import resource, sys
+import numpy as np
+from deployments.imaging import DETECTOR_PREPROCESSING, preprocess
+from deployments.runtime import keep_large_buffers
+if sys.argv[1] == "keep":
+    assert keep_large_buffers()
+frame = np.full((720, 1280, 3), 90, dtype=np.uint8)
+preprocess(frame, DETECTOR_PREPROCESSING)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    preprocess(frame.copy(), DETECTOR_PREPROCESSING)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_kept_buffers_spare_each_request_its_page_faults() -> None:
+    # A fresh process each: the setting is process-wide and cannot be undone.
+    def faults(mode: str) -> float:
+        result = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_PER_FRAME, mode],
+                                capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[2])
+        return float(result.stdout)
+
+    mapped, kept = faults("map"), faults("keep")
+    assert mapped > 1000  # a 1280x720 frame into a 512x512 input: megabytes of new pages
+    assert kept < mapped / 20

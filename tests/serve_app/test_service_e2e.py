@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from peers import wait_until
 from PIL import Image
 
 import greengrass_machine_learning_sdk as ml
@@ -59,6 +61,38 @@ def _error(response: requests.Response) -> dict:
 
 
 # --- the two algorithms, three ways ---------------------------------------------------
+
+
+def _access_lines(service: str) -> list[re.Match]:
+    import ray
+
+    pattern = re.compile(rf"\[{service}\] access status=(\d+) latency_ms=([\d.]+) "
+                         r"prepare_ms=([\d.]+) wait_ms=([\d.]+) model_ms=([\d.]+) bytes=(\d+)$")
+    folder = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    lines = []
+    for log in folder.glob(f"replica_*{service}_*.log"):
+        lines += [m for m in map(pattern.search, log.read_text().splitlines()) if m]
+    return lines
+
+
+def test_each_request_leaves_one_access_line_with_its_stages(running_lis) -> None:
+    body = _jpeg(331, 217, seed=11)
+    assert _post(running_lis.endpoint, "imageClassification", body).status_code == 200
+    assert _post(running_lis.endpoint, "imageClassification", b"\xff\xd8\xff" + b"\0" * 97
+                 ).status_code == 400
+
+    def line_of(size: int) -> re.Match | None:
+        return next((m for m in _access_lines("imageClassification")
+                     if int(m.group(6)) == size), None)
+
+    served = wait_until(lambda: line_of(len(body)), what="the access line of the request")
+    status, latency, prepare, _, model, _ = served.groups()
+    assert status == "200"
+    assert 0 < float(prepare) and 0 < float(model)
+    assert float(prepare) + float(model) <= float(latency) + 0.2  # rounding of each figure
+    refused = wait_until(lambda: line_of(100), what="the access line of the bad request")
+    assert refused.group(1) == "400" and float(refused.group(5)) == 0  # never reached the model
+
 
 
 def test_http_classification_answers_the_connector_format(running_lis) -> None:
