@@ -151,10 +151,21 @@ class Spool:
                              accepted_ns=time.time_ns(), input_size=len(model_input))
         header = record.to_json()
         self._reserve(len(model_input) + len(header))
+        staged: list[Path] = []
         try:
-            self._write(self._input_path(record.sample_id), model_input)
-            self._write(self._header_path(record.sample_id), header)
+            staged.append(self._stage(self._input_path(record.sample_id), model_input))
+            staged.append(self._stage(self._header_path(record.sample_id), header))
+            # Both files are durable under tmp/; the input takes its name first, the
+            # header last, and one directory sync makes both names durable. A crash
+            # before that sync is a sample add() never accepted: whatever names
+            # survive, recovery drops them (an input alone) or sets them aside (a
+            # header whose input did not land).
+            os.replace(staged[0], self._input_path(record.sample_id))
+            os.replace(staged[1], self._header_path(record.sample_id))
+            _fsync_dir(self._samples)
         except BaseException:
+            for temporary in staged:
+                temporary.unlink(missing_ok=True)
             self._discard(record.sample_id)
             self._release(len(model_input) + len(header))
             raise
@@ -164,7 +175,11 @@ class Spool:
         """Record durably that the sample's object is stored, so a replay skips the upload."""
         updated = replace(record, upload=stored)
         header = updated.to_json()
-        self._write(self._header_path(record.sample_id), header)
+        # No directory sync: if a crash loses this rename, the previous header
+        # (durable, complete) comes back and the replay uploads the sample again,
+        # to the same key: the same object, not a second one.
+        os.replace(self._stage(self._header_path(record.sample_id), header),
+                   self._header_path(record.sample_id))
         with self._mutex:
             self._used += len(header) - len(record.to_json())
         return updated
@@ -199,14 +214,14 @@ class Spool:
     def _size(self, record: SpoolRecord) -> int:
         return record.input_size + len(record.to_json())
 
-    def _write(self, final: Path, data: bytes) -> None:
+    def _stage(self, final: Path, data: bytes) -> Path:
+        """Write ``data`` durably to a new file under tmp/ that will become ``final``."""
         temporary = self._tmp / f"{final.name}.{uuid.uuid4().hex}"
         with open(temporary, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, final)
-        _fsync_dir(final.parent)
+        return temporary
 
     def _discard(self, sample_id: str) -> None:
         self._header_path(sample_id).unlink(missing_ok=True)
