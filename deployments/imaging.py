@@ -3,10 +3,12 @@
 Decoding turns a JPEG or PNG body into an RGB uint8 array (EXIF orientation
 applied, grayscale/alpha/16-bit normalised), refusing anything else with an
 ``InvalidImage``/``UnsupportedMediaType``/``PayloadTooLarge`` that says why.
-Preprocessing turns that array into the NCHW float32 batch a model expects.
+Preprocessing turns that array into the NCHW float32 batch a model expects;
+``prepare_image`` does both for a request.
 
-Training, evaluation and serving all call ``preprocess``, so a model never
-sees different pixels in production than it saw in training.
+Training, evaluation and serving all go through ``_to_batch`` (``preprocess``
+and ``prepare_image``), so a model never sees different pixels in production
+than it saw in training.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "SUPPORTED_CONTENT_TYPES",
     "Preprocessing",
     "decode_image",
+    "prepare_image",
     "preprocess",
     "read_preprocessing",
     "sniff_format",
@@ -101,18 +104,35 @@ def read_preprocessing(model_dir: Path) -> Preprocessing | None:
 
 def preprocess(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """RGB uint8 HxWx3 -> float32 1x3xHxW as ``spec`` says."""
+    return _to_batch(image, "RGB", spec)
+
+
+def prepare_image(body: bytes, content_type: str | None, spec: Preprocessing,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Request bytes -> model input: ``preprocess(decode_image(...))``, the same numbers.
+
+    The decoder's own BGR order goes straight into the batch, so a full-size
+    frame is never converted to RGB only to be resized.
+    """
+    return _to_batch(_decode_bgr(body, content_type, max_pixels), "BGR", spec)
+
+
+def _to_batch(image: np.ndarray, order: Literal["RGB", "BGR"],
+              spec: Preprocessing) -> np.ndarray:
+    # Resize, then one pass per output channel: the plane's scale, mean and std
+    # as a single multiply-add written straight into the NCHW batch. Five
+    # numpy passes over the float array (cast, scale, mean, std, transpose)
+    # took about 4 ms of a 512x512 detector's request; this takes about 1.
     resized = cv2.resize(image, (spec.width, spec.height),
                          interpolation=_INTERPOLATION[spec.interpolation])
-    if spec.color == "BGR":
-        resized = resized[:, :, ::-1]
-    pixels = resized.astype(np.float32)
-    if spec.scale != 1.0:
-        pixels *= np.float32(spec.scale)
-    if spec.mean != (0.0, 0.0, 0.0):
-        pixels -= np.asarray(spec.mean, dtype=np.float32)
-    if spec.std != (1.0, 1.0, 1.0):
-        pixels /= np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
+    planes = cv2.split(resized)
+    batch = np.empty((1, 3, spec.height, spec.width), dtype=np.float32)
+    for channel, name in enumerate(spec.color):
+        plane = planes[order.index(name)]
+        factor = spec.scale / spec.std[channel]
+        cv2.addWeighted(plane, factor, plane, 0.0, -spec.mean[channel] / spec.std[channel],
+                        dst=batch[0, channel], dtype=cv2.CV_32F)
+    return batch
 
 
 # --- decoding ---------------------------------------------------------------
@@ -181,19 +201,18 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise PayloadTooLarge(f"pixel count ({width}x{height})", width * height, max_pixels)
 
 
-def _to_rgb8(decoded: np.ndarray) -> np.ndarray:
+def _to_bgr8(decoded: np.ndarray) -> np.ndarray:
     if decoded.dtype == np.uint16:
         # 16-bit PNG: keep the most significant byte, the way viewers show it.
         decoded = (decoded >> 8).astype(np.uint8)
     if decoded.ndim == 2:
-        return cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
-    channels = decoded.shape[2]
-    if channels == 4:
+        return cv2.cvtColor(decoded, cv2.COLOR_GRAY2BGR)
+    if decoded.shape[2] == 4:
         # Alpha is composited on white: transparent areas are background.
         bgr = decoded[:, :, :3].astype(np.float32)
         alpha = decoded[:, :, 3:4].astype(np.float32) / 255.0
-        decoded = (bgr * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+        return (bgr * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return decoded
 
 
 def decode_image(body: bytes, content_type: str | None,
@@ -204,6 +223,10 @@ def decode_image(body: bytes, content_type: str | None,
     ``image/jpeg`` is refused, because clients that mislabel usually have a
     bug worth seeing. ``None`` means "trust the bytes".
     """
+    return cv2.cvtColor(_decode_bgr(body, content_type, max_pixels), cv2.COLOR_BGR2RGB)
+
+
+def _decode_bgr(body: bytes, content_type: str | None, max_pixels: int) -> np.ndarray:
     if not body:
         raise InvalidImage("the request body is empty")
     declared = (content_type or "").split(";")[0].strip().lower() or None
@@ -223,4 +246,4 @@ def decode_image(body: bytes, content_type: str | None,
     decoded = cv2.imdecode(np.frombuffer(body, dtype=np.uint8), flags)
     if decoded is None:
         raise InvalidImage(f"{actual} data is corrupt or truncated")
-    return _to_rgb8(decoded)
+    return _to_bgr8(decoded)

@@ -19,8 +19,7 @@ from deployments.imaging import (
     DEFAULT_MAX_PIXELS,
     DETECTOR_PREPROCESSING,
     Preprocessing,
-    decode_image,
-    preprocess,
+    prepare_image,
     read_preprocessing,
 )
 from deployments.runtime import ModelRuntime, keep_large_buffers
@@ -111,8 +110,7 @@ class InferencePipeline:
 
     def prepare(self, body: bytes, content_type: str | None) -> np.ndarray:
         """Decode and preprocess a request body into the model's input batch."""
-        image = decode_image(body, content_type, self.options.max_pixels)
-        return preprocess(image, self.preprocessing)
+        return prepare_image(body, content_type, self.preprocessing, self.options.max_pixels)
 
     def run(self, body: bytes, content_type: str | None) -> Prediction:
         return self.run_batch(self.prepare(body, content_type))

@@ -40,11 +40,18 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "MXNET_CPU_WORKER_NTH
 # Ray's processes and from the other replicas: on the 2-core reference box the
 # demo SSD used 28 ms of CPU per request spinning and 18 ms not.
 _NO_SPIN = {"TVM_THREAD_POOL_SPIN_COUNT": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+# TVM (inside DLR) pins its pool threads to cores and the thread that calls
+# the model to core 0, for good. In a replica that thread is a request worker,
+# which decodes the next image on core 0 too, as does every DLR replica on the
+# box: with one runtime thread, four requests at a time left one of the two
+# cores idle (raw SSD: 77-83 req/s pinned, 124-137 not). The OS places them.
+_NO_PINNING = {"TVM_BIND_THREADS": "0"}
 
 
 def thread_environment(threads: int) -> dict[str, str]:
-    """The environment that caps every native thread pool at ``threads``, idle pools asleep."""
-    return {**{name: str(threads) for name in _THREAD_VARIABLES}, **_NO_SPIN}
+    """The environment that caps every native thread pool at ``threads``: asleep when idle,
+    not pinned to cores."""
+    return {**{name: str(threads) for name in _THREAD_VARIABLES}, **_NO_SPIN, **_NO_PINNING}
 
 
 def set_thread_count(threads: int) -> None:

@@ -17,6 +17,7 @@ from deployments.imaging import (
     DETECTOR_PREPROCESSING,
     Preprocessing,
     decode_image,
+    prepare_image,
     preprocess,
 )
 from serve_app.errors import LisError
@@ -125,6 +126,57 @@ def test_preprocess_layouts() -> None:
 
     bgr = preprocess(image, Preprocessing(width=8, height=8, color="BGR"))
     assert bgr[0, 2, 0, 0] == 255 and bgr[0, 0, 0, 0] == 0
+
+
+def _numpy_preprocess(image_rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The reference's steps one by one (section 2): resize, order, scale, mean, std, NCHW."""
+    resized = cv2.resize(image_rgb, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+    if spec.color == "BGR":
+        resized = resized[:, :, ::-1]
+    pixels = resized.astype(np.float32) * np.float32(spec.scale)
+    pixels = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return pixels.transpose(2, 0, 1)[np.newaxis]
+
+
+def _photo(height: int = 90, width: int = 160) -> np.ndarray:
+    """An RGB image whose three channels all differ, so a swapped channel shows."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image[:, :, 0] //= 2
+    return image
+
+
+@pytest.mark.parametrize("spec", [CLASSIFIER_PREPROCESSING, DETECTOR_PREPROCESSING,
+                                  Preprocessing(width=33, height=17, color="BGR", scale=2.0,
+                                                mean=(10.0, 20.0, 30.0), std=(2.0, 3.0, 4.0))],
+                         ids=["classifier", "detector", "bgr-odd-size"])
+def test_preprocess_equals_the_step_by_step_reference(spec: Preprocessing) -> None:
+    image = _photo()
+    got = preprocess(image, spec)
+    assert got.shape == (1, 3, spec.height, spec.width) and got.dtype == np.float32
+    assert got.flags.c_contiguous
+    np.testing.assert_allclose(got, _numpy_preprocess(image, spec), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+@pytest.mark.parametrize("spec", [DETECTOR_PREPROCESSING,
+                                  Preprocessing(width=64, height=48, color="BGR")],
+                         ids=["rgb-detector", "bgr"])
+def test_a_request_is_prepared_exactly_as_decode_then_preprocess(ext: str,
+                                                                 spec: Preprocessing) -> None:
+    body = _encode(cv2.cvtColor(_photo(), cv2.COLOR_RGB2BGR), ext)
+    content_type = "image/jpeg" if ext == ".jpg" else "image/png"
+    expected = preprocess(decode_image(body, content_type), spec)
+    np.testing.assert_array_equal(prepare_image(body, content_type, spec), expected)
+
+
+def test_gray_and_alpha_requests_are_prepared_like_their_decoded_images() -> None:
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    rgba[:, :6] = (255, 0, 0, 255)
+    for body in (_encode(np.full((10, 12), 40000, np.uint16), ".png"), _encode(rgba, ".png")):
+        expected = preprocess(decode_image(body, "image/png"), CLASSIFIER_PREPROCESSING)
+        np.testing.assert_array_equal(prepare_image(body, "image/png", CLASSIFIER_PREPROCESSING),
+                                      expected)
 
 
 def test_preprocessing_round_trips_through_dict() -> None:
