@@ -139,7 +139,9 @@ def plan_node(options: NodeOptions, device: DevicePlatform,
     decisions.append(Decision("usage stats", "off", "RAY_USAGE_STATS_ENABLED=0 and "
                               "--disable-usage-stats: Ray sends no usage statistics"))
     decisions.append(Decision("serve", "high-throughput", "gRPC between deployments, user "
-                              "code on each replica's event loop, GC frozen after start-up "
+                              "code on each replica's event loop, GC frozen after start-up, "
+                              "replica logs to files only, a calmer controller loop and "
+                              "metrics export "
                               "(" + ", ".join(sorted(SERVE_THROUGHPUT_ENVIRONMENT)) + ")"))
     args.append("--disable-usage-stats")
     if options.block:
