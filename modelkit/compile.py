@@ -72,6 +72,7 @@ __all__ = [
     "add_arguments",
     "compare_outputs",
     "compile_model",
+    "pair_detections",
     "run",
 ]
 
@@ -412,8 +413,9 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
     """Largest absolute difference; ``CompileError`` if they disagree.
 
     A detector's outputs (class ids, scores, boxes) are compared only on the
-    rows MXNet filled (class id >= 0): the rest is padding. The ids on those
-    rows must be equal.
+    rows MXNet filled (class id >= 0): the rest is padding. Each of those rows
+    is compared with its twin in DLR's (``pair_detections``), whose class id
+    must be equal.
     """
     if [o.shape for o in reference] != [o.shape for o in actual]:
         raise CompileError(f"verification failed: DLR output shapes {[o.shape for o in actual]}"
@@ -439,9 +441,36 @@ def _is_detection(outputs: list[np.ndarray]) -> bool:
 def _detection_rows(reference: list[np.ndarray],
                     actual: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     valid = reference[0][..., 0] >= 0
-    if not np.array_equal(reference[0][valid], actual[0][valid]):
+    expected, got = [o[valid] for o in reference], [o[valid] for o in actual]
+    twins = pair_detections(expected[0][:, 0], expected[1][:, 0], got[0][:, 0], got[1][:, 0])
+    got = [o[twins] for o in got]
+    if not np.array_equal(expected[0], got[0]):
         raise CompileError("verification failed: DLR and MXNet detect different class ids")
-    return [reference[1][valid], reference[2][valid]], [actual[1][valid], actual[2][valid]]
+    return expected[1:], got[1:]
+
+
+def pair_detections(reference_ids: np.ndarray, reference_scores: np.ndarray, ids: np.ndarray,
+                    scores: np.ndarray, tolerance: float = VERIFY_TOLERANCE) -> np.ndarray:
+    """For each reference detection in turn, the index of its twin among ``ids``/``scores``.
+
+    Both lists come sorted by score, but two detections whose scores differ by
+    less than the tolerance may come in either order (a compiled YOLOv3
+    swapped a pair 7e-6 apart). The twin is the nearest unused detection of
+    the same class within the tolerance, else the one in the same place, which
+    the caller's checks then report.
+    """
+    unused = list(range(len(ids)))
+    twins = []
+    for position, (class_id, score) in enumerate(zip(reference_ids, reference_scores)):
+        candidates = [i for i in unused
+                      if ids[i] == class_id and abs(float(scores[i]) - float(score)) <= tolerance]
+        if candidates:
+            twin = min(candidates, key=lambda i: abs(i - position))
+        else:
+            twin = position if position in unused else unused[0]
+        unused.remove(twin)
+        twins.append(twin)
+    return np.asarray(twins, dtype=np.intp)
 
 
 # --- command line ----------------------------------------------------------------

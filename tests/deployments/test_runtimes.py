@@ -15,6 +15,7 @@ import pytest
 from deployments.dlr_runtime import DLRRuntime
 from deployments.mxnet_runtime import MXNetClassifierRuntime
 from modelkit.archive import pack_folder
+from modelkit.compile import pair_detections
 from modelkit.neo import LIBDLR_FILE, LIBRARY_FILE
 from serve_app.errors import ArtifactError, InvalidArgument, LisError
 
@@ -168,27 +169,6 @@ def _mxnet_detector(detector: dict[str, Any], batch: np.ndarray) -> list[np.ndar
     return [output.asnumpy() for output in net(mx.nd.array(batch))]
 
 
-def _pair_detections(ids: np.ndarray, scores: np.ndarray, ref_ids: np.ndarray,
-                     ref_scores: np.ndarray) -> np.ndarray:
-    """For each reference detection in turn, the index of its compiled twin.
-
-    Both lists are sorted by score, but two detections whose scores differ by
-    less than the tolerance may come in either order (one YOLO pair differs
-    by 7e-6); the twin is the nearest unused one of the same class within
-    the tolerance, else the one in the same place, which the checks then
-    report.
-    """
-    unused = list(range(len(ids)))
-    order = []
-    for position, (class_id, score) in enumerate(zip(ref_ids[:, 0], ref_scores[:, 0])):
-        twins = [i for i in unused
-                 if ids[i, 0] == class_id and abs(scores[i, 0] - score) <= TOLERANCE]
-        twin = min(twins, key=lambda i: abs(i - position)) if twins else unused[0]
-        unused.remove(twin)
-        order.append(twin)
-    return np.asarray(order)
-
-
 def _assert_same_detections(detector: dict[str, Any], batch: np.ndarray) -> None:
     runtime = _loaded(DLRRuntime(detector["artifact"]))
     assert runtime.input_shape == (1, 3, 512, 512)
@@ -201,7 +181,8 @@ def _assert_same_detections(detector: dict[str, Any], batch: np.ndarray) -> None
     assert len(np.unique(ref_ids[valid])) >= 3
     assert np.ptp(ref_scores[valid]) > 0.01
     assert int((ids[..., 0] >= 0).sum()) == int(valid.sum())
-    order = _pair_detections(ids[valid], scores[valid], ref_ids[valid], ref_scores[valid])
+    order = pair_detections(ref_ids[valid][:, 0], ref_scores[valid][:, 0], ids[valid][:, 0],
+                            scores[valid][:, 0], TOLERANCE)
     assert np.array_equal(ids[valid][order], ref_ids[valid])
     score_diff = float(np.abs(scores[valid][order] - ref_scores[valid]).max())
     pixel_diff = float(np.abs(boxes[valid][order] - ref_boxes[valid]).max())

@@ -140,6 +140,17 @@ def test_detection_class_ids_must_match() -> None:
         compare_outputs(_detections([3, 1], [0.9, 0.5]), _detections([3, 2], [0.9, 0.5]))
 
 
+def test_detections_whose_scores_tie_may_come_in_either_order() -> None:
+    # Two scores 7e-6 apart, as a compiled YOLOv3 once swapped them: the same detections.
+    reference = _detections([16, 14, 7], [0.87468, 0.874674, 0.87])
+    actual = _detections([14, 16, 7], [0.874677, 0.874671, 0.87])
+    actual[2][0, [0, 1]] = actual[2][0, [1, 0]]  # each box travels with its detection
+    assert compare_outputs(reference, actual) < 1e-5
+    actual[2][0, 0] += 5  # but a twin's box must still match
+    with pytest.raises(CompileError, match="differ by 5"):
+        compare_outputs(reference, actual)
+
+
 def test_large_difference_fails_verification() -> None:
     with pytest.raises(CompileError, match="differ by 0.1"):
         compare_outputs([np.array([[0.5, 0.5]])], [np.array([[0.6, 0.4]])])
