@@ -34,6 +34,13 @@ def _loaded(runtime: Any) -> Any:
     return runtime
 
 
+def _in_a_fresh_process(code: str, *args: str) -> str:
+    """The standard output of ``code`` run by a new interpreter from the repository root:
+    for settings a process reads once (thread pools, malloc) and cannot undo."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+
+
 # --- MXNet ------------------------------------------------------------------------
 
 def test_mxnet_runtime_reads_archives(tmp_path: Path, tiny_classifier_artifact: Path) -> None:
@@ -65,8 +72,7 @@ def test_mxnet_threads_are_set_before_mxnet_loads(tiny_classifier_artifact: Path
     code = ("import os; from deployments.mxnet_runtime import MXNetClassifierRuntime as R; "
             f"R({str(tiny_classifier_artifact)!r}, threads=2).load(); "
             "print(os.environ['OMP_NUM_THREADS'], os.environ['MXNET_CPU_WORKER_NTHREADS'])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["2", "2"]
+    assert _in_a_fresh_process(code).split() == ["2", "2"]
 
 
 def test_predict_before_load_is_an_error(tiny_classifier_artifact: Path,
@@ -149,11 +155,8 @@ print(cores[0], len(os.sched_getaffinity(0)))
 def test_dlr_leaves_the_calling_thread_on_every_core(tiny_neo_artifact: Path) -> None:
     # A fresh process each: TVM reads its setting once, when its pool starts.
     def cores(mode: str) -> list[int]:
-        result = subprocess.run([sys.executable, "-c", _WORKER_CORES_AFTER_A_RUN,
-                                 str(tiny_neo_artifact), mode],
-                                capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parents[2])
-        return [int(n) for n in result.stdout.split()[-2:]]
+        output = _in_a_fresh_process(_WORKER_CORES_AFTER_A_RUN, str(tiny_neo_artifact), mode)
+        return [int(n) for n in output.split()[-2:]]
 
     pinned_worker, all_cores = cores("tvm-default")
     assert pinned_worker == 1 < all_cores  # TVM's default: the caller is pinned to core 0
@@ -232,10 +235,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 def test_kept_buffers_spare_each_request_its_page_faults() -> None:
     # A fresh process each: the setting is process-wide and cannot be undone.
     def faults(mode: str) -> float:
-        result = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_PER_FRAME, mode],
-                                capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parents[2])
-        return float(result.stdout)
+        return float(_in_a_fresh_process(_PAGE_FAULTS_PER_FRAME, mode))
 
     mapped, kept = faults("map"), faults("keep")
     assert mapped > 1000  # a 1280x720 frame into a 512x512 input: megabytes of new pages

@@ -94,7 +94,6 @@ def test_each_request_leaves_one_access_line_with_its_stages(running_lis) -> Non
     assert refused.group(1) == "400" and float(refused.group(5)) == 0  # never reached the model
 
 
-
 def test_http_classification_answers_the_connector_format(running_lis) -> None:
     response = _post(running_lis.endpoint, "imageClassification", _jpeg())
     assert response.status_code == 200, response.text
