@@ -4,28 +4,38 @@ For the demo detector and classifier it measures p50/p95 latency and
 throughput of (a) the raw in-process path (decode + preprocess + run +
 format), (b) the SDK client over a Ray Serve handle from the driver, (c) HTTP
 through the ingress, each at concurrency 1 and 4, with the same runtime thread
-count everywhere. The table and the machine it ran on go into the README
+count everywhere. A fourth path, "bare", is lis's HTTP app with the model in
+its own process and no Ray (``benchmarks.bare_http``): what HTTP alone costs. The table and the machine it ran on go into the README
 between the ``bench`` markers. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import platform
 import re
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from deployments.inference import Prediction
+    from serve_app.config import ServiceSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -36,6 +46,7 @@ REFERENCE_MODEL = "ssd_512_mobilenet1.0_voc"
 REFERENCE_DIR = ROOT / "build" / "bench" / REFERENCE_MODEL
 CONCURRENCIES = (1, 4)
 WARMUP = 3
+BARE_SERVICE = "bare"
 
 
 @dataclass(frozen=True)
@@ -110,19 +121,50 @@ def figures(path: str, service: str, concurrency: int, latencies: list[float],
                    len(ordered) / wall)
 
 
-def raw_caller(model_dir: Path, algorithm: str, threads: int, body: bytes) -> Callable[[], object]:
+def raw_pipeline(model_dir: Path, algorithm: str, threads: int
+                 ) -> Callable[[bytes, str | None], Prediction]:
     """The raw path, shaped like a replica: decoding overlaps, the model runs one at a time."""
     from deployments.inference import InferencePipeline, PipelineOptions
 
     pipeline = InferencePipeline(model_dir, PipelineOptions(algorithm=algorithm, threads=threads))
     model_lock = threading.Lock()
 
-    def call() -> object:
-        batch = pipeline.prepare(body, "image/jpeg")
+    def predict(body: bytes, content_type: str | None) -> Prediction:
+        batch = pipeline.prepare(body, content_type)
         with model_lock:
             return pipeline.run_batch(batch)
 
-    return call
+    return predict
+
+
+def raw_caller(model_dir: Path, algorithm: str, threads: int, body: bytes) -> Callable[[], object]:
+    predict = raw_pipeline(model_dir, algorithm, threads)
+    return lambda: predict(body, "image/jpeg")
+
+
+@contextlib.contextmanager
+def bare_http_server(spec: ServiceSpec) -> Iterator[int]:
+    """``benchmarks.bare_http`` serving ``spec``'s model on a free port, until the block ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_http",
+                               str(spec.model_source), spec.algorithm,
+                               str(spec.runtime_threads), str(port)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=5).request("GET", "/healthz")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the bare HTTP server for {spec.name} did not start")
+                time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def http_caller(port: int, service: str, body: bytes) -> Callable[[], object]:
@@ -240,10 +282,13 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
         raw4, http4 = found[(service, "raw", 4)], found[(service, "http", 4)]
         gap = http1.p50_ms - raw1.p50_ms
         ratio = http4.throughput / raw4.throughput
+        bare = found.get((service, "bare", 4))
+        ceiling = (f"; bare HTTP, the model in the server's process and no Ray, "
+                   f"{bare.throughput / raw4.throughput:.2f}x") if bare else ""
         if service == REFERENCE_SERVICE:  # for scale: the targets are the demo models'
             out.append(f"- {service} (for scale, no target): HTTP p50 at concurrency 1 is "
                        f"{gap:+.1f} ms from raw; HTTP throughput at concurrency 4 is "
-                       f"{ratio:.2f}x raw.")
+                       f"{ratio:.2f}x raw{ceiling}.")
             continue
         paired_gap = paired[f"{service}/http"] - paired[f"{service}/raw"]
         out.append(f"- {service}: HTTP p50 at concurrency 1 is {paired_gap:+.1f} ms from raw "
@@ -251,7 +296,7 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
                    f"{PAIRED_ROUNDS} alternating blocks of {PAIRED_BLOCK}; {gap:+.1f} ms between "
                    f"the rows above; target within 10 ms: "
                    f"{'met' if paired_gap <= 10 else 'NOT met'}); HTTP throughput at concurrency 4 "
-                   f"is {ratio:.2f}x raw (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'}).")
+                   f"is {ratio:.2f}x raw (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'}{ceiling}).")
     return out
 
 
@@ -286,13 +331,19 @@ def main() -> int:
     body = camera_frame()
     rows: list[Figures] = []
     raw_calls: dict[str, Callable[[], object]] = {}
-    for spec in config.services:  # (a) raw, before Ray takes any CPU
-        call = raw_calls[spec.name] = raw_caller(Path(spec.model_source), spec.algorithm,
-                                                 spec.runtime_threads, body)
-        for concurrency in CONCURRENCIES:
-            rows.append(figures("raw", spec.name, concurrency,
-                                *measure(call, concurrency, args.requests)))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    for spec in config.services:  # raw and bare, before Ray takes any CPU
+        callers = {"raw": raw_caller(Path(spec.model_source), spec.algorithm,
+                                     spec.runtime_threads, body)}
+        raw_calls[spec.name] = callers["raw"]
+        with contextlib.ExitStack() as bare:
+            if not spec.name.endswith(FEEDBACK_SUFFIX):  # the same model as its twin's
+                port = bare.enter_context(bare_http_server(spec))
+                callers["bare"] = http_caller(port, BARE_SERVICE, body)
+            for path, call in callers.items():
+                for concurrency in CONCURRENCIES:
+                    rows.append(figures(path, spec.name, concurrency,
+                                        *measure(call, concurrency, args.requests)))
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
 
     from ray import serve
 
@@ -323,7 +374,7 @@ def main() -> int:
             paired[f"{name}/raw"], paired[f"{name}/http"] = found["raw"], found["http"]
     finally:
         serve.shutdown()
-    order = {"raw": 0, "handle": 1, "http": 2}
+    order = {"raw": 0, "bare": 1, "handle": 2, "http": 3}
     rows.sort(key=lambda r: (r.service, order[r.path], r.concurrency))
     report = "\n".join([f"Measured by `make bench` on: {machine()}; {args.requests} requests "
                         "per row, a 1280x720 JPEG camera frame.", "", table(rows), "",

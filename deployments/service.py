@@ -37,13 +37,13 @@ from serve_app.errors import (
 if TYPE_CHECKING:
     from serve_app.config import ModelStoreSpec, ServiceSpec
 
-__all__ = ["InferenceResult", "InferenceService", "artifact_version"]
+__all__ = ["WORKER_THREADS", "InferenceResult", "InferenceService", "artifact_version"]
 
 _MODEL_CACHE = Path(os.environ.get("LIS_CACHE_DIR", Path.home() / ".cache" / "lis")) / "models"
 # Decode/preprocess of one request overlaps the model run of another; the
 # model itself runs one call at a time (DLR and MXNet executors are not
 # re-entrant), so two workers are enough to keep it busy.
-_WORKER_THREADS = 2
+WORKER_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class InferenceService:
         self.pipeline = InferencePipeline(model_dir, _pipeline_options(spec))
         self.pipeline.warm_up()
         self._model_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(_WORKER_THREADS, thread_name_prefix=spec.name)
+        self._executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix=spec.name)
         self._process = psutil.Process()
         self._memory_exceeded: int | None = None
         self._feedback = FeedbackHandoff(feedback) \
