@@ -25,6 +25,12 @@ from ray import serve
 
 from deployments.feedback.handoff import FeedbackHandoff
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
+from deployments.local_socket import (
+    LOCAL_ONGOING_METRIC,
+    LocalServer,
+    current_node_id,
+    socket_path,
+)
 from deployments.runtime import set_thread_count
 from serve_app.errors import (
     AlgorithmMismatch,
@@ -154,8 +160,38 @@ class InferenceService:
         self._memory_exceeded: int | None = None
         self._feedback = FeedbackHandoff(feedback) \
             if feedback is not None and spec.feedback_config_id else None
+        self._local: LocalServer | None = None
+        self._start_local_server()
         self.log.info("loaded %s (version %s) in %.1f s", model_dir, self.version,
                       time.perf_counter() - started)
+
+    def _start_local_server(self) -> None:
+        """Listen for the ingress on this node (``deployments.local_socket``)."""
+        try:
+            loop = asyncio.get_running_loop()  # Ray Serve runs the constructor on it
+        except RuntimeError:
+            return
+        replica = serve.get_replica_context().replica_id.unique_id
+        server = LocalServer(socket_path(current_node_id(), self.spec.name, replica), self.infer,
+                             self.spec.name)
+
+        async def start() -> None:
+            try:
+                await server.start()
+            except OSError as error:  # the ingress reaches this replica through Ray instead
+                self.log.warning("no local socket (%s): requests come through Ray Serve only",
+                                 error)
+                return
+            self._local = server
+
+        self._local_start = loop.create_task(start())  # held: a task nobody holds may vanish
+
+    async def __del__(self) -> None:
+        # Ray Serve calls this once its own requests are done; the local ones
+        # get as long as a request may take.
+        local = getattr(self, "_local", None)  # None if the constructor failed early
+        if local is not None:
+            await local.stop(self.spec.timeout_s)
 
     # --- the request path ---------------------------------------------------
 
@@ -226,6 +262,10 @@ class InferenceService:
 
     # --- what Ray Serve and the ingress ask ---------------------------------
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Requests on the local socket, which Ray Serve's autoscaler would not see."""
+        return {LOCAL_ONGOING_METRIC: float(self._local.ongoing if self._local else 0)}
+
     def check_health(self) -> None:
         if self._memory_exceeded is not None:
             raise MemoryLimitExceeded(self.spec.name, self._memory_exceeded,
@@ -235,19 +275,14 @@ class InferenceService:
         context = serve.get_replica_context()
         return {
             "replica": context.replica_id.unique_id,
-            "node_id": _node_id(),
+            "node_id": current_node_id(),
             "version": self.version,
             "device": self.pipeline.runtime.device,
             "gpu_ids": _gpu_ids(),
             "rss_kb": self._process.memory_info().rss // 1024,
             "labels": list(self.pipeline.labels or ()),
+            "local_requests": self._local.answered if self._local else 0,
         }
-
-
-def _node_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_node_id()
 
 
 def _gpu_ids() -> list[str]:

@@ -29,9 +29,11 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from deployments.local_socket import current_node_id
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
 from serve_app._handles import call_service
+from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.config import DEFAULT_TIMEOUT_S, LisConfig, ServiceSpec
 from serve_app.errors import ServiceNotFound, ServiceUnavailable
 from serve_app.ingress import ServiceInfo, build_http_app
@@ -62,6 +64,13 @@ INGRESS_DEPLOYMENT = "LisIngress"
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 # How often the ingress looks for services that no node can host.
 PENDING_CHECK_PERIOD_S = 2.0
+# Requests a replica takes at once (Ray Serve's default), by either path.
+MAX_ONGOING_REQUESTS = 5
+# The ingress only forwards: each service's own limits decide what waits or is
+# refused. At Ray Serve's default of 5, the ingress itself held every request
+# past the 5th of all services together in one queue, so a slow service
+# stalled the others.
+INGRESS_MAX_ONGOING_REQUESTS = 10_000
 # Ray options that change without restarting replicas: not part of a version.
 _SCALING_FIELDS = frozenset({"num_replicas", "autoscaling", "max_queued_requests"})
 # What replicas run; a change to any of it restarts them on the next deploy.
@@ -111,6 +120,8 @@ def _scaling_options(spec: ServiceSpec) -> dict[str, Any]:
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
         "target_ongoing_requests": scaling.target_ongoing_requests,
+        # Ray's own policy, counting the requests that come over local sockets too.
+        "policy": {"policy_function": local_aware_policy},
     }}
 
 
@@ -150,6 +161,7 @@ def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
         # what changed. Ray accepts it only as an internal option.
         version=service_version(spec, config, model_version, restart), _internal=True,
         ray_actor_options=_actor_options(spec),
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
         max_queued_requests=spec.max_queued_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
@@ -183,15 +195,19 @@ def build_app(config: LisConfig, *, token: str | None = None,
                 for spec in config.services}
     infos = [service_info(spec) for spec in config.services]
     demands = {spec.name: replica_demand(spec) for spec in config.services}
+    local = {spec.name: LocalLimits(MAX_ONGOING_REQUESTS, spec.max_queued_requests)
+             for spec in config.services} if config.http.local_socket else {}
     token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
     longest = max((spec.timeout_s for spec in config.services), default=DEFAULT_TIMEOUT_S)
     return LisIngress.options(
         version=_digest([asdict(info) for info in infos], demands, token_hash,
-                        config.feedback is not None, _code_fingerprint()), _internal=True,
+                        config.feedback is not None, [asdict(v) for v in local.values()],
+                        _code_fingerprint()), _internal=True,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         max_surge_percent=0 if direct_ingress else MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
-    ).bind(infos, services, feedback, token, demands)
+    ).bind(infos, services, feedback, token, demands, local)
 
 
 # --- the ingress deployment ---------------------------------------------------------
@@ -294,11 +310,17 @@ class HandleRouter:
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
                  feedback: DeploymentHandle | None,
-                 demands: Mapping[str, Mapping[str, float]] | None = None) -> None:
+                 demands: Mapping[str, Mapping[str, float]] | None = None,
+                 local: Mapping[str, LocalLimits] | None = None) -> None:
         self.services = {info.name: info for info in services}
         self.handles = handles
         self.feedback = feedback
         self.demands = dict(demands or {})
+        # Services reached over their replicas' sockets while all of those
+        # run on this node (serve_app._local); the rest go through handles.
+        node = current_node_id() if local else ""
+        self.local = {name: LocalRoute(name, node, limits) for name, limits in (local or {}).items()}
+        self.running: dict[str, int] = {}
         # Services no node can host, with the reason: a request to one is
         # answered at once instead of waiting in Ray's queue until it times out.
         self.pending: dict[str, str] = {}
@@ -310,6 +332,12 @@ class HandleRouter:
         self._check_pending_soon()
         if service.name in self.pending:
             raise ServiceUnavailable(service.name, self.pending[service.name])
+        route = self.local.get(service.name)
+        if route is not None and route.covers(self.running.get(service.name, 0)):
+            try:
+                return await route.call(body, content_type, algo_type, service.timeout_s)
+            except LocalUnavailable:
+                pass  # no local replica took it: Ray Serve routes it
         return await call_service(self.handles[service.name], service.name, body,
                                   content_type, algo_type, service.timeout_s)
 
@@ -329,6 +357,8 @@ class HandleRouter:
             states = await asyncio.to_thread(service_states, APP_NAME, self.demands)
             self.pending = {name: state["message"] for name, state in states.items()
                             if state["state"] == "PENDING"}
+            self.running = {name: state["replicas"].get("RUNNING", 0)
+                            for name, state in states.items()}
             return states
         finally:
             self._checked_at, self._checking = time.monotonic(), None
@@ -365,8 +395,9 @@ class LisIngress:
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
                  feedback: DeploymentHandle | None, token: str | None,
-                 demands: Mapping[str, Mapping[str, float]] | None = None) -> None:
-        self.router = HandleRouter(services, handles, feedback, demands)
+                 demands: Mapping[str, Mapping[str, float]] | None = None,
+                 local: Mapping[str, LocalLimits] | None = None) -> None:
+        self.router = HandleRouter(services, handles, feedback, demands, local)
         self.token = token
 
     def __serve_build_asgi_app__(self) -> Any:

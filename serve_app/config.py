@@ -271,6 +271,9 @@ class HttpSpec(BaseModel):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the bearer token clients must send "
                     "(None: no token).")
+    local_socket: bool = Field(
+        True, description="Send requests to replicas on the ingress's node over Unix sockets "
+                          "instead of Ray Serve handles (false: always through Ray Serve).")
 
 
 class ModelStoreSpec(BaseModel):

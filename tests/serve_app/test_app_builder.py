@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve_app import app as app_builder
+from serve_app._local import local_aware_policy
 from serve_app.config import load_config
 
 SERVICES = """\
@@ -51,7 +52,8 @@ def test_scaling_is_fixed_or_ray_serve_autoscaling(tmp_path: Path) -> None:
     jetson, gateway = _specs(tmp_path)
     assert app_builder._scaling_options(jetson) == {"num_replicas": 1}
     assert app_builder._scaling_options(gateway) == {"autoscaling_config": {
-        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}}
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0,
+        "policy": {"policy_function": local_aware_policy}}}
 
 
 def test_ray_status_messages_lose_their_traceback() -> None:

@@ -164,6 +164,27 @@ def test_client_over_a_handle_inside_the_cluster(running_lis, monkeypatch) -> No
             ContentType="image/jpeg", Body=b"not an image")
 
 
+def _local_requests(service: str) -> int:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(service, app_name="lis")
+    return handle.describe.remote().result(timeout_s=30)["local_requests"]
+
+
+def test_http_takes_the_local_socket_and_handle_calls_do_not(running_lis, monkeypatch) -> None:
+    # One box: every replica shares the ingress's node (serve_app/_local.py).
+    before = _local_requests("imageClassification")
+    over_http = _post(running_lis.endpoint, "imageClassification", _jpeg())
+    assert over_http.status_code == 200
+    assert _local_requests("imageClassification") == before + 1
+    monkeypatch.delenv("LIS_TRANSPORT", raising=False)
+    over_handle = ml.client("inference").invoke_inference_service(
+        AlgoType="image-classification", ServiceName="imageClassification",
+        ContentType="image/jpeg", Body=_jpeg())["Body"].read().decode()
+    assert over_handle == over_http.text
+    assert _local_requests("imageClassification") == before + 1
+
+
 SEED_EXAMPLES = Path(__file__).parent / "seed_examples"
 # Only makes the examples' logging.info lines visible; the examples themselves are verbatim.
 LOGGING_ON = "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"

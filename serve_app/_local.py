@@ -1,0 +1,192 @@
+"""The ingress's side of the local path (``deployments.local_socket``).
+
+A service whose running replicas all share the ingress's node gets its HTTP
+requests over the replicas' Unix sockets; otherwise, and whenever a replica's
+socket is gone or refuses, the request goes through Ray Serve's handle. The
+ingress keeps Ray Serve's contract for the requests it sends this way: at
+most ``max_ongoing`` per replica (the least busy one gets the next), at most
+``max_queued`` waiting for a slot, then 503; the replica enforces the timeout
+and the ingress waits ``GUARD_SECONDS`` longer, as it does for a handle call.
+Ray Serve's autoscaler does not see these requests, so replicas report them
+(``record_autoscaling_stats``) and ``local_aware_policy`` adds them to Ray's count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from deployments.local_socket import (
+    LOCAL_ONGOING_METRIC,
+    REFUSED,
+    read_frame,
+    service_sockets,
+    write_frame,
+)
+from serve_app._handles import GUARD_SECONDS
+from serve_app.errors import InferenceFailed, InferenceTimeout, LisError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from ray.serve.config import AutoscalingContext
+
+__all__ = ["LocalLimits", "LocalRoute", "LocalUnavailable", "local_aware_policy"]
+
+# How often the ingress looks for replicas that started or stopped.
+RESCAN_PERIOD_S = 1.0
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class LocalUnavailable(Exception):
+    """No local replica took the request: send it through Ray Serve instead."""
+
+
+@dataclass(frozen=True)
+class LocalLimits:
+    """Ray Serve's queueing options of one service, applied to its local requests."""
+
+    max_ongoing: int
+    max_queued: int  # -1: no limit
+
+
+@dataclass(eq=False)
+class _Replica:
+    path: Path
+    ongoing: int = 0
+    idle: list[_Connection] = field(default_factory=list)
+
+
+class LocalRoute:
+    """One service's replicas on the ingress's node, reached over their sockets."""
+
+    def __init__(self, service: str, node_id: str, limits: LocalLimits) -> None:
+        self.service = service
+        self.node_id = node_id
+        self.limits = limits
+        self._replicas: dict[Path, _Replica] = {}
+        self._scanned_at = -RESCAN_PERIOD_S
+        self._waiting = 0
+        self._freed = asyncio.Condition()
+
+    def covers(self, running_replicas: int) -> bool:
+        """Whether every running replica of the service is on this node (so local is fair)."""
+        if time.monotonic() - self._scanned_at > RESCAN_PERIOD_S:
+            self._rescan()
+        return bool(self._replicas) and len(self._replicas) >= running_replicas
+
+    def _rescan(self) -> None:
+        found = set(service_sockets(self.node_id, self.service))
+        for gone in set(self._replicas) - found:
+            self._forget(self._replicas[gone])
+        for path in found - set(self._replicas):
+            self._replicas[path] = _Replica(path)
+        self._scanned_at = time.monotonic()
+
+    def _forget(self, replica: _Replica) -> None:
+        self._replicas.pop(replica.path, None)
+        for _, writer in replica.idle:
+            writer.close()
+        replica.idle.clear()
+
+    async def call(self, body: bytes, content_type: str | None, algo_type: str | None,
+                   timeout_s: float) -> Any:
+        """The replica's answer; raises ``LisError``, or ``LocalUnavailable`` to go by Ray."""
+        try:
+            return await asyncio.wait_for(self._call(body, content_type, algo_type),
+                                          timeout_s + GUARD_SECONDS)
+        except asyncio.TimeoutError:
+            raise InferenceTimeout(self.service, timeout_s) from None
+
+    async def _call(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        replica = await self._acquire()
+        try:
+            answer = await self._exchange(replica, (body, content_type, algo_type))
+        finally:
+            replica.ongoing -= 1
+            async with self._freed:
+                self._freed.notify()
+        if answer == REFUSED:  # stopping: Ray Serve knows where the others are
+            self._forget(replica)
+            raise LocalUnavailable(self.service)
+        if isinstance(answer, LisError):
+            raise answer
+        return answer
+
+    async def _acquire(self) -> _Replica:
+        """The least busy replica with a free slot, waiting in the queue for one if need be."""
+        async with self._freed:
+            while True:
+                if not self._replicas:
+                    raise LocalUnavailable(self.service)
+                free = [r for r in self._replicas.values() if r.ongoing < self.limits.max_ongoing]
+                if free:
+                    least = min(r.ongoing for r in free)
+                    replica = random.choice([r for r in free if r.ongoing == least])
+                    replica.ongoing += 1
+                    return replica
+                if 0 <= self.limits.max_queued <= self._waiting:
+                    raise ServiceUnavailable(self.service, "overloaded: its request queue is full")
+                self._waiting += 1
+                try:
+                    await self._freed.wait()
+                finally:
+                    self._waiting -= 1
+
+    async def _exchange(self, replica: _Replica, request: tuple[Any, ...]) -> Any:
+        # A pooled connection may have been closed by a replica that stopped:
+        # with nothing read back, the request goes once more on a new connection.
+        while replica.idle:
+            connection = replica.idle.pop()
+            try:
+                answer = await self._send(connection, request)
+            except (asyncio.IncompleteReadError, ConnectionError) as error:
+                if isinstance(error, asyncio.IncompleteReadError) and error.partial:
+                    raise self._died() from error
+                continue
+            replica.idle.append(connection)
+            return answer
+        try:
+            connection = await asyncio.open_unix_connection(str(replica.path))
+        except OSError as error:  # the replica is gone (its socket is stale or removed)
+            if isinstance(error, ConnectionRefusedError):
+                # Nobody listens: its replica died without removing it, and
+                # replica ids are never reused.
+                replica.path.unlink(missing_ok=True)
+            self._forget(replica)
+            raise LocalUnavailable(self.service) from None
+        try:
+            answer = await self._send(connection, request)
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            raise self._died() from error
+        replica.idle.append(connection)
+        return answer
+
+    @staticmethod
+    async def _send(connection: _Connection, request: tuple[Any, ...]) -> Any:
+        reader, writer = connection
+        try:
+            write_frame(writer, request)
+            await writer.drain()
+            return await read_frame(reader)
+        except BaseException:
+            # Cancelled (the caller's timeout) or broken: the stream is out of step.
+            writer.close()
+            raise
+
+    def _died(self) -> LisError:
+        return InferenceFailed(self.service, "its replica died while handling the request")
+
+
+def local_aware_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+    """Ray Serve's default policy (ongoing requests over the target), local ones counted too.
+
+    Ray wraps it as it wraps its own: bounds, delays and scaling factors still apply.
+    """
+    if ctx.current_num_replicas == 0:
+        return ctx.target_num_replicas, {}
+    local = sum((ctx.aggregated_metrics or {}).get(LOCAL_ONGOING_METRIC, {}).values())
+    return (ctx.total_num_requests + local) / ctx.config.get_target_ongoing_requests(), {}

@@ -1,0 +1,231 @@
+"""The local path between ingress and replicas: real Unix sockets, no Ray.
+
+The end-to-end tests (test_service_e2e.py) show HTTP requests taking it on a
+running lis; here each rule of the path is shown on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import serve_app._local as local_module
+from deployments.local_socket import LOCAL_ONGOING_METRIC, LocalServer, socket_path
+from deployments.service import InferenceResult
+from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
+from serve_app.errors import (
+    AlgorithmMismatch,
+    InferenceFailed,
+    InferenceTimeout,
+    ServiceUnavailable,
+)
+
+SERVICE = "svc"
+
+
+def _node() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+async def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+    if body == b"mismatch":
+        raise AlgorithmMismatch(SERVICE, algo_type or "", "image-classification")
+    if body == b"boom":
+        raise RuntimeError("the model fell over")
+    return InferenceResult(f"{body.decode()}|{content_type}", "application/json")
+
+
+async def _server(node: str, replica: str,
+                  handler: Callable[..., Awaitable[Any]] = _echo) -> LocalServer:
+    server = LocalServer(socket_path(node, SERVICE, replica), handler, SERVICE)
+    await server.start()
+    return server
+
+
+def _route(node: str, max_ongoing: int = 5, max_queued: int = -1) -> LocalRoute:
+    route = LocalRoute(SERVICE, node, LocalLimits(max_ongoing, max_queued))
+    assert route.covers(0)
+    return route
+
+
+def test_answers_and_errors_cross_the_socket() -> None:
+    async def scenario() -> None:
+        node = _node()
+        server = await _server(node, "r1")
+        route = _route(node)
+        answer = await route.call(b"frame", "image/jpeg", None, 5)
+        assert answer == InferenceResult("frame|image/jpeg", "application/json")
+        with pytest.raises(AlgorithmMismatch) as mismatch:
+            await route.call(b"mismatch", "image/jpeg", "object-detection", 5)
+        assert "object-detection" in mismatch.value.message
+        assert int(mismatch.value.status) == 409
+        with pytest.raises(InferenceFailed, match="RuntimeError: the model fell over"):
+            await route.call(b"boom", "image/jpeg", None, 5)
+        assert server.answered == 3  # over one pooled connection
+        await server.stop(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_stopping_replica_refuses_and_is_forgotten() -> None:
+    async def scenario() -> None:
+        node = _node()
+        server = await _server(node, "r1")
+        route = _route(node)
+        await route.call(b"first", None, None, 5)  # leaves a pooled connection
+        await server.stop(1)
+        assert not server.path.exists()
+        with pytest.raises(LocalUnavailable):  # refused on the pooled connection
+            await route.call(b"late", None, None, 5)
+        assert server.answered == 1
+        assert not route.covers(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_stale_socket_sends_the_request_through_ray() -> None:
+    async def scenario() -> None:
+        node = _node()
+        path = socket_path(node, SERVICE, "dead")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with socket.socket(socket.AF_UNIX) as left_behind:  # bound, nobody listening
+            left_behind.bind(str(path))
+        route = _route(node)
+        with pytest.raises(LocalUnavailable):
+            await route.call(b"frame", None, None, 5)
+        assert not path.exists()  # removed, so no later scan finds it again
+        assert not route.covers(0)
+
+    asyncio.run(scenario())
+
+
+def test_slots_per_replica_and_the_queue_follow_ray_serves_limits() -> None:
+    async def scenario() -> None:
+        node = _node()
+        release = asyncio.Event()
+        peak = 0
+
+        async def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            nonlocal peak
+            peak = max(peak, server.ongoing)
+            await release.wait()
+            return InferenceResult(body.decode(), "text/plain")
+
+        server = await _server(node, "r1", held)
+        route = _route(node, max_ongoing=2, max_queued=1)
+        calls = [asyncio.create_task(route.call(str(i).encode(), None, None, 30))
+                 for i in range(3)]
+        await asyncio.sleep(0.2)  # two run, one waits in the ingress's queue
+        with pytest.raises(ServiceUnavailable, match="overloaded"):
+            await route.call(b"one too many", None, None, 30)
+        release.set()
+        answers = await asyncio.gather(*calls)
+        assert sorted(a.body for a in answers) == ["0", "1", "2"]
+        assert peak == 2
+        await server.stop(1)
+
+    asyncio.run(scenario())
+
+
+def test_the_least_busy_replica_gets_the_next_request() -> None:
+    async def scenario() -> None:
+        node = _node()
+        release = asyncio.Event()
+
+        async def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            await release.wait()
+            return InferenceResult(body.decode(), "text/plain")
+
+        servers = [await _server(node, f"r{i}", held) for i in range(2)]
+        route = _route(node)
+        assert route.covers(2) and not route.covers(3)  # both replicas are on this node
+        calls = [asyncio.create_task(route.call(b"x", None, None, 30)) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        assert [s.ongoing for s in servers] == [2, 2]
+        release.set()
+        await asyncio.gather(*calls)
+        for server in servers:
+            await server.stop(1)
+
+    asyncio.run(scenario())
+
+
+def test_timeout_then_the_route_still_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_module, "GUARD_SECONDS", 0.1)
+
+    async def scenario() -> None:
+        node = _node()
+
+        async def slow_once(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            if body == b"slow":
+                await asyncio.sleep(3)
+            return InferenceResult(body.decode(), "text/plain")
+
+        server = await _server(node, "r1", slow_once)
+        route = _route(node)
+        with pytest.raises(InferenceTimeout, match="0.1 s"):
+            await route.call(b"slow", None, None, 0.1)
+        # The timed-out connection was closed, not pooled: the answer that
+        # arrives on it later cannot be taken for the next request's.
+        assert (await route.call(b"next", None, None, 5)).body == "next"
+        await server.stop(5)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_dies_mid_request_is_an_inference_failure() -> None:
+    async def scenario() -> None:
+        node = _node()
+        path = socket_path(node, SERVICE, "dying")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        async def die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)  # takes the request, then its process "dies"
+            writer.close()
+
+        dying = await asyncio.start_unix_server(die, path=str(path))
+        route = _route(node)
+        with pytest.raises(InferenceFailed, match="died while handling the request"):
+            await route.call(b"frame", None, None, 5)
+        dying.close()
+
+    asyncio.run(scenario())
+
+
+def test_stop_waits_for_the_requests_under_way() -> None:
+    async def scenario() -> None:
+        node = _node()
+
+        async def takes_a_while(body: bytes, content_type: str | None,
+                                algo_type: str | None) -> Any:
+            await asyncio.sleep(0.3)
+            return InferenceResult("done", "text/plain")
+
+        server = await _server(node, "r1", takes_a_while)
+        route = _route(node)
+        call = asyncio.create_task(route.call(b"x", None, None, 30))
+        await asyncio.sleep(0.1)
+        assert server.ongoing == 1
+        await server.stop(10)
+        assert server.ongoing == 0
+        assert (await call).body == "done"
+
+    asyncio.run(scenario())
+
+
+def test_autoscaling_counts_local_requests_with_rays() -> None:
+    context = SimpleNamespace(
+        current_num_replicas=2, target_num_replicas=2, total_num_requests=2.0,
+        aggregated_metrics={LOCAL_ONGOING_METRIC: {"r1": 3.0, "r2": 3.0}},
+        config=SimpleNamespace(get_target_ongoing_requests=lambda: 2.0))
+    assert local_aware_policy(context)[0] == 4.0  # (2 + 6) / 2
+    context.aggregated_metrics = None  # no replica has reported yet
+    assert local_aware_policy(context)[0] == 1.0
+    context.current_num_replicas = 0  # scaled to zero: Ray's cold start decides
+    assert local_aware_policy(context)[0] == 2
