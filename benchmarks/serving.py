@@ -5,8 +5,9 @@ throughput of (a) the raw in-process path (decode + preprocess + run +
 format), (b) the SDK client over a Ray Serve handle from the driver, (c) HTTP
 through the ingress, each at concurrency 1 and 4, with the same runtime thread
 count everywhere. A fourth path, "bare", is lis's HTTP app with the model in
-its own process and no Ray (``benchmarks.bare_http``): what HTTP alone costs. The table and the machine it ran on go into the README
-between the ``bench`` markers. Not a test: nothing here asserts a time.
+its own process and no Ray (``benchmarks.bare_http``): what HTTP alone costs.
+The table and the machine it ran on go into the README between the ``bench``
+markers. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -296,7 +297,8 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
                    f"{PAIRED_ROUNDS} alternating blocks of {PAIRED_BLOCK}; {gap:+.1f} ms between "
                    f"the rows above; target within 10 ms: "
                    f"{'met' if paired_gap <= 10 else 'NOT met'}); HTTP throughput at concurrency 4 "
-                   f"is {ratio:.2f}x raw (target >= 0.85: {'met' if ratio >= 0.85 else 'NOT met'}{ceiling}).")
+                   f"is {ratio:.2f}x raw (target >= 0.85: "
+                   f"{'met' if ratio >= 0.85 else 'NOT met'}{ceiling}).")
     return out
 
 

@@ -110,6 +110,8 @@ class LocalServer:
         self._stopping = True
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the node's last replica: leave no folder behind
+            self.path.parent.rmdir()
         if self._server is not None:
             self._server.close()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -141,7 +143,7 @@ class LocalServer:
             return await self._handler(body, content_type, algo_type)
         except LisError as error:
             return error
-        except Exception as error:  # noqa: BLE001 - the handler logged it; the caller needs an answer
+        except Exception as error:  # noqa: BLE001 - logged by the handler; answer the caller
             return InferenceFailed(self.service, f"{type(error).__name__}: {error}")
         finally:
             self.ongoing -= 1

@@ -319,7 +319,8 @@ class HandleRouter:
         # Services reached over their replicas' sockets while all of those
         # run on this node (serve_app._local); the rest go through handles.
         node = current_node_id() if local else ""
-        self.local = {name: LocalRoute(name, node, limits) for name, limits in (local or {}).items()}
+        self.local = {name: LocalRoute(name, node, limits)
+                      for name, limits in (local or {}).items()}
         self.running: dict[str, int] = {}
         # Services no node can host, with the reason: a request to one is
         # answered at once instead of waiting in Ray's queue until it times out.

@@ -7,9 +7,10 @@ running lis; here each rule of the path is shown on its own.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,8 +30,12 @@ from serve_app.errors import (
 SERVICE = "svc"
 
 
-def _node() -> str:
-    return f"test-{uuid.uuid4().hex}"
+@pytest.fixture
+def node() -> Iterator[str]:
+    """A node id of this test's own: its socket folder, removed afterwards."""
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    shutil.rmtree(socket_path(name, SERVICE, "any").parent, ignore_errors=True)
 
 
 async def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
@@ -54,9 +59,8 @@ def _route(node: str, max_ongoing: int = 5, max_queued: int = -1) -> LocalRoute:
     return route
 
 
-def test_answers_and_errors_cross_the_socket() -> None:
+def test_answers_and_errors_cross_the_socket(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         server = await _server(node, "r1")
         route = _route(node)
         answer = await route.call(b"frame", "image/jpeg", None, 5)
@@ -73,9 +77,8 @@ def test_answers_and_errors_cross_the_socket() -> None:
     asyncio.run(scenario())
 
 
-def test_a_stopping_replica_refuses_and_is_forgotten() -> None:
+def test_a_stopping_replica_refuses_and_is_forgotten(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         server = await _server(node, "r1")
         route = _route(node)
         await route.call(b"first", None, None, 5)  # leaves a pooled connection
@@ -89,9 +92,8 @@ def test_a_stopping_replica_refuses_and_is_forgotten() -> None:
     asyncio.run(scenario())
 
 
-def test_a_stale_socket_sends_the_request_through_ray() -> None:
+def test_a_stale_socket_sends_the_request_through_ray(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         path = socket_path(node, SERVICE, "dead")
         path.parent.mkdir(parents=True, exist_ok=True)
         with socket.socket(socket.AF_UNIX) as left_behind:  # bound, nobody listening
@@ -105,9 +107,8 @@ def test_a_stale_socket_sends_the_request_through_ray() -> None:
     asyncio.run(scenario())
 
 
-def test_slots_per_replica_and_the_queue_follow_ray_serves_limits() -> None:
+def test_slots_per_replica_and_the_queue_follow_ray_serves_limits(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         release = asyncio.Event()
         peak = 0
 
@@ -133,9 +134,8 @@ def test_slots_per_replica_and_the_queue_follow_ray_serves_limits() -> None:
     asyncio.run(scenario())
 
 
-def test_the_least_busy_replica_gets_the_next_request() -> None:
+def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         release = asyncio.Event()
 
         async def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
@@ -156,11 +156,10 @@ def test_the_least_busy_replica_gets_the_next_request() -> None:
     asyncio.run(scenario())
 
 
-def test_timeout_then_the_route_still_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_then_the_route_still_serves(node: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_module, "GUARD_SECONDS", 0.1)
 
     async def scenario() -> None:
-        node = _node()
 
         async def slow_once(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
             if body == b"slow":
@@ -179,9 +178,8 @@ def test_timeout_then_the_route_still_serves(monkeypatch: pytest.MonkeyPatch) ->
     asyncio.run(scenario())
 
 
-def test_a_replica_that_dies_mid_request_is_an_inference_failure() -> None:
+def test_a_replica_that_dies_mid_request_is_an_inference_failure(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
         path = socket_path(node, SERVICE, "dying")
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -198,9 +196,8 @@ def test_a_replica_that_dies_mid_request_is_an_inference_failure() -> None:
     asyncio.run(scenario())
 
 
-def test_stop_waits_for_the_requests_under_way() -> None:
+def test_stop_waits_for_the_requests_under_way(node: str) -> None:
     async def scenario() -> None:
-        node = _node()
 
         async def takes_a_while(body: bytes, content_type: str | None,
                                 algo_type: str | None) -> Any:
