@@ -62,7 +62,8 @@ INGRESS_DEPLOYMENT = "LisIngress"
 # The ingress shares the head node's fate with Ray Serve's controller: losing
 # a worker never takes the front door down.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
-# How often the ingress looks for services that no node can host.
+# How often the ingress looks for services that no node can host, and counts
+# each service's running replicas (the local path needs all of them on its node).
 PENDING_CHECK_PERIOD_S = 2.0
 # Requests a replica takes at once (Ray Serve's default), by either path.
 MAX_ONGOING_REQUESTS = 5
