@@ -20,11 +20,13 @@ from serve_app.errors import (
     ServiceUnavailable,
 )
 
-__all__ = ["GUARD_SECONDS", "call_service", "call_service_sync", "to_lis_error"]
+__all__ = ["GUARD_SECONDS", "REPLICA_DIED", "call_service", "call_service_sync", "to_lis_error"]
 
 # The replica enforces the service's timeout itself; the caller waits a little
 # longer so a replica that died or never got the request still ends in 504.
 GUARD_SECONDS = 5.0
+# The request is lost with its replica, by whichever path it came.
+REPLICA_DIED = "its replica died while handling the request"
 
 
 def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisError:
@@ -49,7 +51,7 @@ def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisErr
     if isinstance(error, ray_errors.RayActorError):
         # The replica's process or node died (node loss ends here): the
         # request is lost, the service's other replicas keep answering.
-        return InferenceFailed(service, "its replica died while handling the request")
+        return InferenceFailed(service, REPLICA_DIED)
     if isinstance(error, ray_errors.RayTaskError) and cause is not None:
         return InferenceFailed(service, f"{type(cause).__name__}: {cause}")
     return InferenceFailed(service, f"{type(error).__name__}: {error}")

@@ -27,7 +27,7 @@ from deployments.local_socket import (
     service_sockets,
     write_frame,
 )
-from serve_app._handles import GUARD_SECONDS
+from serve_app._handles import GUARD_SECONDS, REPLICA_DIED
 from serve_app.errors import InferenceFailed, InferenceTimeout, LisError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class LocalRoute:
             raise
 
     def _died(self) -> LisError:
-        return InferenceFailed(self.service, "its replica died while handling the request")
+        return InferenceFailed(self.service, REPLICA_DIED)
 
 
 def local_aware_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
