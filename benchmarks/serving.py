@@ -143,6 +143,17 @@ def raw_caller(model_dir: Path, algorithm: str, threads: int, body: bytes) -> Ca
     return lambda: predict(body, "image/jpeg")
 
 
+def _answers_healthz(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
 @contextlib.contextmanager
 def bare_http_server(spec: ServiceSpec) -> Iterator[int]:
     """``benchmarks.bare_http`` serving ``spec``'s model on a free port, until the block ends."""
@@ -154,14 +165,10 @@ def bare_http_server(spec: ServiceSpec) -> Iterator[int]:
                                str(spec.runtime_threads), str(port)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=5).request("GET", "/healthz")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the bare HTTP server for {spec.name} did not start")
-                time.sleep(0.5)
+        while not _answers_healthz(port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bare HTTP server for {spec.name} did not start")
+            time.sleep(0.5)
         yield port
     finally:
         server.terminate()
