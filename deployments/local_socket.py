@@ -13,7 +13,9 @@ directory is per Ray node, readable by this user only. The wire format is one
 frame per message: a 4-byte big-endian length, then a pickle. A request is
 ``(body, content_type, algo_type)``; an answer is the ``InferenceResult``, the
 ``LisError``, or ``REFUSED`` when the replica is stopping and has not started
-the request (the ingress then sends it through Ray Serve instead).
+the request (the ingress then sends it through Ray Serve instead). The replica
+serves its socket with plain blocking threads (``send``/``receive``); the
+ingress, on its event loop, with asyncio streams (``write_frame``/``read_frame``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import logging
 import os
 import pickle
 import struct
+import socket
 import tempfile
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ REFUSED = "refused: the replica is stopping"
 LOCAL_ONGOING_METRIC = "lis_local_ongoing_requests"
 _LENGTH = struct.Struct("!I")
 
-Handler = Callable[[bytes, "str | None", "str | None"], Awaitable[Any]]
+Handler = Callable[[bytes, "str | None", "str | None"], Any]
 
 
 def current_node_id() -> str:
@@ -85,68 +89,117 @@ def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
 
 
 class LocalServer:
-    """A replica's socket: each request goes to ``handler``, the replica's ``infer``."""
+    """A replica's socket, served by plain threads: one per ingress connection.
+
+    No event loop on this path: each connection's thread reads a request,
+    calls ``handler`` (the replica's synchronous ``answer_local``) and writes
+    the answer, as the raw pipeline's own threads would. The ingress holds at
+    most ``max_ongoing_requests`` connections to a replica, so that is also
+    the most threads this starts.
+    """
 
     def __init__(self, path: Path, handler: Handler, service: str) -> None:
         self.path = path
         self.service = service
         self._handler = handler
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
         self._stopping = False
-        self._idle = asyncio.Event()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
         self._idle.set()
         self.ongoing = 0
         self.answered = 0
 
-    async def start(self) -> None:
+    def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a replica id is never reused; this is a stale leftover
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
         os.chmod(self.path, 0o600)
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, name=f"{self.service}-local", daemon=True).start()
 
-    async def stop(self, timeout_s: float) -> None:
+    def stop(self, timeout_s: float) -> None:
         """Take no new request, then wait up to ``timeout_s`` for those under way."""
         self._stopping = True
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with contextlib.suppress(OSError):  # the node's last replica: leave no folder behind
             self.path.parent.rmdir()
-        if self._server is not None:
-            self._server.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            self._listener.close()
+        self._idle.wait(timeout_s)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    request = await read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return  # the ingress closed the connection
-                if self._stopping:
-                    write_frame(writer, REFUSED)
-                    await writer.drain()
-                    return
-                write_frame(writer, await self._answer(*request))
-                await writer.drain()
-        except ConnectionError:
-            pass  # the ingress gave up on the request (its own timeout) and closed
-        finally:
-            writer.close()
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stopping:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed by ``stop``
+            threading.Thread(target=self._serve, args=(connection,),
+                             name=f"{self.service}-conn", daemon=True).start()
 
-    async def _answer(self, body: bytes, content_type: str | None,
-                      algo_type: str | None) -> Any:
-        self.ongoing += 1
-        self._idle.clear()
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                while True:
+                    request = receive(connection)
+                    if request is None:
+                        return  # the ingress closed the connection
+                    if self._stopping:
+                        send(connection, REFUSED)
+                        return
+                    send(connection, self._answer(*request))
+            except OSError:
+                pass  # the ingress gave up on the request (its own timeout) and closed
+
+    def _answer(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        with self._lock:
+            self.ongoing += 1
+            self._idle.clear()
         try:
-            return await self._handler(body, content_type, algo_type)
+            return self._handler(body, content_type, algo_type)
         except LisError as error:
             return error
         except Exception as error:  # noqa: BLE001 - logged by the handler; answer the caller
             return InferenceFailed(self.service, f"{type(error).__name__}: {error}")
         finally:
-            self.ongoing -= 1
-            self.answered += 1
-            if not self.ongoing:
-                self._idle.set()
+            with self._lock:
+                self.ongoing -= 1
+                self.answered += 1
+                if not self.ongoing:
+                    self._idle.set()
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            if data:
+                raise ConnectionResetError("the connection closed mid-frame")
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def receive(connection: socket.socket) -> Any:
+    """One frame from a blocking socket; ``None`` when the other side closed."""
+    header = _receive_exactly(connection, _LENGTH.size)
+    if header is None:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    data = _receive_exactly(connection, length)
+    if data is None:
+        raise ConnectionResetError("the connection closed mid-frame")
+    return pickle.loads(data)
+
+
+def send(connection: socket.socket, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    connection.sendall(_LENGTH.pack(len(data)) + data)

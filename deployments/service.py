@@ -10,11 +10,13 @@ limit, one access log line per request, and handing samples to ML Feedback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,10 @@ class _Stages:
         self._ms = dict.fromkeys(self._NAMES, 0.0)
         self._current: str | None = None
         self._since = 0.0
+        self._started = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._started
 
     def start(self, name: str | None) -> None:
         """End the current stage (if any) and start ``name`` (``None``: stop timing)."""
@@ -168,50 +174,67 @@ class InferenceService:
     def _start_local_server(self) -> None:
         """Listen for the ingress on this node (``deployments.local_socket``)."""
         try:
-            loop = asyncio.get_running_loop()  # Ray Serve runs the constructor on it
+            self._loop = asyncio.get_running_loop()  # Ray Serve runs the constructor on it
         except RuntimeError:
             return
         replica = serve.get_replica_context().replica_id.unique_id
-        server = LocalServer(socket_path(current_node_id(), self.spec.name, replica), self.infer,
-                             self.spec.name)
-
-        async def start() -> None:
-            try:
-                await server.start()
-            except OSError as error:  # the ingress reaches this replica through Ray instead
-                self.log.warning("no local socket (%s): requests come through Ray Serve only",
-                                 error)
-                return
-            self._local = server
-
-        self._local_start = loop.create_task(start())  # held: a task nobody holds may vanish
+        server = LocalServer(socket_path(current_node_id(), self.spec.name, replica),
+                             self.answer_local, self.spec.name)
+        try:
+            server.start()
+        except OSError as error:  # the ingress reaches this replica through Ray instead
+            self.log.warning("no local socket (%s): requests come through Ray Serve only", error)
+            return
+        self._local = server
 
     async def __del__(self) -> None:
         # Ray Serve calls this once its own requests are done; the local ones
         # get as long as a request may take.
         local = getattr(self, "_local", None)  # None if the constructor failed early
         if local is not None:
-            await local.stop(self.spec.timeout_s)
+            await asyncio.to_thread(local.stop, self.spec.timeout_s)
 
     # --- the request path ---------------------------------------------------
 
     async def infer(self, body: bytes, content_type: str | None,
                     algo_type: str | None = None) -> InferenceResult:
         """Answer one request: the connector's output, or a ``LisError``."""
-        started = time.perf_counter()
-        status = 200
-        stages = _Stages()
-        try:
+        with self._access(body) as stages:
             self._check_request(body, algo_type)
-            loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._executor, self._predict, body, content_type,
-                                        stages)
+            work = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._predict, body, content_type, stages)
             try:
                 prediction = await asyncio.wait_for(work, self.spec.timeout_s)
             except asyncio.TimeoutError:
                 raise InferenceTimeout(self.spec.name, self.spec.timeout_s) from None
             self._send_feedback(body, content_type, prediction)
             return InferenceResult(prediction.body, prediction.content_type)
+
+    def answer_local(self, body: bytes, content_type: str | None,
+                     algo_type: str | None) -> InferenceResult:
+        """``infer`` for the local path, on the socket connection's own thread.
+
+        No executor hop and no event loop: that is most of what the local path
+        saves. The ingress enforces the timeout on this path; a request that
+        finishes late is logged as the 504 its caller already got.
+        """
+        with self._access(body) as stages:
+            self._check_request(body, algo_type)
+            prediction = self._predict(body, content_type, stages)
+            if stages.elapsed_s() > self.spec.timeout_s:
+                raise InferenceTimeout(self.spec.name, self.spec.timeout_s)
+            if self._feedback is not None:
+                self._loop.call_soon_threadsafe(self._send_feedback, body, content_type,
+                                                prediction)
+            return InferenceResult(prediction.body, prediction.content_type)
+
+    @contextlib.contextmanager
+    def _access(self, body: bytes) -> Iterator[_Stages]:
+        """Times one request and writes its access line, whatever its outcome."""
+        stages = _Stages()
+        status = 200
+        try:
+            yield stages
         except LisError as error:
             status = int(error.status)
             raise
@@ -221,7 +244,7 @@ class InferenceService:
             raise
         finally:
             self.log.info("access status=%d latency_ms=%.1f %s bytes=%d", status,
-                          1000 * (time.perf_counter() - started), stages, len(body))
+                          1000 * stages.elapsed_s(), stages, len(body))
 
     def _check_request(self, body: bytes, algo_type: str | None) -> None:
         if algo_type is not None and algo_type != self.spec.algorithm:

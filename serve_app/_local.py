@@ -5,8 +5,9 @@ requests over the replicas' Unix sockets; otherwise, and whenever a replica's
 socket is gone or refuses, the request goes through Ray Serve's handle. The
 ingress keeps Ray Serve's contract for the requests it sends this way: at
 most ``max_ongoing`` per replica (the least busy one gets the next), at most
-``max_queued`` waiting for a slot, then 503; the replica enforces the timeout
-and the ingress waits ``GUARD_SECONDS`` longer, as it does for a handle call.
+``max_queued`` waiting for a slot, then 503; the replica has the service's
+timeout from when it takes the request, which the ingress enforces here (the
+replica's thread cannot be interrupted; its late answer is dropped).
 Ray Serve's autoscaler does not see these requests, so replicas report them
 (``record_autoscaling_stats``) and ``local_aware_policy`` adds them to Ray's count.
 """
@@ -94,21 +95,23 @@ class LocalRoute:
 
     async def call(self, body: bytes, content_type: str | None, algo_type: str | None,
                    timeout_s: float) -> Any:
-        """The replica's answer; raises ``LisError``, or ``LocalUnavailable`` to go by Ray."""
-        try:
-            return await asyncio.wait_for(self._call(body, content_type, algo_type),
-                                          timeout_s + GUARD_SECONDS)
-        except asyncio.TimeoutError:
-            raise InferenceTimeout(self.service, timeout_s) from None
+        """The replica's answer; raises ``LisError``, or ``LocalUnavailable`` to go by Ray.
 
-    async def _call(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
-        replica = await self._acquire()
+        The replica has ``timeout_s`` from when it takes the request (as on
+        the Ray path); waiting in the queue may add ``GUARD_SECONDS``.
+        """
         try:
-            answer = await self._exchange(replica, (body, content_type, algo_type))
-        finally:
-            replica.ongoing -= 1
-            async with self._freed:
-                self._freed.notify()
+            async with asyncio.timeout(timeout_s + GUARD_SECONDS):
+                replica = await self._acquire()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        answer = await self._exchange(replica, (body, content_type, algo_type))
+                finally:
+                    replica.ongoing -= 1
+                    async with self._freed:
+                        self._freed.notify()
+        except TimeoutError:
+            raise InferenceTimeout(self.service, timeout_s) from None
         if answer == REFUSED:  # stopping: Ray Serve knows where the others are
             self._forget(replica)
             raise LocalUnavailable(self.service)

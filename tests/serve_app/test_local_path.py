@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,7 +40,7 @@ def node() -> Iterator[str]:
     shutil.rmtree(socket_path(name, SERVICE, "any").parent, ignore_errors=True)
 
 
-async def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
     if body == b"mismatch":
         raise AlgorithmMismatch(SERVICE, algo_type or "", "image-classification")
     if body == b"boom":
@@ -46,10 +48,9 @@ async def _echo(body: bytes, content_type: str | None, algo_type: str | None) ->
     return InferenceResult(f"{body.decode()}|{content_type}", "application/json")
 
 
-async def _server(node: str, replica: str,
-                  handler: Callable[..., Awaitable[Any]] = _echo) -> LocalServer:
+def _server(node: str, replica: str, handler: Callable[..., Any] = _echo) -> LocalServer:
     server = LocalServer(socket_path(node, SERVICE, replica), handler, SERVICE)
-    await server.start()
+    server.start()
     return server
 
 
@@ -61,7 +62,7 @@ def _route(node: str, max_ongoing: int = 5, max_queued: int = -1) -> LocalRoute:
 
 def test_answers_and_errors_cross_the_socket(node: str) -> None:
     async def scenario() -> None:
-        server = await _server(node, "r1")
+        server = _server(node, "r1")
         route = _route(node)
         answer = await route.call(b"frame", "image/jpeg", None, 5)
         assert answer == InferenceResult("frame|image/jpeg", "application/json")
@@ -72,17 +73,17 @@ def test_answers_and_errors_cross_the_socket(node: str) -> None:
         with pytest.raises(InferenceFailed, match="RuntimeError: the model fell over"):
             await route.call(b"boom", "image/jpeg", None, 5)
         assert server.answered == 3  # over one pooled connection
-        await server.stop(1)
+        await asyncio.to_thread(server.stop, 1)
 
     asyncio.run(scenario())
 
 
 def test_a_stopping_replica_refuses_and_is_forgotten(node: str) -> None:
     async def scenario() -> None:
-        server = await _server(node, "r1")
+        server = _server(node, "r1")
         route = _route(node)
         await route.call(b"first", None, None, 5)  # leaves a pooled connection
-        await server.stop(1)
+        await asyncio.to_thread(server.stop, 1)
         assert not server.path.exists()
         with pytest.raises(LocalUnavailable):  # refused on the pooled connection
             await route.call(b"late", None, None, 5)
@@ -109,16 +110,16 @@ def test_a_stale_socket_sends_the_request_through_ray(node: str) -> None:
 
 def test_slots_per_replica_and_the_queue_follow_ray_serves_limits(node: str) -> None:
     async def scenario() -> None:
-        release = asyncio.Event()
+        release = threading.Event()
         peak = 0
 
-        async def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
             nonlocal peak
             peak = max(peak, server.ongoing)
-            await release.wait()
+            release.wait(30)
             return InferenceResult(body.decode(), "text/plain")
 
-        server = await _server(node, "r1", held)
+        server = _server(node, "r1", held)
         route = _route(node, max_ongoing=2, max_queued=1)
         calls = [asyncio.create_task(route.call(str(i).encode(), None, None, 30))
                  for i in range(3)]
@@ -129,20 +130,20 @@ def test_slots_per_replica_and_the_queue_follow_ray_serves_limits(node: str) -> 
         answers = await asyncio.gather(*calls)
         assert sorted(a.body for a in answers) == ["0", "1", "2"]
         assert peak == 2
-        await server.stop(1)
+        await asyncio.to_thread(server.stop, 1)
 
     asyncio.run(scenario())
 
 
 def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
     async def scenario() -> None:
-        release = asyncio.Event()
+        release = threading.Event()
 
-        async def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
-            await release.wait()
+        def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            release.wait(30)
             return InferenceResult(body.decode(), "text/plain")
 
-        servers = [await _server(node, f"r{i}", held) for i in range(2)]
+        servers = [_server(node, f"r{i}", held) for i in range(2)]
         route = _route(node)
         assert route.covers(2) and not route.covers(3)  # both replicas are on this node
         calls = [asyncio.create_task(route.call(b"x", None, None, 30)) for _ in range(4)]
@@ -151,7 +152,7 @@ def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
         release.set()
         await asyncio.gather(*calls)
         for server in servers:
-            await server.stop(1)
+            await asyncio.to_thread(server.stop, 1)
 
     asyncio.run(scenario())
 
@@ -161,19 +162,19 @@ def test_timeout_then_the_route_still_serves(node: str, monkeypatch: pytest.Monk
 
     async def scenario() -> None:
 
-        async def slow_once(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        def slow_once(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
             if body == b"slow":
-                await asyncio.sleep(3)
+                time.sleep(3)
             return InferenceResult(body.decode(), "text/plain")
 
-        server = await _server(node, "r1", slow_once)
+        server = _server(node, "r1", slow_once)
         route = _route(node)
         with pytest.raises(InferenceTimeout, match="0.1 s"):
             await route.call(b"slow", None, None, 0.1)
         # The timed-out connection was closed, not pooled: the answer that
         # arrives on it later cannot be taken for the next request's.
         assert (await route.call(b"next", None, None, 5)).body == "next"
-        await server.stop(5)
+        await asyncio.to_thread(server.stop, 5)
 
     asyncio.run(scenario())
 
@@ -199,17 +200,16 @@ def test_a_replica_that_dies_mid_request_is_an_inference_failure(node: str) -> N
 def test_stop_waits_for_the_requests_under_way(node: str) -> None:
     async def scenario() -> None:
 
-        async def takes_a_while(body: bytes, content_type: str | None,
-                                algo_type: str | None) -> Any:
-            await asyncio.sleep(0.3)
+        def takes_a_while(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            time.sleep(0.3)
             return InferenceResult("done", "text/plain")
 
-        server = await _server(node, "r1", takes_a_while)
+        server = _server(node, "r1", takes_a_while)
         route = _route(node)
         call = asyncio.create_task(route.call(b"x", None, None, 30))
         await asyncio.sleep(0.1)
         assert server.ongoing == 1
-        await server.stop(10)
+        await asyncio.to_thread(server.stop, 10)
         assert server.ongoing == 0
         assert (await call).body == "done"
 
