@@ -75,8 +75,9 @@ def direct_ingress_environment(port: int) -> dict[str, str]:
     request skips the proxy actor and one Ray hop (about 7 ms of CPU per
     request on a 2-core box). Ray gives such replicas ports from a range; a
     range of one port pins lis's single ingress replica to ``port``. A released
-    port is reusable at once (no quarantine: no load balancer holds it), and a
-    stopping ingress drains for one second instead of thirty.
+    port is reusable at once (no quarantine: no load balancer holds it), a
+    stopping ingress drains for one second instead of thirty, and requests are
+    not watched for clients that hang up (``serve_app.app.direct_ingress_middlewares``).
     """
     return {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
@@ -84,6 +85,7 @@ def direct_ingress_environment(port: int) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.app:direct_ingress_middlewares",
     }
 
 

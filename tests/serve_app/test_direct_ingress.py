@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -47,3 +48,25 @@ def test_the_ingress_replica_itself_listens_on_the_port(running_lis) -> None:
     assert title.startswith("ray::ServeReplica:lis:LisIngress"), title
     with urllib.request.urlopen(f"{running_lis.endpoint}/healthz", timeout=10) as ok:
         assert json.loads(ok.read()) == {"status": "ok"}
+
+
+def test_ray_loads_the_middleware_that_spares_a_task_per_request() -> None:
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray.serve._private.utils import call_function_from_import_path
+
+    # What Ray Serve does with the setting when the ingress replica starts.
+    path = direct_ingress_environment(8123)["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
+    (middleware,) = validate_http_proxy_callback_return(call_function_from_import_path(path))
+    seen: list[dict] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        seen.append(scope)
+
+    wrapped = middleware.cls(app, *middleware.args, **middleware.kwargs)
+    http = {"type": "http", "headers": [(b"content-type", b"image/jpeg")]}
+    asyncio.run(wrapped(http, None, None))
+    asyncio.run(wrapped({"type": "lifespan"}, None, None))
+    # Ray Serve's direct ingress skips its per-request disconnect watch on this header.
+    assert dict(seen[0]["headers"]) == {b"content-type": b"image/jpeg",
+                                        b"x-request-disconnect-disabled": b"?1"}
+    assert "headers" not in seen[1]
