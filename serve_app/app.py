@@ -33,13 +33,13 @@ from deployments.local_socket import current_node_id
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
 from serve_app._handles import call_service
+from serve_app._http_server import IngressHttpServer
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.config import DEFAULT_TIMEOUT_S, LisConfig, ServiceSpec
 from serve_app.errors import ServiceNotFound, ServiceUnavailable
 from serve_app.ingress import ServiceInfo, build_http_app
 
 __all__ = ["APP_NAME", "INGRESS_DEPLOYMENT", "HandleRouter", "LisIngress", "build_app",
-           "direct_ingress_middlewares",
            "replica_demand", "service_info", "service_states", "service_version",
            "short_message", "unplaceable_reason"]
 
@@ -176,14 +176,14 @@ def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
 def build_app(config: LisConfig, *, token: str | None = None,
               model_versions: Mapping[str, str | None] | None = None,
               restart: Mapping[str, str] | None = None,
-              direct_ingress: bool = False) -> Application:
+              http: tuple[str, int] | None = None) -> Application:
     """The Ray Serve application for ``config``: services plus the ingress.
 
     ``model_versions`` maps services to their model's content hash where the
     deployer could compute it; ``restart`` maps services to a token that makes
-    their replicas be replaced even if nothing else changed. With
-    ``direct_ingress`` the ingress replica owns the HTTP port, so a new one can
-    only start once the old one has let go of it: no surge replica.
+    their replicas be replaced even if nothing else changed. With ``http`` =
+    (host, port) the ingress replica serves HTTP itself (one box), so a new one
+    can only start once the old one has let go of the port: no surge replica.
     """
     model_versions, restart = model_versions or {}, restart or {}
     feedback = None
@@ -204,12 +204,12 @@ def build_app(config: LisConfig, *, token: str | None = None,
     return LisIngress.options(
         version=_digest([asdict(info) for info in infos], demands, token_hash,
                         config.feedback is not None, [asdict(v) for v in local.values()],
-                        _code_fingerprint()), _internal=True,
+                        http, _code_fingerprint()), _internal=True,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-        max_surge_percent=0 if direct_ingress else MAX_SURGE_PERCENT,
+        max_surge_percent=0 if http else MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
-    ).bind(infos, services, feedback, token, demands, local)
+    ).bind(infos, services, feedback, token, demands, local, http)
 
 
 # --- the ingress deployment ---------------------------------------------------------
@@ -387,50 +387,39 @@ class HandleRouter:
         return await self.feedback.publish.remote(config_id, body, prediction, metadata)
 
 
-class _DisconnectsNotWatched:
-    """Tells Ray Serve's direct ingress not to watch each request for a client hang-up.
-
-    Watching costs a receive task per request, about 0.2 ms of the ingress's
-    CPU on the 2-core reference box, and saves no work here: a replica's
-    thread cannot be interrupted, so a cancelled request runs to its end
-    anyway. A client that hangs up still gets its request answered, and the
-    answer is dropped. (Ray Serve's own switch for this is the request header
-    ``x-request-disconnect-disabled: ?1``, which this sets.)
-    """
-
-    _HEADER = (b"x-request-disconnect-disabled", b"?1")
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope["headers"] = [*scope["headers"], self._HEADER]
-        await self.app(scope, receive, send)
-
-
-def direct_ingress_middlewares() -> list[Any]:
-    """Ray Serve's HTTP callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)."""
-    from starlette.middleware import Middleware
-
-    return [Middleware(_DisconnectsNotWatched)]
-
-
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()
 class LisIngress:
     """The HTTP front door, on the head node.
 
-    On one box it serves HTTP itself (Ray Serve's direct ingress, see
-    ``serve_app.deploy``); on a cluster the proxy on every node forwards to it.
+    On one box it serves HTTP itself on ``http`` = (host, port), see
+    ``serve_app._http_server``; on a cluster Ray Serve's proxy on every node
+    forwards to it.
     """
 
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
                  feedback: DeploymentHandle | None, token: str | None,
                  demands: Mapping[str, Mapping[str, float]] | None = None,
-                 local: Mapping[str, LocalLimits] | None = None) -> None:
+                 local: Mapping[str, LocalLimits] | None = None,
+                 http: tuple[str, int] | None = None) -> None:
         self.router = HandleRouter(services, handles, feedback, demands, local)
         self.token = token
+        self._shutdown_s = max((info.timeout_s for info in services), default=DEFAULT_TIMEOUT_S)
+        self._http: IngressHttpServer | None = None
+        if http is not None:
+            self._http = IngressHttpServer(build_http_app(self.router, token=token), *http)
+            self._http.start()
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_http_app(self.router, token=self.token)
+
+    def check_health(self) -> None:
+        if self._http is not None:
+            self._http.check()
+
+    async def __del__(self) -> None:
+        # Ray Serve calls this when the replica stops: requests under way get
+        # as long as the slowest service's timeout.
+        server = getattr(self, "_http", None)  # None if the constructor failed early
+        if server is not None:
+            await server.stop(self._shutdown_s)

@@ -5,14 +5,13 @@ Kept apart from the CLI so tests and embedding programs deploy the same way.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import platform as host_platform
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ __all__ = [
     "SERVE_THROUGHPUT_ENVIRONMENT",
     "connect_ray",
     "deploy",
-    "direct_ingress_environment",
     "direct_ingress_port",
     "wait_until_free",
     "http_token",
@@ -68,29 +66,12 @@ SERVE_THROUGHPUT_ENVIRONMENT = {
 _DIRECT_INGRESS_KEY = b"lis:direct-ingress-port"
 
 
-def direct_ingress_environment(port: int) -> dict[str, str]:
-    """Ray's environment for a box whose ingress replica itself listens on ``port``.
-
-    Ray Serve's direct ingress: the ingress replica runs the HTTP server, so a
-    request skips the proxy actor and one Ray hop (about 7 ms of CPU per
-    request on a 2-core box). Ray gives such replicas ports from a range; a
-    range of one port pins lis's single ingress replica to ``port``. A released
-    port is reusable at once (no quarantine: no load balancer holds it), a
-    stopping ingress drains for one second instead of thirty, and requests are
-    not watched for clients that hang up (``serve_app.app.direct_ingress_middlewares``).
-    """
-    return {
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
-        "RAY_SERVE_PORT_QUARANTINE_S": "0",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.app:direct_ingress_middlewares",
-    }
-
-
 def direct_ingress_port() -> int | None:
-    """The port the connected Ray serves by direct ingress, if it was started that way.
+    """The port on which the connected Ray's ingress replica serves HTTP itself, if any.
+
+    ``lis up`` on one box starts Ray this way (``connect_ray`` with
+    ``http_port``): no Ray Serve proxy, the ingress replica runs the HTTP
+    server (``serve_app._http_server``), a request makes one hop to its service.
 
     Kept in the cluster's key-value store, not this process's environment, so a
     later driver (``lis reload``) deploys the way the cluster was started.
@@ -111,28 +92,13 @@ def local_platform() -> str:
     return detect_platform().connector_suffix
 
 
-@contextlib.contextmanager
-def _environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """``variables`` set in this process's environment for the ``with`` block only."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def connect_ray(address: str | None, *, any_platform: bool = False,
                 num_cpus: int | None = None, log_to_driver: bool = False,
                 http_port: int | None = None) -> None:
     """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box.
 
-    A local Ray given ``http_port`` serves HTTP by direct ingress on that port
-    (see ``direct_ingress_environment``); a joined cluster keeps Ray Serve's
+    A local Ray given ``http_port`` serves HTTP from the ingress replica on that
+    port (see ``direct_ingress_port``); a joined cluster keeps Ray Serve's
     proxy on every node, so a device reaches the ingress through its own node.
     Replica logs stay in Ray's log files (``<ray session>/logs/serve/``) unless
     ``log_to_driver``: streaming every line to the driver costs CPU per request
@@ -152,14 +118,9 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         return
     os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
-    # Ray's processes inherit the direct-ingress settings, this process keeps
-    # them only for ray.init: what it starts later (its own Ray, a test's
-    # cluster) must not inherit a port that is taken.
-    ingress_env = direct_ingress_environment(http_port) if http_port is not None else {}
-    with _environment(ingress_env):
-        ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
-                 log_to_driver=log_to_driver,
-                 resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
+    ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
+             log_to_driver=log_to_driver,
+             resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
     if http_port is not None:
         from ray.experimental import internal_kv
 
@@ -236,17 +197,17 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     quiet = LoggingConfig(enable_access_log=False)
     direct_port = direct_ingress_port()
     if direct_port is not None and direct_port != port:
-        raise LisError(f"this Ray serves HTTP by direct ingress on port {direct_port}, "
+        raise LisError(f"this Ray serves HTTP from its ingress on port {direct_port}, "
                        f"not {port}: restart lis to change the port")
-    # With direct ingress the ingress replica owns ``port``; Ray Serve still
-    # wants its proxy on the head, which gets a free port nobody needs to know.
-    serve.start(http_options=HTTPOptions(host=host, port=0 if direct_port else port),
-                proxy_location=ProxyLocation.EveryNode, logging_config=quiet)
+    # One box: the ingress replica serves HTTP itself, so no proxy runs.
+    serve.start(http_options=HTTPOptions(host=host, port=port),
+                proxy_location=ProxyLocation.Disabled if direct_port else ProxyLocation.EveryNode,
+                logging_config=quiet)
     if direct_port is not None and APP_NAME not in serve.status().applications:
         wait_until_free(host, port)
     app = build_app(config, token=token, model_versions=versions,
                     restart={name: nonce for name in restart},
-                    direct_ingress=direct_port is not None)
+                    http=(host, port) if direct_port is not None else None)
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", logging_config=quiet)],
                    wait_for_applications_running=False)
     return versions

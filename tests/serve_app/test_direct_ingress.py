@@ -1,4 +1,4 @@
-"""The single-box HTTP path: Ray Serve's direct ingress pinned to lis's port."""
+"""The single-box HTTP path: the ingress replica serves lis's port itself."""
 
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ import urllib.request
 
 import psutil
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from serve_app.deploy import direct_ingress_environment, direct_ingress_port, wait_until_free
+import serve_app._http_server as http_server
+from serve_app._http_server import IngressHttpServer
+from serve_app.deploy import direct_ingress_port, wait_until_free
 from serve_app.errors import LisError
-
-
-def test_the_port_range_holds_exactly_the_configured_port() -> None:
-    env = direct_ingress_environment(8123)
-    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    # Ray hands out ports from [MIN, MAX): one port, lis's own.
-    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
-            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("8123", "8124")
-    assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:
@@ -37,36 +33,65 @@ def test_a_port_in_use_is_a_clear_error() -> None:
 def test_the_ingress_replica_itself_listens_on_the_port(running_lis) -> None:
     port = int(running_lis.endpoint.rsplit(":", 1)[1])
     assert direct_ingress_port() == port
-    # Only Ray's processes got the port: a cluster this process starts later
-    # (the multi-node scenarios) must not inherit it.
-    assert not set(direct_ingress_environment(port)) & set(os.environ)
     listeners = {c.pid for c in psutil.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert len(listeners) == 1
-    # The ingress replica's own process, not Ray Serve's proxy actor.
+    # The ingress replica's own process; on one box no Ray Serve proxy runs.
     title = " ".join(psutil.Process(listeners.pop()).cmdline())
     assert title.startswith("ray::ServeReplica:lis:LisIngress"), title
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if " ".join(p.info["cmdline"] or []).startswith("ray::ProxyActor")]
     with urllib.request.urlopen(f"{running_lis.endpoint}/healthz", timeout=10) as ok:
         assert json.loads(ok.read()) == {"status": "ok"}
 
 
-def test_ray_loads_the_middleware_that_spares_a_task_per_request() -> None:
-    from ray.serve._private.http_util import validate_http_proxy_callback_return
-    from ray.serve._private.utils import call_function_from_import_path
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    # What Ray Serve does with the setting when the ingress replica starts.
-    path = direct_ingress_environment(8123)["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
-    (middleware,) = validate_http_proxy_callback_return(call_function_from_import_path(path))
-    seen: list[dict] = []
 
-    async def app(scope: dict, receive: object, send: object) -> None:
-        seen.append(scope)
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    return await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}{path}")
 
-    wrapped = middleware.cls(app, *middleware.args, **middleware.kwargs)
-    http = {"type": "http", "headers": [(b"content-type", b"image/jpeg")]}
-    asyncio.run(wrapped(http, None, None))
-    asyncio.run(wrapped({"type": "lifespan"}, None, None))
-    # Ray Serve's direct ingress skips its per-request disconnect watch on this header.
-    assert dict(seen[0]["headers"]) == {b"content-type": b"image/jpeg",
-                                        b"x-request-disconnect-disabled": b"?1"}
-    assert "headers" not in seen[1]
+
+def _fetch(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, answer.read()
+
+
+def _app(release: asyncio.Event) -> Starlette:
+    async def slow(_: object) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("finished")
+
+    return Starlette(routes=[Route("/slow", slow),
+                             Route("/ok", lambda _: PlainTextResponse("ok"))])
+
+
+def test_the_server_serves_then_stops_after_the_requests_under_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_server, "_BIND_WAIT_S", 0.5)
+    port = _free_port()
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        server = IngressHttpServer(_app(release), "127.0.0.1", port)
+        server.start()
+        assert await _get(port, "/ok") == (200, b"ok")
+        # A second server (an ingress started before the old one let go)
+        # waits for the port, then names it.
+        with pytest.raises(RuntimeError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
+            IngressHttpServer(_app(release), "127.0.0.1", port).start()
+        slow = asyncio.create_task(_get(port, "/slow"))
+        await asyncio.sleep(0.3)
+        stopping = asyncio.create_task(server.stop(10))
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # waits for /slow
+        release.set()
+        assert await slow == (200, b"finished")
+        await stopping
+        server.check()  # asked to stop: not a failure
+        wait_until_free("127.0.0.1", port, timeout_s=5)
+
+    asyncio.run(scenario())
