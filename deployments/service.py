@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from ray import serve
 
+from deployments.access_log import AccessLog
 from deployments.feedback.handoff import FeedbackHandoff
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
 from deployments.local_socket import (
@@ -117,6 +118,17 @@ class _ServiceLog(logging.LoggerAdapter):
         return f"[{self.extra['service']}] {msg}", kwargs
 
 
+def _open_access_log(service: str) -> AccessLog:
+    """The replica's access log, in the folder of Ray Serve's own replica logs."""
+    from ray.serve._private.logging_utils import get_serve_logs_dir
+
+    context = serve.get_replica_context()
+    replica = context.replica_id.unique_id
+    name = f"access_{context.app_name}_{context.deployment}_{replica}.log"
+    return AccessLog(Path(get_serve_logs_dir()) / name,
+                     f"{context.app_name}_{context.deployment}", replica, service)
+
+
 def _fetch_model(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
     from deployments.model_source import fetch_model
 
@@ -166,6 +178,7 @@ class InferenceService:
         self._memory_exceeded: int | None = None
         self._feedback = FeedbackHandoff(feedback) \
             if feedback is not None and spec.feedback_config_id else None
+        self._access_log = _open_access_log(spec.name)
         self._local: LocalServer | None = None
         self._start_local_server()
         self.log.info("loaded %s (version %s) in %.1f s", model_dir, self.version,
@@ -193,6 +206,9 @@ class InferenceService:
         local = getattr(self, "_local", None)  # None if the constructor failed early
         if local is not None:
             await asyncio.to_thread(local.stop, self.spec.timeout_s)
+        access_log = getattr(self, "_access_log", None)
+        if access_log is not None:
+            access_log.close()
 
     # --- the request path ---------------------------------------------------
 
@@ -243,8 +259,7 @@ class InferenceService:
             self.log.exception("unexpected failure")
             raise
         finally:
-            self.log.info("access status=%d latency_ms=%.1f %s bytes=%d", status,
-                          1000 * stages.elapsed_s(), stages, len(body))
+            self._access_log.write(status, 1000 * stages.elapsed_s(), str(stages), len(body))
 
     def _check_request(self, body: bytes, algo_type: str | None) -> None:
         if algo_type is not None and algo_type != self.spec.algorithm:

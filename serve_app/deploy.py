@@ -117,6 +117,8 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         ray.init(address=address, namespace="lis", log_to_driver=log_to_driver)
         return
     os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
+    if log_to_driver:  # replicas write their lines to stderr too, which Ray streams here
+        os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
     platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
     ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
              log_to_driver=log_to_driver,

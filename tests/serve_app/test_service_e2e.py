@@ -70,7 +70,7 @@ def _access_lines(service: str) -> list[re.Match]:
                          r"prepare_ms=([\d.]+) wait_ms=([\d.]+) model_ms=([\d.]+) bytes=(\d+)$")
     folder = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     lines = []
-    for log in folder.glob(f"replica_*{service}_*.log"):
+    for log in folder.glob(f"access_*_{service}_*.log"):
         lines += [m for m in map(pattern.search, log.read_text().splitlines()) if m]
     return lines
 
