@@ -381,7 +381,8 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
                    f"{'met' if paired_gap <= 10 else 'NOT met'}); HTTP throughput at concurrency 4 "
                    f"is {paired_ratio:.2f}x raw ({paired[f'{service}/raw@4']:.0f} -> "
                    f"{paired[f'{service}/http@4']:.0f} req/s in {THROUGHPUT_ROUNDS} alternating "
-                   f"blocks of {THROUGHPUT_BLOCK_S:g} s; {ratio:.2f}x between the rows above; "
+                   f"blocks of {THROUGHPUT_BLOCK_S:g} s, the idle lis running in raw's too; "
+                   f"{ratio:.2f}x between the rows above, raw before Ray started; "
                    f"target >= 0.85: {'met' if paired_ratio >= 0.85 else 'NOT met'}{ceiling}).")
     return out
 
