@@ -14,7 +14,7 @@ frame per message: a 4-byte big-endian length, then a pickle. A request is
 ``(body, content_type, algo_type)``; an answer is the ``InferenceResult``, the
 ``LisError``, or ``REFUSED`` when the replica is stopping and has not started
 the request (the ingress then sends it through Ray Serve instead). The replica
-serves its socket with plain blocking threads (``send``/``receive``); the
+serves its socket with plain blocking threads (``_send``/``_receive``); the
 ingress, on its event loop, with asyncio streams (``write_frame``/``read_frame``).
 """
 
@@ -148,13 +148,13 @@ class LocalServer:
         with connection:
             try:
                 while True:
-                    request = receive(connection)
+                    request = _receive(connection)
                     if request is None:
                         return  # the ingress closed the connection
                     if self._stopping:
-                        send(connection, REFUSED)
+                        _send(connection, REFUSED)
                         return
-                    send(connection, self._answer(*request))
+                    _send(connection, self._answer(*request))
             except OSError:
                 pass  # the ingress gave up on the request (its own timeout) and closed
 
@@ -188,7 +188,7 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
     return bytes(data)
 
 
-def receive(connection: socket.socket) -> Any:
+def _receive(connection: socket.socket) -> Any:
     """One frame from a blocking socket; ``None`` when the other side closed."""
     header = _receive_exactly(connection, _LENGTH.size)
     if header is None:
@@ -200,6 +200,6 @@ def receive(connection: socket.socket) -> Any:
     return pickle.loads(data)
 
 
-def send(connection: socket.socket, message: Any) -> None:
+def _send(connection: socket.socket, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     connection.sendall(_LENGTH.pack(len(data)) + data)
