@@ -58,11 +58,13 @@ def main() -> None:
 
     import uvicorn
 
+    from serve_app._http_server import KEEP_ALIVE_S
+
     router = InProcessRouter(args.model_dir, args.algorithm, args.threads)
-    # Idle connections stay open 90 s, as Ray Serve's uvicorn keeps them: the
+    # Idle connections stay open as long as lis's ingress keeps them: the
     # bench's client reuses one across a slow model's 15 s measurement.
     uvicorn.run(build_http_app(router), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False, timeout_keep_alive=90)
+                log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,12 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
+    writer.write(_frame(message))
+
+
+def _frame(message: Any) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
 
 
 class LocalServer:
@@ -201,5 +205,4 @@ def _receive(connection: socket.socket) -> Any:
 
 
 def _send(connection: socket.socket, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    connection.sendall(_LENGTH.pack(len(data)) + data)
+    connection.sendall(_frame(message))

@@ -68,10 +68,11 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 PENDING_CHECK_PERIOD_S = 2.0
 # Requests a replica takes at once (Ray Serve's default), by either path.
 MAX_ONGOING_REQUESTS = 5
-# The ingress only forwards: each service's own limits decide what waits or is
-# refused. At Ray Serve's default of 5, the ingress itself held every request
-# past the 5th of all services together in one queue, so a slow service
-# stalled the others.
+# Requests Ray Serve lets into the ingress at once, from its proxies (a
+# cluster; on one box HTTP skips Ray's layer). The ingress only forwards: each
+# service's own limits decide what waits or is refused. At Ray Serve's default
+# of 5, the ingress held every request past the 5th of all services together
+# in one queue, so a slow service stalled the others.
 INGRESS_MAX_ONGOING_REQUESTS = 10_000
 # Ray options that change without restarting replicas: not part of a version.
 _SCALING_FIELDS = frozenset({"num_replicas", "autoscaling", "max_queued_requests"})
