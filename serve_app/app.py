@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -225,21 +226,19 @@ def service_states(app_name: str = APP_NAME,
     the message says which resource is missing, from ``demands``, the
     resources one replica needs), UNHEALTHY, DEGRADED, FAILED.
     """
-    status = serve.status()
-    application = status.applications.get(app_name)
+    application = _application_details(app_name)
     if application is None:
         return {}
     nodes = _alive_node_resources() if demands else []
     states = {}
-    for name, deployment in application.deployments.items():
-        replicas = {str(getattr(state, "value", state)): count
-                    for state, count in deployment.replica_states.items()}
-        ray_status = str(getattr(deployment.status, "value", deployment.status))
+    for name, deployment in application["deployments"].items():
+        replicas = dict(Counter(_value(replica["state"]) for replica in deployment["replicas"]))
+        ray_status = _value(deployment["status"])
         state = {
             "state": _state(ray_status, replicas.get("RUNNING", 0)),
             "replicas": replicas,
             "updating": ray_status == "UPDATING",
-            "message": short_message(deployment.message),
+            "message": short_message(deployment.get("message") or ""),
         }
         # Ray only sees replicas that never start (at times as failures to
         # start): the cause is a resource that no live node has.
@@ -250,6 +249,28 @@ def service_states(app_name: str = APP_NAME,
             state.update(state="PENDING", message=f"pending: {reason}")
         states[name] = state
     return states
+
+
+def _application_details(app_name: str) -> dict[str, Any] | None:
+    """What Ray Serve's controller knows of one application, as plain data; None if absent.
+
+    ``serve.status()`` reads the same details and then builds Ray's pydantic
+    models from them, whose request-router config cloudpickles its router
+    class once per deployment: 37 ms of CPU per call on the 2-core reference
+    box, against 1.2 ms for the details alone. The ingress asks every 2 s
+    while requests come in, and on every ``/readyz`` and ``/services``.
+    """
+    from ray.serve.context import _get_global_client  # noqa: PLC0415 - Ray's, no public twin
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    return client.get_serve_details().get("applications", {}).get(app_name)
+
+
+def _value(member: Any) -> str:
+    """An enum member's value (Ray's states are str enums), or the string itself."""
+    return str(getattr(member, "value", member))
 
 
 def _alive_node_resources() -> list[dict[str, float]]:
