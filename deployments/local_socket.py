@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.errors import InferenceFailed, LisError
+from serve_app.errors import InferenceFailed, LisError, ServiceUnavailable
 
 __all__ = ["LOCAL_ONGOING_METRIC", "REFUSED", "LocalServer", "current_node_id", "read_frame",
            "service_sockets", "socket_path", "write_frame"]
@@ -98,13 +98,18 @@ class LocalServer:
     No event loop on this path: each connection's thread reads a request,
     calls ``handler`` (the replica's synchronous ``answer_local``) and writes
     the answer, as the raw pipeline's own threads would. The ingress holds at
-    most ``max_ongoing_requests`` connections to a replica, so that is also
-    the most threads this starts.
+    most ``max_ongoing_requests`` connections to a replica, so in normal use
+    that is also the most threads this runs. A request the ingress gave up on
+    (its timeout) closes its connection, but its thread cannot be stopped and
+    runs on: with a model that hangs, one more thread and request would stay
+    for each timeout. So at most ``max_ongoing`` requests run here at once;
+    past that, a request is answered ``ServiceUnavailable`` (503) at once.
     """
 
-    def __init__(self, path: Path, handler: Handler, service: str) -> None:
+    def __init__(self, path: Path, handler: Handler, service: str, max_ongoing: int) -> None:
         self.path = path
         self.service = service
+        self.max_ongoing = max_ongoing
         self._handler = handler
         self._listener: socket.socket | None = None
         self._stopping = False
@@ -164,6 +169,10 @@ class LocalServer:
 
     def _answer(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
         with self._lock:
+            if self.ongoing >= self.max_ongoing:
+                return ServiceUnavailable(
+                    self.service, f"its replica is still running {self.ongoing} requests, "
+                                  f"the most it takes; those past their timeout run on")
             self.ongoing += 1
             self._idle.clear()
         try:

@@ -37,6 +37,7 @@ from deployments.local_socket import (
 from deployments.runtime import set_thread_count
 from serve_app.errors import (
     AlgorithmMismatch,
+    InferenceFailed,
     InferenceTimeout,
     LisError,
     MemoryLimitExceeded,
@@ -46,13 +47,33 @@ from serve_app.errors import (
 if TYPE_CHECKING:
     from serve_app.config import ModelStoreSpec, ServiceSpec
 
-__all__ = ["WORKER_THREADS", "InferenceResult", "InferenceService", "artifact_version"]
+__all__ = ["MAX_ONGOING_REQUESTS", "STUCK_AFTER_TIMEOUTS", "WORKER_THREADS", "InferenceResult",
+           "InferenceService", "artifact_version", "stuck_reason"]
 
 _MODEL_CACHE = Path(os.environ.get("LIS_CACHE_DIR", Path.home() / ".cache" / "lis")) / "models"
 # Decode/preprocess of one request overlaps the model run of another; the
 # model itself runs one call at a time (DLR and MXNet executors are not
 # re-entrant), so two workers are enough to keep it busy.
 WORKER_THREADS = 2
+# Requests a replica takes at once (Ray Serve's default), by either path.
+MAX_ONGOING_REQUESTS = 5
+# Requests the local path runs at once, counting those the ingress gave up on
+# (past their timeout) that run on: room for one full set of them besides the
+# ingress's own, then 503 (``deployments.local_socket.LocalServer``).
+LOCAL_MAX_RUNNING = 2 * MAX_ONGOING_REQUESTS
+# A request still running after this many times its service's timeout is not
+# slow but stuck: the replica reports itself unhealthy and Ray Serve replaces
+# it, since a thread cannot be interrupted and its model lock is never freed.
+STUCK_AFTER_TIMEOUTS = 10
+
+
+def stuck_reason(longest_s: float, timeout_s: float) -> str | None:
+    """Why a replica whose oldest request has run ``longest_s`` is stuck; None if it is not."""
+    if longest_s <= STUCK_AFTER_TIMEOUTS * timeout_s:
+        return None
+    return (f"a request has run {longest_s:.0f} s, over {STUCK_AFTER_TIMEOUTS} times the "
+            f"service's timeout of {timeout_s:g} s: the model is stuck, so the replica is "
+            f"replaced")
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,8 @@ class InferenceService:
         self.pipeline = InferencePipeline(model_dir, _pipeline_options(spec))
         self.pipeline.warm_up()
         self._model_lock = threading.Lock()
+        # When each request now in decode or model began them, by thread (either path).
+        self._running: dict[int, float] = {}
         self._executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix=spec.name)
         self._process = psutil.Process()
         self._memory_exceeded: int | None = None
@@ -192,7 +215,7 @@ class InferenceService:
             return
         replica = serve.get_replica_context().replica_id.unique_id
         server = LocalServer(socket_path(current_node_id(), self.spec.name, replica),
-                             self.answer_local, self.spec.name)
+                             self.answer_local, self.spec.name, LOCAL_MAX_RUNNING)
         try:
             server.start()
         except OSError as error:  # the ingress reaches this replica through Ray instead
@@ -268,17 +291,22 @@ class InferenceService:
             raise PayloadTooLarge("request body bytes", len(body), self.spec.max_request_bytes)
 
     def _predict(self, body: bytes, content_type: str | None, stages: _Stages) -> Prediction:
-        # Decoding runs outside the lock, overlapping another request's model run.
-        stages.start("prepare")
-        batch = self.pipeline.prepare(body, content_type)
-        self._enforce_memory_limit()
-        stages.start("wait")
-        with self._model_lock:
-            stages.start("model")
-            prediction = self.pipeline.run_batch(batch)
-        stages.start(None)
-        self._enforce_memory_limit()
-        return prediction
+        thread = threading.get_ident()
+        self._running[thread] = time.perf_counter()
+        try:
+            # Decoding runs outside the lock, overlapping another request's model run.
+            stages.start("prepare")
+            batch = self.pipeline.prepare(body, content_type)
+            self._enforce_memory_limit()
+            stages.start("wait")
+            with self._model_lock:
+                stages.start("model")
+                prediction = self.pipeline.run_batch(batch)
+            stages.start(None)
+            self._enforce_memory_limit()
+            return prediction
+        finally:
+            del self._running[thread]
 
     def _enforce_memory_limit(self) -> None:
         limit = self.spec.memory_limit_kb
@@ -308,6 +336,12 @@ class InferenceService:
         if self._memory_exceeded is not None:
             raise MemoryLimitExceeded(self.spec.name, self._memory_exceeded,
                                       self.spec.memory_limit_kb or 0)
+        # A copy first: request threads add and remove while this reads.
+        oldest = min(tuple(self._running.values()), default=None)
+        longest = 0.0 if oldest is None else time.perf_counter() - oldest
+        reason = stuck_reason(longest, self.spec.timeout_s)
+        if reason is not None:
+            raise InferenceFailed(self.spec.name, reason)
 
     def describe(self) -> dict[str, Any]:
         context = serve.get_replica_context()

@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.local_socket import current_node_id
 from deployments.runtime import thread_environment
-from deployments.service import InferenceService
+from deployments.service import MAX_ONGOING_REQUESTS, InferenceService
 from serve_app._handles import call_service
 from serve_app._http_server import IngressHttpServer
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
@@ -67,8 +67,6 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 # How often the ingress looks for services that no node can host, and counts
 # each service's running replicas (the local path needs all of them on its node).
 PENDING_CHECK_PERIOD_S = 2.0
-# Requests a replica takes at once (Ray Serve's default), by either path.
-MAX_ONGOING_REQUESTS = 5
 # Requests Ray Serve lets into the ingress at once, from its proxies (a
 # cluster; on one box HTTP skips Ray's layer). The ingress only forwards: each
 # service's own limits decide what waits or is refused. At Ray Serve's default

@@ -20,7 +20,7 @@ import pytest
 
 import serve_app._local as local_module
 from deployments.local_socket import LOCAL_ONGOING_METRIC, LocalServer, socket_path
-from deployments.service import InferenceResult
+from deployments.service import InferenceResult, stuck_reason
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.errors import (
     AlgorithmMismatch,
@@ -48,8 +48,9 @@ def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
     return InferenceResult(f"{body.decode()}|{content_type}", "application/json")
 
 
-def _server(node: str, replica: str, handler: Callable[..., Any] = _echo) -> LocalServer:
-    server = LocalServer(socket_path(node, SERVICE, replica), handler, SERVICE)
+def _server(node: str, replica: str, handler: Callable[..., Any] = _echo,
+            max_running: int = 10) -> LocalServer:
+    server = LocalServer(socket_path(node, SERVICE, replica), handler, SERVICE, max_running)
     server.start()
     return server
 
@@ -177,6 +178,47 @@ def test_timeout_then_the_route_still_serves(node: str, monkeypatch: pytest.Monk
         await asyncio.to_thread(server.stop, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_hung_model_fills_the_replica_then_requests_are_refused_not_piled_up(
+        node: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_module, "GUARD_SECONDS", 0.1)
+    unstuck = threading.Event()
+
+    def hangs(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        if body == b"hang":
+            unstuck.wait()
+        return InferenceResult(body.decode(), "text/plain")
+
+    async def scenario() -> None:
+        server = _server(node, "r1", hangs, max_running=2)
+        route = _route(node)
+        for _ in range(2):  # each times out; its thread runs on, holding a place
+            with pytest.raises(InferenceTimeout):
+                await route.call(b"hang", None, None, 0.1)
+        assert server.ongoing == 2
+        with pytest.raises(ServiceUnavailable) as refused:
+            await route.call(b"frame", None, None, 5)
+        assert int(refused.value.status) == 503
+        assert "still running 2 requests" in refused.value.message
+        assert server.ongoing == 2  # refused at once: no third thread waits on the model
+        unstuck.set()
+        for _ in range(50):
+            if server.ongoing == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await route.call(b"frame", None, None, 5)).body == "frame"
+        await asyncio.to_thread(server.stop, 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_running_ten_timeouts_long_makes_the_replica_unhealthy() -> None:
+    assert stuck_reason(0.0, 10) is None
+    assert stuck_reason(99.0, 10) is None  # slow, not stuck: it answers 504 and runs on
+    reason = stuck_reason(101.0, 10)
+    assert reason is not None
+    assert "101 s" in reason and "timeout of 10 s" in reason and "replaced" in reason
 
 
 def test_a_replica_that_dies_mid_request_is_an_inference_failure(node: str) -> None:
