@@ -7,6 +7,7 @@ Routes (see the README's HTTP API):
     GET  /services                   name, algorithm, ARN, platform, replicas, state
     GET  /healthz                    the ingress is up
     GET  /readyz                     200 only when every service is running
+    GET  /metrics                    answers and latencies per service (Prometheus)
 
 The app talks to a ``Router``: ``HandleRouter`` reaches the services through
 Ray Serve handles; tests can hand in any other router to exercise the HTTP
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -24,9 +26,11 @@ from typing import Any, Protocol
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from serve_app._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics
 from serve_app.errors import (
     AlgorithmMismatch,
     InvalidArgument,
@@ -106,13 +110,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
     """The Starlette app; with ``token`` every route but /healthz needs ``Bearer <token>``."""
 
+    metrics = RequestMetrics()
+
     async def infer(request: Request) -> Response:
-        service = _lookup(router, request.path_params["service_name"],
-                          request.headers.get("x-algo-type"))
-        body = await _read_body(request, service.max_request_bytes)
-        result = await router.infer(service, body, request.headers.get("content-type"),
-                                    request.headers.get("x-algo-type"))
-        return Response(result.body, media_type=result.content_type)
+        started = time.perf_counter()
+        name = request.path_params["service_name"]
+        status = HTTPStatus.INTERNAL_SERVER_ERROR
+        try:
+            service = _lookup(router, name, request.headers.get("x-algo-type"))
+            body = await _read_body(request, service.max_request_bytes)
+            result = await router.infer(service, body, request.headers.get("content-type"),
+                                        request.headers.get("x-algo-type"))
+            status = HTTPStatus.OK
+            return Response(result.body, media_type=result.content_type)
+        except LisError as error:
+            status = error.status
+            raise
+        finally:
+            metrics.observe(name if name in router.services else UNKNOWN_SERVICE, int(status),
+                            time.perf_counter() - started)
 
     async def feedback(request: Request) -> Response:
         body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)
@@ -129,6 +145,9 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def metrics_text(_: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def readyz(_: Request) -> Response:
         states = await router.service_states()
@@ -161,6 +180,7 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             Route("/services", services, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_text, methods=["GET"]),
         ],
         exception_handlers={LisError: on_lis_error, HTTPException: on_http_error,
                             Exception: on_unexpected},

@@ -249,6 +249,37 @@ def test_algorithm_mismatch_is_409_and_a_dependency_exception(http_endpoint: str
             ContentType="image/jpeg", Body=_jpeg())
 
 
+def _metric(endpoint: str, line_start: str) -> float:
+    """The value of the ``/metrics`` line that starts with ``line_start`` (0 if absent)."""
+    response = requests.get(f"{endpoint}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = [float(line.rsplit(" ", 1)[1]) for line in response.text.splitlines()
+              if line.startswith(line_start + " ")]
+    return values[0] if values else 0.0
+
+
+def test_metrics_count_each_answer_by_service_and_status(http_endpoint: str) -> None:
+    ok = 'lis_requests_total{service="imageClassification",code="200"}'
+    mismatch = 'lis_requests_total{service="imageClassification",code="409"}'
+    unknown = 'lis_requests_total{service="(unknown)",code="404"}'
+    latencies = 'lis_request_duration_seconds_count{service="imageClassification"}'
+    slowest = 'lis_request_duration_seconds_bucket{service="imageClassification",le="+Inf"}'
+    before = {name: _metric(http_endpoint, name) for name in (ok, mismatch, unknown, latencies)}
+    for _ in range(3):
+        assert _post(http_endpoint, "imageClassification", _jpeg()).status_code == 200
+    assert _post(http_endpoint, "imageClassification", _jpeg(),
+                 **{"X-Algo-Type": "object-detection"}).status_code == 409
+    assert _post(http_endpoint, "madeUpName", _jpeg()).status_code == 404
+    after = {name: _metric(http_endpoint, name) for name in before}
+    assert after[ok] - before[ok] == 3
+    assert after[mismatch] - before[mismatch] == 1
+    assert after[unknown] - before[unknown] == 1  # a made-up name gets no label of its own
+    assert after[latencies] - before[latencies] == 4
+    assert _metric(http_endpoint, slowest) == after[latencies]
+    assert _metric(http_endpoint, 'lis_requests_total{service="madeUpName",code="404"}') == 0
+
+
 # --- bad input never hurts the service ---------------------------------------------
 
 _JPEG = _jpeg()
