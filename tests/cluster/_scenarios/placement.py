@@ -72,9 +72,12 @@ def main() -> None:
         gpu = site.describe("jetsonGpuClassifier")
         seen["gpu_replica"] = {key: gpu[key] for key in ("device", "gpu_ids", "node_id")}
         seen["answers"] = {name: site.post(name).status_code for name in SERVICES}
-        # A camera next to the GPU Jetson talks to that node's own proxy.
-        seen["local_proxy_answer"] = site.post(
-            "jetsonGpuClassifier", port=site.proxy_ports["gpu_jetson"]).status_code
+        # A camera next to the GPU Jetson talks to that node's own proxy. Ray Serve starts
+        # a node's proxy once a replica is placed there, in parallel with the replica, so
+        # it may still be starting (connection refused) when the service reads RUNNING.
+        answer = wait_until(lambda: site.post(
+            "jetsonGpuClassifier", port=site.proxy_ports["gpu_jetson"]), START_TIMEOUT_S)
+        seen["local_proxy_answer"] = "no proxy listening" if answer is None else answer.status_code
     finally:
         site.shutdown()
         report(seen)
