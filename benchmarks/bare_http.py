@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks.serving import BARE_SERVICE, raw_pipeline
 from deployments.inference import Prediction
-from deployments.service import WORKER_THREADS
+from deployments.service import WORKER_THREADS, InferenceResult
+from serve_app._local import Gone
 from serve_app.errors import ServiceNotFound
 from serve_app.ingress import ServiceInfo, build_http_app
 
@@ -36,9 +37,10 @@ class InProcessRouter:
         self._workers = ThreadPoolExecutor(WORKER_THREADS)
 
     async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
-                    algo_type: str | None) -> Prediction:
-        return await asyncio.get_running_loop().run_in_executor(
+                    algo_type: str | None, gone: Gone | None = None) -> InferenceResult:
+        prediction: Prediction = await asyncio.get_running_loop().run_in_executor(
             self._workers, self._predict, body, content_type)
+        return InferenceResult(prediction.body, prediction.content_type)
 
     async def service_states(self) -> dict[str, dict[str, Any]]:
         return {BARE_SERVICE: {"state": "RUNNING"}}

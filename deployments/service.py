@@ -82,6 +82,10 @@ class InferenceResult:
 
     body: str
     content_type: str
+    # (stage, seconds) of the replica's steps, for the ingress's /metrics; a
+    # tuple so that the default is a class attribute, which also fills it in
+    # for a result pickled by a replica of an older lis.
+    stages_s: tuple[tuple[str, float], ...] = ()
 
 
 def artifact_version(source: Path) -> str:
@@ -127,6 +131,9 @@ class _Stages:
         if self._current is not None:
             self._ms[self._current] += 1000 * (now - self._since)
         self._current, self._since = name, now
+
+    def seconds(self) -> tuple[tuple[str, float], ...]:
+        return tuple((name, ms / 1000) for name, ms in self._ms.items())
 
     def __str__(self) -> str:
         return " ".join(f"{name}_ms={ms:.1f}" for name, ms in self._ms.items())
@@ -247,7 +254,7 @@ class InferenceService:
             except asyncio.TimeoutError:
                 raise InferenceTimeout(self.spec.name, self.spec.timeout_s) from None
             self._send_feedback(body, content_type, prediction)
-            return InferenceResult(prediction.body, prediction.content_type)
+            return InferenceResult(prediction.body, prediction.content_type, stages.seconds())
 
     def answer_local(self, body: bytes, content_type: str | None,
                      algo_type: str | None) -> InferenceResult:
@@ -265,7 +272,7 @@ class InferenceService:
             if self._feedback is not None:
                 self._loop.call_soon_threadsafe(self._send_feedback, body, content_type,
                                                 prediction)
-            return InferenceResult(prediction.body, prediction.content_type)
+            return InferenceResult(prediction.body, prediction.content_type, stages.seconds())
 
     @contextlib.contextmanager
     def _access(self, body: bytes) -> Iterator[_Stages]:

@@ -7,7 +7,8 @@ ingress keeps Ray Serve's contract for the requests it sends this way: at
 most ``max_ongoing`` per replica (the least busy one gets the next), at most
 ``max_queued`` waiting for a slot, then 503; the replica has the service's
 timeout from when it takes the request, which the ingress enforces here (the
-replica's thread cannot be interrupted; its late answer is dropped).
+replica's thread cannot be interrupted; its late answer is dropped). A
+queued request whose HTTP client hung up is dropped before it takes a slot.
 Ray Serve's autoscaler does not see these requests, so replicas report them
 (``record_autoscaling_stats``) and ``local_aware_policy`` adds them to Ray's count.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,17 +31,25 @@ from deployments.local_socket import (
     write_frame,
 )
 from serve_app._handles import GUARD_SECONDS, REPLICA_DIED
-from serve_app.errors import InferenceFailed, InferenceTimeout, LisError, ServiceUnavailable
+from serve_app.errors import (
+    ClientClosedRequest,
+    InferenceFailed,
+    InferenceTimeout,
+    LisError,
+    ServiceUnavailable,
+)
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
-__all__ = ["LocalLimits", "LocalRoute", "LocalUnavailable", "local_aware_policy"]
+__all__ = ["Gone", "LocalLimits", "LocalRoute", "LocalUnavailable", "local_aware_policy"]
 
 # How often the ingress looks for replicas that started or stopped.
 RESCAN_PERIOD_S = 1.0
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# Whether the caller of a request has hung up (the HTTP client disconnected).
+Gone = Callable[[], Awaitable[bool]]
 
 
 class LocalUnavailable(Exception):
@@ -94,15 +104,17 @@ class LocalRoute:
         replica.idle.clear()
 
     async def call(self, body: bytes, content_type: str | None, algo_type: str | None,
-                   timeout_s: float) -> Any:
+                   timeout_s: float, gone: Gone | None = None) -> Any:
         """The replica's answer; raises ``LisError``, or ``LocalUnavailable`` to go by Ray.
 
         The replica has ``timeout_s`` from when it takes the request (as on
-        the Ray path); waiting in the queue may add ``GUARD_SECONDS``.
+        the Ray path); waiting in the queue may add ``GUARD_SECONDS``. A
+        request that had to queue is dropped if ``gone()`` says its caller
+        left, instead of taking a slot from the callers still waiting.
         """
         try:
             async with asyncio.timeout(timeout_s + GUARD_SECONDS):
-                replica = await self._acquire()
+                replica = await self._acquire(gone)
                 try:
                     async with asyncio.timeout(timeout_s):
                         answer = await self._exchange(replica, (body, content_type, algo_type))
@@ -119,10 +131,16 @@ class LocalRoute:
             raise answer
         return answer
 
-    async def _acquire(self) -> _Replica:
+    async def _acquire(self, gone: Gone | None) -> _Replica:
         """The least busy replica with a free slot, waiting in the queue for one if need be."""
         async with self._freed:
+            queued = False
             while True:
+                # Asked only on a queued request's wake-ups, before it takes a
+                # slot: a service with free slots pays nothing for it.
+                if queued and gone is not None and await gone():
+                    self._freed.notify()  # the slot this wake-up was for goes to the next
+                    raise ClientClosedRequest(self.service)
                 if not self._replicas:
                     raise LocalUnavailable(self.service)
                 free = [r for r in self._replicas.values() if r.ongoing < self.limits.max_ongoing]
@@ -133,6 +151,7 @@ class LocalRoute:
                     return replica
                 if 0 <= self.limits.max_queued <= self._waiting:
                     raise ServiceUnavailable(self.service, "overloaded: its request queue is full")
+                queued = True
                 self._waiting += 1
                 try:
                     await self._freed.wait()

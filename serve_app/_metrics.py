@@ -19,10 +19,11 @@ __all__ = ["UNKNOWN_SERVICE", "RequestMetrics"]
 # Requests for a name that is no service are counted under this label: a label
 # per name a client made up would grow without bound.
 UNKNOWN_SERVICE = "(unknown)"
-# Upper bounds of the latency histogram's buckets, in seconds: from a small
-# model's few milliseconds to past the connectors' default 10 s timeout.
-BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Upper bounds of the latency histograms' buckets, in seconds: from a small
+# model's millisecond to past the connectors' default 10 s timeout.
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+Labels = tuple[tuple[str, str], ...]
 
 
 class _Histogram:
@@ -38,40 +39,75 @@ class _Histogram:
         self.count += 1
         self.sum_s += seconds
 
+    def render(self, name: str, labels: Labels) -> list[str]:
+        label = _labels(labels)
+        lines = []
+        cumulative = 0
+        for bound, count in zip(BUCKETS_S, self.buckets):
+            cumulative += count
+            lines.append(f'{name}_bucket{{{label},le="{bound:g}"}} {cumulative}')
+        return lines + [f'{name}_bucket{{{label},le="+Inf"}} {self.count}',
+                        f"{name}_sum{{{label}}} {self.sum_s:.6f}",
+                        f"{name}_count{{{label}}} {self.count}"]
+
 
 class RequestMetrics:
-    """Answers by service and status code, and the latency of each service's answers."""
+    """What the ingress answered and how long it took, per service.
+
+    Besides each answer's whole latency, the replica's own steps (``prepare``:
+    decode and preprocess; ``wait``: for the model, behind other requests;
+    ``model``: run and output format), which a replica returns with each
+    answer: the difference is where a request spent the rest (queues, hops).
+    """
 
     def __init__(self) -> None:
         self._answers: defaultdict[tuple[str, int], int] = defaultdict(int)
         self._latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self._stages: defaultdict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
 
-    def observe(self, service: str, status: int, seconds: float) -> None:
+    def started(self, service: str) -> None:
+        self._in_flight[service] += 1
+
+    def observe(self, service: str, status: int, seconds: float,
+                stages_s: tuple[tuple[str, float], ...] = ()) -> None:
+        """One answer (``started`` was called for it), with the replica's stage times if any."""
+        self._in_flight[service] -= 1
         self._answers[(service, status)] += 1
         self._latency[service].observe(seconds)
+        for stage, stage_s in stages_s:
+            self._stages[(service, stage)].observe(stage_s)
 
     def render(self) -> str:
-        lines = ["# HELP lis_requests_total Inference requests answered by the HTTP ingress.",
-                 "# TYPE lis_requests_total counter"]
+        lines = _family("lis_requests_total", "counter",
+                        "Inference requests answered by the HTTP ingress.")
         for (service, status), count in sorted(self._answers.items()):
-            lines.append(f'lis_requests_total{{service="{_escape(service)}",code="{status}"}} '
-                         f"{count}")
-        lines += ["# HELP lis_request_duration_seconds Time from the request's arrival at the "
-                  "ingress to its answer.",
-                  "# TYPE lis_request_duration_seconds histogram"]
+            lines.append(f"lis_requests_total{{{_labels((('service', service),))},"
+                         f'code="{status}"}} {count}')
+        lines += _family("lis_requests_in_flight", "gauge",
+                         "Inference requests the HTTP ingress is answering now.")
+        for service, count in sorted(self._in_flight.items()):
+            lines.append(f"lis_requests_in_flight{{{_labels((('service', service),))}}} {count}")
+        lines += _family("lis_request_duration_seconds", "histogram",
+                         "Time from the request's arrival at the ingress to its answer.")
         for service, histogram in sorted(self._latency.items()):
-            label = f'service="{_escape(service)}"'
-            cumulative = 0
-            for bound, count in zip(BUCKETS_S, histogram.buckets):
-                cumulative += count
-                lines.append(f'lis_request_duration_seconds_bucket{{{label},le="{bound:g}"}} '
-                             f"{cumulative}")
-            lines += [
-                f'lis_request_duration_seconds_bucket{{{label},le="+Inf"}} {histogram.count}',
-                f"lis_request_duration_seconds_sum{{{label}}} {histogram.sum_s:.6f}",
-                f"lis_request_duration_seconds_count{{{label}}} {histogram.count}",
-            ]
+            lines += histogram.render("lis_request_duration_seconds", (("service", service),))
+        lines += _family("lis_replica_stage_seconds", "histogram",
+                         "Time a replica spent in each step of the requests it answered: "
+                         "prepare (decode, preprocess), wait (for the model), model (run, "
+                         "output format).")
+        for (service, stage), histogram in sorted(self._stages.items()):
+            lines += histogram.render("lis_replica_stage_seconds",
+                                      (("service", service), ("stage", stage)))
         return "\n".join(lines) + "\n"
+
+
+def _family(name: str, kind: str, help_text: str) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+def _labels(labels: Labels) -> str:
+    return ",".join(f'{key}="{_escape(value)}"' for key, value in labels)
 
 
 def _escape(value: str) -> str:

@@ -32,10 +32,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.local_socket import current_node_id
 from deployments.runtime import thread_environment
-from deployments.service import MAX_ONGOING_REQUESTS, InferenceService
+from deployments.service import MAX_ONGOING_REQUESTS, InferenceResult, InferenceService
 from serve_app._handles import call_service
 from serve_app._http_server import IngressHttpServer
-from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
+from serve_app._local import Gone, LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.config import DEFAULT_TIMEOUT_S, LisConfig, ServiceSpec
 from serve_app.errors import ServiceNotFound, ServiceUnavailable
 from serve_app.ingress import ServiceInfo, build_http_app
@@ -351,14 +351,14 @@ class HandleRouter:
         self._checking: asyncio.Task[Any] | None = None
 
     async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
-                    algo_type: str | None) -> Any:
+                    algo_type: str | None, gone: Gone | None = None) -> InferenceResult:
         self._check_pending_soon()
         if service.name in self.pending:
             raise ServiceUnavailable(service.name, self.pending[service.name])
         route = self.local.get(service.name)
         if route is not None and route.covers(self.running.get(service.name, 0)):
             try:
-                return await route.call(body, content_type, algo_type, service.timeout_s)
+                return await route.call(body, content_type, algo_type, service.timeout_s, gone)
             except LocalUnavailable:
                 pass  # no local replica took it: Ray Serve routes it
         return await call_service(self.handles[service.name], service.name, body,

@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,6 +39,10 @@ from serve_app.errors import (
     ServiceNotFound,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from deployments.service import InferenceResult
+    from serve_app._local import Gone
 
 __all__ = ["Router", "ServiceInfo", "build_http_app", "error_response"]
 
@@ -69,7 +73,8 @@ class Router(Protocol):
     services: dict[str, ServiceInfo]
 
     async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
-                    algo_type: str | None) -> Any: ...
+                    algo_type: str | None, gone: Gone | None = None) -> InferenceResult:
+        """The service's answer; ``gone()`` tells whether the caller has hung up."""
 
     async def service_states(self) -> dict[str, dict[str, Any]]: ...
 
@@ -115,20 +120,23 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
         name = request.path_params["service_name"]
+        label = name if name in router.services else UNKNOWN_SERVICE
+        metrics.started(label)
         status = HTTPStatus.INTERNAL_SERVER_ERROR
+        stages_s: tuple[tuple[str, float], ...] = ()
         try:
             service = _lookup(router, name, request.headers.get("x-algo-type"))
             body = await _read_body(request, service.max_request_bytes)
             result = await router.infer(service, body, request.headers.get("content-type"),
-                                        request.headers.get("x-algo-type"))
-            status = HTTPStatus.OK
+                                        request.headers.get("x-algo-type"),
+                                        request.is_disconnected)
+            status, stages_s = HTTPStatus.OK, result.stages_s
             return Response(result.body, media_type=result.content_type)
         except LisError as error:
             status = error.status
             raise
         finally:
-            metrics.observe(name if name in router.services else UNKNOWN_SERVICE, int(status),
-                            time.perf_counter() - started)
+            metrics.observe(label, int(status), time.perf_counter() - started, stages_s)
 
     async def feedback(request: Request) -> Response:
         body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
+import threading
+import time
 import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -15,9 +21,13 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import serve_app._http_server as http_server
+from deployments.local_socket import LocalServer, socket_path
+from deployments.service import InferenceResult
 from serve_app._http_server import IngressHttpServer
+from serve_app._local import Gone, LocalLimits, LocalRoute
 from serve_app.deploy import direct_ingress_port, wait_until_free
 from serve_app.errors import LisError
+from serve_app.ingress import ServiceInfo, build_http_app
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:
@@ -95,3 +105,110 @@ def test_the_server_serves_then_stops_after_the_requests_under_way(
         wait_until_free("127.0.0.1", port, timeout_s=5)
 
     asyncio.run(scenario())
+
+
+# --- a caller that hangs up while its request is queued ------------------------------
+
+SERVICE = "held"
+
+
+class _LocalRouter:
+    """A ``Router`` with one service on a real replica socket, one request at a time."""
+
+    def __init__(self, node: str) -> None:
+        self.services = {SERVICE: ServiceInfo(
+            name=SERVICE, algorithm="image-classification", connector_id="c", connector_arn="",
+            platform="x86-64", timeout_s=30.0, max_request_bytes=1 << 20)}
+        self.route = LocalRoute(SERVICE, node, LocalLimits(max_ongoing=1, max_queued=-1))
+
+    async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
+                    algo_type: str | None, gone: Gone | None = None) -> InferenceResult:
+        assert self.route.covers(1)
+        result: InferenceResult = await self.route.call(body, content_type, algo_type,
+                                                        service.timeout_s, gone)
+        return result
+
+    async def service_states(self) -> dict[str, dict[str, Any]]:
+        return {SERVICE: {"state": "RUNNING"}}
+
+    async def publish_feedback(self, config_id: str, body: bytes, prediction: Any,
+                               metadata: dict[str, str]) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+
+def _post(port: int, body: bytes) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/inference/{SERVICE}", data=body,
+                                     headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status
+
+
+def _metric(port: int, line_start: str) -> float:
+    text = _fetch(f"http://127.0.0.1:{port}/metrics")[1].decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(line_start + " ")]
+    return values[0] if values else 0.0
+
+
+def _server_side_open(port: int, client_port: int) -> bool:
+    """Whether the server still holds its end of the connection from ``client_port``."""
+    return any(c.laddr and c.laddr.port == port and c.raddr and c.raddr.port == client_port
+               and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT)
+               for c in psutil.Process().net_connections(kind="tcp"))
+
+
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_server, "_BIND_WAIT_S", 0.5)
+    node = f"test-{uuid.uuid4().hex}"
+    port = _free_port()
+    release = threading.Event()
+    reached: list[bytes] = []
+
+    def held(body: bytes, content_type: str | None, algo_type: str | None) -> InferenceResult:
+        reached.append(body[:5])
+        if body.startswith(b"first"):
+            release.wait(30)
+        return InferenceResult("[1.0]", "application/json")
+
+    async def scenario() -> None:
+        replica = LocalServer(socket_path(node, SERVICE, "r1"), held, SERVICE, 10)
+        replica.start()
+        server = IngressHttpServer(build_http_app(_LocalRouter(node)), "127.0.0.1", port)
+        server.start()
+        first = asyncio.create_task(asyncio.to_thread(_post, port, b"first"))
+        await _until(lambda: reached == [b"first"], "the first request to run")
+        # The second caller sends a frame-sized body, waits until its request is
+        # queued behind the first, and hangs up.
+        with socket.create_connection(("127.0.0.1", port)) as caller:
+            body = b"gone!" + bytes(100_000)
+            caller.sendall(f"POST /inference/{SERVICE} HTTP/1.1\r\nHost: lis\r\n"
+                           f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+                           .encode() + body)
+            await _until(lambda: _metric(port, f'lis_requests_in_flight{{service="{SERVICE}"}}')
+                         == 2, "the second request to queue")
+            client_port = caller.getsockname()[1]
+        await _until(lambda: not _server_side_open(port, client_port), "the server to see it")
+        release.set()
+        assert await first == 200
+        assert await asyncio.to_thread(_post, port, b"third") == 200
+        assert reached == [b"first", b"third"]  # the hung-up request never ran
+        metrics = {line: await asyncio.to_thread(_metric, port, line) for line in (
+            f'lis_requests_total{{service="{SERVICE}",code="499"}}',
+            f'lis_requests_total{{service="{SERVICE}",code="200"}}',
+            f'lis_requests_in_flight{{service="{SERVICE}"}}')}
+        assert list(metrics.values()) == [1, 2, 0]
+        await server.stop(5)
+        await asyncio.to_thread(replica.stop, 5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(socket_path(node, SERVICE, "any").parent, ignore_errors=True)

@@ -24,6 +24,7 @@ from deployments.service import InferenceResult, stuck_reason
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.errors import (
     AlgorithmMismatch,
+    ClientClosedRequest,
     InferenceFailed,
     InferenceTimeout,
     ServiceUnavailable,
@@ -131,6 +132,49 @@ def test_slots_per_replica_and_the_queue_follow_ray_serves_limits(node: str) -> 
         answers = await asyncio.gather(*calls)
         assert sorted(a.body for a in answers) == ["0", "1", "2"]
         assert peak == 2
+        await asyncio.to_thread(server.stop, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_request_whose_caller_left_is_dropped_and_passes_its_turn_on(
+        node: str) -> None:
+    async def scenario() -> None:
+        release = threading.Event()
+        seen: list[bytes] = []
+
+        def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+            seen.append(body)
+            if body == b"first":
+                release.wait(30)
+            return InferenceResult(body.decode(), "text/plain")
+
+        hung_up = False
+
+        async def gone_after_queueing() -> bool:
+            return hung_up
+
+        async def stays() -> bool:
+            return False
+
+        server = _server(node, "r1", held)
+        route = _route(node, max_ongoing=1)
+        # No queue, no question: an idle service never asks.
+        assert (await route.call(b"warm", None, None, 30, gone=None)).body == "warm"
+        first = asyncio.create_task(route.call(b"first", None, None, 30, stays))
+        await asyncio.sleep(0.2)
+        dropped = asyncio.create_task(route.call(b"dropped", None, None, 30,
+                                                 gone_after_queueing))
+        await asyncio.sleep(0.1)
+        kept = asyncio.create_task(route.call(b"kept", None, None, 30, stays))
+        await asyncio.sleep(0.1)
+        hung_up = True  # the first queued caller hangs up
+        release.set()
+        assert (await first).body == "first"
+        with pytest.raises(ClientClosedRequest, match="'svc' was queued"):
+            await dropped
+        assert (await kept).body == "kept"  # the slot went on to the next caller
+        assert seen == [b"warm", b"first", b"kept"]
         await asyncio.to_thread(server.stop, 1)
 
     asyncio.run(scenario())

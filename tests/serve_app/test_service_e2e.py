@@ -278,6 +278,28 @@ def test_metrics_count_each_answer_by_service_and_status(http_endpoint: str) -> 
     assert after[latencies] - before[latencies] == 4
     assert _metric(http_endpoint, slowest) == after[latencies]
     assert _metric(http_endpoint, 'lis_requests_total{service="madeUpName",code="404"}') == 0
+    assert _metric(http_endpoint, 'lis_requests_in_flight{service="imageClassification"}') == 0
+
+
+def test_metrics_time_the_replica_steps_of_each_answer(http_endpoint: str) -> None:
+    steps = {stage: (f'lis_replica_stage_seconds_count{{service="imageClassification",'
+                     f'stage="{stage}"}}', f'lis_replica_stage_seconds_sum{{service='
+                     f'"imageClassification",stage="{stage}"}}')
+             for stage in ("prepare", "wait", "model")}
+    whole = 'lis_request_duration_seconds_sum{service="imageClassification"}'
+    before = {line: _metric(http_endpoint, line)
+              for pair in steps.values() for line in pair} | {whole: _metric(http_endpoint, whole)}
+    for _ in range(2):
+        assert _post(http_endpoint, "imageClassification", _jpeg()).status_code == 200
+    # An error answer has no replica steps to report.
+    assert _post(http_endpoint, "imageClassification", b"not an image").status_code == 400
+    after = {line: _metric(http_endpoint, line) for line in before}
+    spent = {stage: after[total] - before[total] for stage, (_, total) in steps.items()}
+    assert {stage: after[count] - before[count] for stage, (count, _) in steps.items()} == \
+        dict.fromkeys(steps, 2)
+    assert spent["prepare"] > 0 and spent["model"] > 0
+    # The replica's steps are part of each request's whole time at the ingress.
+    assert sum(spent.values()) < after[whole] - before[whole]
 
 
 # --- bad input never hurts the service ---------------------------------------------
