@@ -118,10 +118,13 @@ def _scaling_options(spec: ServiceSpec) -> dict[str, Any]:
     if spec.autoscaling is None:
         return {"num_replicas": spec.num_replicas or 1}
     scaling = spec.autoscaling
+    timing = {key: value for key in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s")
+              if (value := getattr(scaling, key)) is not None}
     return {"autoscaling_config": {
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
         "target_ongoing_requests": scaling.target_ongoing_requests,
+        **timing,
         # Ray's own policy, counting the requests that come over local sockets too.
         "policy": {"policy_function": local_aware_policy},
     }}

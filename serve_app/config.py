@@ -125,6 +125,13 @@ class AutoscalingSpec(BaseModel):
         DEFAULT_TARGET_ONGOING_REQUESTS, gt=0,
         description="Requests in progress per replica that the autoscaler aims for.",
     )
+    # None: Ray Serve's defaults (30 s, 600 s, 30 s), which suit a steady camera load.
+    upscale_delay_s: float | None = Field(
+        None, ge=0, description="How long the load must call for more replicas before they start.")
+    downscale_delay_s: float | None = Field(
+        None, ge=0, description="How long the load must allow fewer replicas before some stop.")
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="The window over which the autoscaler averages the load.")
 
     @model_validator(mode="after")
     def _min_below_max(self) -> AutoscalingSpec:

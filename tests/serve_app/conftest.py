@@ -87,6 +87,14 @@ services:
     # With Ray Serve's 5 requests in progress per replica, the 7th waiting one is refused.
     max_queued_requests: 1
     num_cpus: 0.5
+  - LocalInferenceServiceName: scalingClassifier
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/1
+    model: {busy}
+    LocalInferenceServiceTimeoutSeconds: "60"
+    # No wait to scale up; back to one replica 5 s after the load allows it.
+    autoscaling: {{min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1,
+                  upscale_delay_s: 0, downscale_delay_s: 5}}
+    num_cpus: 0.5
   - LocalInferenceServiceName: feedbackClassifier
     ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
     model: {classifier}

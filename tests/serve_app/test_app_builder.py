@@ -54,6 +54,12 @@ def test_scaling_is_fixed_or_ray_serve_autoscaling(tmp_path: Path) -> None:
     assert app_builder._scaling_options(gateway) == {"autoscaling_config": {
         "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0,
         "policy": {"policy_function": local_aware_policy}}}
+    assert gateway.autoscaling is not None
+    quick = gateway.model_copy(update={"autoscaling": gateway.autoscaling.model_copy(
+        update={"upscale_delay_s": 0, "downscale_delay_s": 5})})
+    config = app_builder._scaling_options(quick)["autoscaling_config"]
+    assert (config["upscale_delay_s"], config["downscale_delay_s"]) == (0, 5)
+    assert "look_back_period_s" not in config  # unset: Ray Serve's default
 
 
 def test_ray_status_messages_lose_their_traceback() -> None:

@@ -585,6 +585,10 @@ def _entry(**keys: object) -> str:
 BAD_LIS_KEYS = [
     (_entry(num_replicas=2, autoscaling={"max_replicas": 3}), "num_replicas", "not both"),
     (_entry(autoscaling={"min_replicas": 3, "max_replicas": 2}), "autoscaling", "above max_replicas"),
+    (_entry(autoscaling={"max_replicas": 2, "upscale_delay_s": -1}), "autoscaling.upscale_delay_s",
+     "got -1"),
+    (_entry(autoscaling={"max_replicas": 2, "look_back_period_s": 0}),
+     "autoscaling.look_back_period_s", "got 0"),
     (_entry(num_replicas=0), "num_replicas", "got 0"),
     (_entry(num_gpus=1), "num_gpus", "GPUAcceleration is not GPU"),
     (_entry(platform="Aarch64JTX2", GPUAcceleration="GPU", num_gpus=0), "num_gpus", "is 0"),

@@ -360,7 +360,8 @@ def test_services_health_and_readiness(running_lis) -> None:
     services = {s["name"]: s for s in
                 requests.get(f"{running_lis.endpoint}/services", timeout=30).json()["services"]}
     assert set(services) == {"imageClassification", "objectDetection", "slowClassifier",
-                             "hungryClassifier", "busyClassifier", "feedbackClassifier"}
+                             "hungryClassifier", "busyClassifier", "scalingClassifier",
+                             "feedbackClassifier"}
     detector = services["objectDetection"]
     assert detector["algorithm"] == "object-detection"
     assert detector["connector_arn"].endswith("/ObjectDetectionx86-64/versions/1")
@@ -433,6 +434,51 @@ def test_overload_is_503_and_the_accepted_requests_complete(http_endpoint: str) 
                 AlgoType="image-classification", ServiceName="busyClassifier",
                 ContentType="image/jpeg", Body=_jpeg()), range(24)))
     assert _post(http_endpoint, "busyClassifier", _jpeg()).status_code == 200
+
+
+def _running_replicas(endpoint: str, service: str) -> int:
+    listing = requests.get(f"{endpoint}/services", timeout=30).json()["services"]
+    return {s["name"]: s for s in listing}[service]["replicas"].get("RUNNING", 0)
+
+
+def _replicas_reach(endpoint: str, service: str, count: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _running_replicas(endpoint, service) == count:
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_local_requests_scale_a_service_up_and_idleness_down(http_endpoint: str) -> None:
+    # On one box every HTTP request takes the local path, which Ray Serve's own
+    # request counts never see: the replicas report them for the autoscaler.
+    import threading
+
+    assert _running_replicas(http_endpoint, "scalingClassifier") == 1
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            answers.append(_post(http_endpoint, "scalingClassifier", _jpeg()).status_code)
+
+    callers = [threading.Thread(target=keep_busy, daemon=True) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    try:
+        # Ray Serve's replicas push their load every 10 s; a replica starts in seconds.
+        scaled_up = _replicas_reach(http_endpoint, "scalingClassifier", 2, 120)
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(60)
+    assert scaled_up, "4 callers at a target of 1 request per replica did not add a replica"
+    assert set(answers) == {200}
+    # Idle: the load averaged over Ray's 30 s look-back falls, then 5 s of delay.
+    assert _replicas_reach(http_endpoint, "scalingClassifier", 1, 150), \
+        "the idle service kept its second replica"
+    assert _post(http_endpoint, "scalingClassifier", _jpeg()).status_code == 200
 
 
 def test_cli_status_and_invoke_with_drawing(http_endpoint: str, tmp_path: Path,
