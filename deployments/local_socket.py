@@ -9,7 +9,8 @@ request's bytes take the short road (see ``serve_app._local`` for the ingress's
 side and the README's *Architecture*).
 
 Each replica listens on ``<socket dir>/<service key>-<replica id>.sock``; the
-directory is per Ray node, readable by this user only. The wire format is one
+directory is per Ray node, readable by this user only; what a killed node
+left there is swept when a replica starts. The wire format is one
 frame per message: a 4-byte big-endian length, then a pickle. A request is
 ``(body, content_type, algo_type)``; an answer is the ``InferenceResult``, the
 ``LisError``, or ``REFUSED`` when the replica is stopping and has not started
@@ -30,6 +31,7 @@ import struct
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,14 @@ from typing import Any
 from serve_app.errors import InferenceFailed, LisError, ServiceUnavailable
 
 __all__ = ["LOCAL_ONGOING_METRIC", "REFUSED", "LocalServer", "current_node_id", "read_frame",
-           "service_sockets", "socket_path", "write_frame"]
+           "service_sockets", "socket_path", "sweep_stale_sockets", "write_frame"]
 
 log = logging.getLogger("ray.serve.lis")
 
 REFUSED = "refused: the replica is stopping"
+# A socket nobody listens on is left by a replica that was killed; one younger
+# than this may belong to a replica between bind() and listen().
+STALE_AFTER_S = 60.0
 # The custom autoscaling metric: requests a replica is answering over its socket.
 LOCAL_ONGOING_METRIC = "lis_local_ongoing_requests"
 _LENGTH = struct.Struct("!I")
@@ -56,9 +61,64 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _sockets_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"lis-{os.getuid()}"
+
+
 def _socket_dir(node_id: str) -> Path:
     # Short on purpose: a socket path must fit in 108 bytes.
-    return Path(tempfile.gettempdir()) / f"lis-{os.getuid()}" / node_id[:16]
+    return _sockets_root() / node_id[:16]
+
+
+def sweep_stale_sockets(root: Path | None = None, stale_after_s: float = STALE_AFTER_S) -> int:
+    """Remove sockets that nobody listens on and folders they leave empty; how many sockets.
+
+    A replica removes its socket when it stops, but one killed with its node
+    (``kill -9``, a crash, a power cut) leaves it, and a new Ray node has a new
+    id and folder: without a sweep, folders pile up under ``$TMPDIR`` for as
+    long as the box runs. Each replica sweeps when it starts. Only sockets and
+    folders older than ``stale_after_s`` are touched, so a replica that is
+    starting beside this one keeps what it just made.
+    """
+    root = _sockets_root() if root is None else root
+    old = time.time() - stale_after_s
+    removed = 0
+    for folder in _entries(root):
+        folder_was_old = _mtime(folder) < old  # before removals touch it
+        for path in _entries(folder):
+            if path.suffix == ".sock" and _mtime(path) < old and not _listening(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        if folder_was_old:
+            with contextlib.suppress(OSError):  # not empty: a live node's, or someone else's
+                folder.rmdir()
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # gone, or not a folder
+        return []
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone already: nothing to do
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # not ours to judge (a full backlog, permissions): keep it
+        return True
 
 
 def _service_key(service: str) -> str:
@@ -120,11 +180,23 @@ class LocalServer:
         self.answered = 0
 
     def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a replica id is never reused; this is a stale leftover
+        try:
+            sweep_stale_sockets()
+        except OSError:  # tidying up must never keep a replica from starting
+            log.warning("could not sweep stale local sockets", exc_info=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.path))
+        for last_try in (False, True):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # a replica id is never reused; this is a stale leftover
+            try:
+                listener.bind(str(self.path))
+                break
+            except FileNotFoundError:
+                # Another replica's sweep removed the folder, old and empty, in between.
+                if last_try:
+                    listener.close()
+                    raise
         os.chmod(self.path, 0o600)
         listener.listen(64)
         self._listener = listener

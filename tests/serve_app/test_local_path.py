@@ -7,19 +7,26 @@ running lis; here each rule of the path is shown on its own.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import serve_app._local as local_module
-from deployments.local_socket import LOCAL_ONGOING_METRIC, LocalServer, socket_path
+from deployments.local_socket import (
+    LOCAL_ONGOING_METRIC,
+    LocalServer,
+    socket_path,
+    sweep_stale_sockets,
+)
 from deployments.service import InferenceResult, stuck_reason
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
 from serve_app.errors import (
@@ -312,3 +319,42 @@ def test_autoscaling_counts_local_requests_with_rays() -> None:
     assert local_aware_policy(context)[0] == 1.0
     context.current_num_replicas = 0  # scaled to zero: Ray's cold start decides
     assert local_aware_policy(context)[0] == 2
+
+
+def _left_behind(path: Path, age_s: float) -> Path:
+    """A socket bound and never listened on, as a killed replica leaves it, ``age_s`` old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(path))
+    _age(path, age_s)
+    return path
+
+
+def _age(path: Path, age_s: float) -> None:
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+
+
+def test_a_sweep_removes_what_killed_nodes_left_and_nothing_else() -> None:
+    # Its own short root: a socket path must fit in 108 bytes.
+    root = Path(f"/tmp/lis-sweep-{uuid.uuid4().hex[:8]}")
+    try:
+        killed = _left_behind(root / "killednode" / "a-1.sock", 120)
+        live = LocalServer(root / "livenode" / "b-1.sock", _echo, SERVICE, 10)
+        live.start()
+        _age(live.path, 120)
+        young = _left_behind(root / "livenode" / "c-1.sock", 5)  # between bind and listen
+        for folder in ("killednode", "livenode"):
+            _age(root / folder, 120)
+        assert sweep_stale_sockets(root) == 1
+        assert not killed.exists() and not killed.parent.exists()
+        assert live.path.exists() and young.exists()
+        live.stop(1)
+        # An old folder whose sockets are all gone goes too; a young one stays.
+        young.unlink()
+        _age(root / "livenode", 120)
+        (root / "newnode").mkdir()
+        sweep_stale_sockets(root)
+        assert sorted(p.name for p in root.iterdir()) == ["newnode"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
