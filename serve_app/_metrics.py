@@ -82,8 +82,8 @@ class RequestMetrics:
         lines = _family("lis_requests_total", "counter",
                         "Inference requests answered by the HTTP ingress.")
         for (service, status), count in sorted(self._answers.items()):
-            lines.append(f"lis_requests_total{{{_labels((('service', service),))},"
-                         f'code="{status}"}} {count}')
+            labels = _labels((("service", service), ("code", str(status))))
+            lines.append(f"lis_requests_total{{{labels}}} {count}")
         lines += _family("lis_requests_in_flight", "gauge",
                          "Inference requests the HTTP ingress is answering now.")
         for service, count in sorted(self._in_flight.items()):
