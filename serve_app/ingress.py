@@ -16,6 +16,7 @@ layer in-process. ``LisError`` is mapped to an HTTP answer here and nowhere else
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -33,6 +34,7 @@ from serve_app._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics
 from serve_app.errors import (
     AlgorithmMismatch,
+    ClientClosedRequest,
     InvalidArgument,
     LisError,
     PayloadTooLarge,
@@ -122,7 +124,7 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
         name = request.path_params["service_name"]
         label = name if name in router.services else UNKNOWN_SERVICE
         metrics.started(label)
-        status = HTTPStatus.INTERNAL_SERVER_ERROR
+        status: int = HTTPStatus.INTERNAL_SERVER_ERROR
         stages_s: tuple[tuple[str, float], ...] = ()
         try:
             service = _lookup(router, name, request.headers.get("x-algo-type"))
@@ -134,6 +136,10 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             return Response(result.body, media_type=result.content_type)
         except LisError as error:
             status = error.status
+            raise
+        except asyncio.CancelledError:
+            # Ray Serve's proxy (on a cluster) cancels a request whose client hung up.
+            status = ClientClosedRequest.status
             raise
         finally:
             metrics.observe(label, int(status), time.perf_counter() - started, stages_s)

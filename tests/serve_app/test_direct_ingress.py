@@ -212,3 +212,60 @@ def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
         asyncio.run(scenario())
     finally:
         shutil.rmtree(socket_path(node, SERVICE, "any").parent, ignore_errors=True)
+
+
+class _HeldRouter(_LocalRouter):
+    """Each request waits until it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__("unused")
+        self.entered = asyncio.Event()
+
+    async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
+                    algo_type: str | None, gone: Gone | None = None) -> InferenceResult:
+        self.entered.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def _asgi(app: Starlette, method: str, path: str, body: bytes = b"") -> list[dict]:
+    """One request through the ASGI app, as a server would send it; the messages sent back."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 50000),
+             "headers": [(b"content-type", b"image/jpeg"),
+                         (b"content-length", str(len(body)).encode())]}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if incoming:
+            return incoming.pop()
+        await asyncio.Event().wait()  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_request_cancelled_by_ray_serves_proxy_counts_as_499_not_500() -> None:
+    # On a cluster, Ray Serve's proxy cancels the ingress's request when the client hangs up.
+    async def scenario() -> None:
+        router = _HeldRouter()
+        app = build_http_app(router)
+        request = asyncio.create_task(_asgi(app, "POST", f"/inference/{SERVICE}", b"frame"))
+        await asyncio.wait_for(router.entered.wait(), 10)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        sent = await _asgi(app, "GET", "/metrics")
+        text = b"".join(m.get("body", b"") for m in sent).decode()
+        assert f'lis_requests_total{{service="{SERVICE}",code="499"}} 1' in text
+        assert 'code="500"' not in text
+        assert f'lis_requests_in_flight{{service="{SERVICE}"}} 0' in text
+
+    asyncio.run(scenario())
