@@ -155,6 +155,12 @@ class LocalRoute:
                 self._waiting += 1
                 try:
                     await self._freed.wait()
+                except asyncio.CancelledError:
+                    # Cancelled (a timeout, or Ray's proxy for a client that left) just
+                    # as a slot was offered to it: Python before 3.13 drops that
+                    # wake-up, and the slot would wait for the next release.
+                    self._freed.notify()
+                    raise
                 finally:
                     self._waiting -= 1
 

@@ -187,6 +187,25 @@ def test_a_queued_request_whose_caller_left_is_dropped_and_passes_its_turn_on(
     asyncio.run(scenario())
 
 
+def test_a_waiter_cancelled_as_a_slot_is_offered_passes_the_slot_on(node: str) -> None:
+    async def scenario() -> None:
+        server = _server(node, "r1")
+        route = _route(node, max_ongoing=1)
+        held = await route._acquire(None)  # the only slot
+        first = asyncio.create_task(route._acquire(None))
+        second = asyncio.create_task(route._acquire(None))
+        await asyncio.sleep(0.1)  # both queued, first in line
+        async with route._freed:  # the slot is released and offered to the first...
+            held.ongoing -= 1
+            route._freed.notify()
+        first.cancel()  # ...which is cancelled before it can take it
+        assert await asyncio.wait_for(second, 5) is held
+        assert first.cancelled()
+        await asyncio.to_thread(server.stop, 1)
+
+    asyncio.run(scenario())
+
+
 def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
     async def scenario() -> None:
         release = threading.Event()
