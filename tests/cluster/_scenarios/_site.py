@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -34,10 +35,32 @@ HTTP_TIMEOUT_S = 60
 T = TypeVar("T")
 
 
+# Below the kernel's ephemeral range (bind(0) hands those out: Ray's own agents
+# take theirs that way) and above Ray's worker ports (10002-19999). A port that
+# is free when chosen but bound only later, as a node's Ray Serve proxy binds
+# its port once a replica lands there, then cannot be taken in between.
+_PORTS = (20000, 32767)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, outside the range the kernel gives to ``bind(0)``."""
+    low, high = _PORTS[0], min(_PORTS[1], _ephemeral_low() - 1)
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def jpeg(seed: int = 0) -> bytes:
