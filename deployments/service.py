@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from serve_app.config import ModelStoreSpec, ServiceSpec
 
 __all__ = ["MAX_ONGOING_REQUESTS", "STUCK_AFTER_TIMEOUTS", "WORKER_THREADS", "InferenceResult",
-           "InferenceService", "artifact_version", "stuck_reason"]
+           "InferenceService", "StageTimes", "artifact_version", "stuck_reason"]
 
 _MODEL_CACHE = Path(os.environ.get("LIS_CACHE_DIR", Path.home() / ".cache" / "lis")) / "models"
 # Decode/preprocess of one request overlaps the model run of another; the
@@ -76,6 +76,10 @@ def stuck_reason(longest_s: float, timeout_s: float) -> str | None:
             f"replaced")
 
 
+# (stage, seconds) of a replica's steps for one request: prepare, wait, model.
+StageTimes = tuple[tuple[str, float], ...]
+
+
 @dataclass(frozen=True)
 class InferenceResult:
     """What a service returns to the ingress or to an in-cluster client."""
@@ -85,7 +89,7 @@ class InferenceResult:
     # (stage, seconds) of the replica's steps, for the ingress's /metrics; a
     # tuple so that the default is a class attribute, which also fills it in
     # for a result pickled by a replica of an older lis.
-    stages_s: tuple[tuple[str, float], ...] = ()
+    stages_s: StageTimes = ()
 
 
 def artifact_version(source: Path) -> str:
@@ -132,7 +136,7 @@ class _Stages:
             self._ms[self._current] += 1000 * (now - self._since)
         self._current, self._since = name, now
 
-    def seconds(self) -> tuple[tuple[str, float], ...]:
+    def seconds(self) -> StageTimes:
         return tuple((name, ms / 1000) for name, ms in self._ms.items())
 
     def __str__(self) -> str:

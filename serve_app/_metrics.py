@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deployments.service import StageTimes
 
 __all__ = ["UNKNOWN_SERVICE", "RequestMetrics"]
 
@@ -70,7 +74,7 @@ class RequestMetrics:
         self._in_flight[service] += 1
 
     def observe(self, service: str, status: int, seconds: float,
-                stages_s: tuple[tuple[str, float], ...] = ()) -> None:
+                stages_s: StageTimes = ()) -> None:
         """One answer (``started`` was called for it), with the replica's stage times if any."""
         self._in_flight[service] -= 1
         self._answers[(service, status)] += 1

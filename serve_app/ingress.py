@@ -7,7 +7,7 @@ Routes (see the README's HTTP API):
     GET  /services                   name, algorithm, ARN, platform, replicas, state
     GET  /healthz                    the ingress is up
     GET  /readyz                     200 only when every service is running
-    GET  /metrics                    answers and latencies per service (Prometheus)
+    GET  /metrics                    answers, in flight, latencies, replica steps (Prometheus)
 
 The app talks to a ``Router``: ``HandleRouter`` reaches the services through
 Ray Serve handles; tests can hand in any other router to exercise the HTTP
@@ -43,7 +43,7 @@ from serve_app.errors import (
 )
 
 if TYPE_CHECKING:
-    from deployments.service import InferenceResult
+    from deployments.service import InferenceResult, StageTimes
     from serve_app._local import Gone
 
 __all__ = ["Router", "ServiceInfo", "build_http_app", "error_response"]
@@ -125,7 +125,7 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
         label = name if name in router.services else UNKNOWN_SERVICE
         metrics.started(label)
         status: int = HTTPStatus.INTERNAL_SERVER_ERROR
-        stages_s: tuple[tuple[str, float], ...] = ()
+        stages_s: StageTimes = ()
         try:
             service = _lookup(router, name, request.headers.get("x-algo-type"))
             body = await _read_body(request, service.max_request_bytes)

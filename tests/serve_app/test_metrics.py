@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deployments.service import StageTimes
 from serve_app._metrics import BUCKETS_S, RequestMetrics
 
 
@@ -13,7 +14,7 @@ def _lines(metrics: RequestMetrics) -> dict[str, float]:
 
 
 def _answer(metrics: RequestMetrics, service: str, status: int, seconds: float,
-            stages_s: tuple[tuple[str, float], ...] = ()) -> None:
+            stages_s: StageTimes = ()) -> None:
     metrics.started(service)
     metrics.observe(service, status, seconds, stages_s)
 
