@@ -7,7 +7,7 @@
 #   docker run --rm -p 8000:8000 --shm-size=1g -e LIS_TOKEN=$(openssl rand -hex 16) lis
 #
 # Be a cluster node (Ray needs many ports: use the host's network; the token file
-# must be readable by uid 10001, mode 0600; see the README, "Clusters"):
+# must be readable by uid 10001, mode 0600; see docs/clusters.md):
 #   docker run -d --network host --shm-size=2g -v /etc/lis:/etc/lis:ro \
 #     lis node head --block --token-file /etc/lis/cluster-token
 #   docker run -d --network host --shm-size=2g -v /etc/lis:/etc/lis:ro \

@@ -16,11 +16,12 @@ run: $(VENV)/.installed-compile
 	$(BIN)/lis models build
 	$(BIN)/lis up
 
-## test: install the dev extras and run the whole suite
+## test: install the dev extras, check the layer contracts, run the whole suite
 test: $(VENV)/.installed-dev
+	$(BIN)/lint-imports --config .importlinter
 	$(BIN)/python -m pytest
 
-## bench: latency/throughput figures for the README (not a test)
+## bench: serving figures, written to docs/benchmarks.md (not a test)
 bench: $(VENV)/.installed-dev
 	$(BIN)/lis models build
 	$(BIN)/python -m benchmarks.serving

@@ -20,10 +20,11 @@ from typing import Any
 
 from benchmarks.serving import BARE_SERVICE, raw_pipeline
 from deployments.inference import Prediction
-from deployments.service import WORKER_THREADS, InferenceResult
+from deployments.service import WORKER_THREADS
 from serve_app._local import Gone
-from serve_app.errors import ServiceNotFound
 from serve_app.ingress import ServiceInfo, build_http_app
+from vocabulary.errors import ServiceNotFound
+from vocabulary.wire import InferenceResult
 
 
 class InProcessRouter:

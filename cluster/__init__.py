@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from cluster._token import DEFAULT_TOKEN_FILE, cluster_auth_environment
 from cluster.node import Decision, NodeOptions, NodePlan, plan_node
-from cluster.platform import CONNECTOR_SUFFIXES, DevicePlatform, detect_platform
+from cluster.platform import DevicePlatform, detect_platform
 
 __all__ = [
-    "CONNECTOR_SUFFIXES",
     "DEFAULT_TOKEN_FILE",
     "Decision",
     "DevicePlatform",

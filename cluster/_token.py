@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from serve_app.errors import ConfigError, ConfigIssue
+from vocabulary.errors import ConfigError, ConfigIssue
+from vocabulary.names import CLUSTER_TOKEN_FILE
 
 __all__ = [
     "AUTH_MODE_ENV",
@@ -31,7 +32,7 @@ __all__ = [
     "write_new_token",
 ]
 
-DEFAULT_TOKEN_FILE = Path.home() / ".config" / "lis" / "cluster-token"
+DEFAULT_TOKEN_FILE = CLUSTER_TOKEN_FILE.expanduser()
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"

@@ -24,15 +24,27 @@ from pathlib import Path
 from typing import Literal
 
 from cluster import _token
-from cluster.platform import CONNECTOR_SUFFIXES, DevicePlatform, detect_platform
-from serve_app.deploy import SERVE_THROUGHPUT_ENVIRONMENT
-from serve_app.errors import ConfigError, ConfigIssue
+from cluster.platform import DevicePlatform, detect_platform
+from cluster.ray_start import PLATFORM_UNITS, SERVE_THROUGHPUT_ENVIRONMENT
+from vocabulary.connectors import PLATFORMS
+from vocabulary.errors import ConfigError, ConfigIssue
+from vocabulary.names import platform_resource
 
 __all__ = [
     "DEFAULT_GCS_PORT",
+    "JETSON_OBJECT_STORE_FRACTION",
+    "RAY_DEFAULT_OBJECT_STORE_FRACTION",
+    "RAY_MIN_OBJECT_STORE_BYTES",
+    "SMALL_BOARD_OBJECT_STORE_FRACTION",
+    "SMALL_MEMORY_BYTES",
+    "TLS_FILES",
+    "DashboardChoice",
     "Decision",
+    "GiB",
+    "MiB",
     "NodeOptions",
     "NodePlan",
+    "Role",
     "add_arguments",
     "plan_node",
     "run",
@@ -51,7 +63,6 @@ SMALL_BOARD_OBJECT_STORE_FRACTION = 0.12
 JETSON_OBJECT_STORE_FRACTION = 0.15
 RAY_DEFAULT_OBJECT_STORE_FRACTION = 0.30
 RAY_MIN_OBJECT_STORE_BYTES = 75 * MiB  # ray start refuses less
-PLATFORM_RESOURCE_UNITS = 1  # replicas each ask for a fraction of it
 TLS_FILES = {"RAY_TLS_CA_CERT": "ca.crt", "RAY_TLS_SERVER_CERT": "node.crt",
              "RAY_TLS_SERVER_KEY": "node.key"}
 
@@ -195,12 +206,12 @@ def _join_address(address: str | None) -> str:
 def _resource_args(options: NodeOptions, device: DevicePlatform,
                    decisions: list[Decision]) -> list[str]:
     if options.any_platform:
-        suffixes, reason = CONNECTOR_SUFFIXES, "--any-platform: hosts every connector's services"
+        suffixes, reason = PLATFORMS, "--any-platform: hosts every connector's services"
     elif options.platform:
         suffixes, reason = (options.platform,), f"--platform overrides detected {device.connector_suffix}"
     else:
         suffixes, reason = (device.connector_suffix,), _PLATFORM_REASONS[device.kind]
-    resources = {f"connector-platform:{suffix}": PLATFORM_RESOURCE_UNITS for suffix in suffixes}
+    resources = {platform_resource(suffix): PLATFORM_UNITS for suffix in suffixes}
     decisions.append(Decision("resources", json.dumps(resources),
                               f"{reason}; logical only: Ray does not check the hardware"))
     return [f"--resources={json.dumps(resources, separators=(',', ':'))}"]
@@ -341,7 +352,7 @@ def _add_node_options(parser: argparse.ArgumentParser, action: str) -> None:
     if action != "head":
         add("--address", required=action == "join", metavar="HOST[:PORT]",
             help="the head to join (port 6379 if left out)")
-    add("--platform", choices=CONNECTOR_SUFFIXES,
+    add("--platform", choices=PLATFORMS,
         help="advertise this connector platform instead of the detected one")
     add("--any-platform", action="store_true",
         help="advertise all three connector platforms (a development box)")

@@ -24,18 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vocabulary.connectors import Platform
+
 __all__ = [
-    "CONNECTOR_SUFFIXES",
     "DeviceKind",
     "DevicePlatform",
     "detect_platform",
 ]
 
-ConnectorSuffix = Literal["x86-64", "Aarch64JTX2", "ARMv7"]
 DeviceKind = Literal["x86_64", "jetson", "raspberry-pi", "aarch64", "armv7", "unknown"]
-
-# Greengrass v1 connector platform suffixes, in the order the docs list them.
-CONNECTOR_SUFFIXES: tuple[ConnectorSuffix, ...] = ("x86-64", "ARMv7", "Aarch64JTX2")
 
 # /proc/device-tree is a link to /sys/firmware/devicetree/base; captured trees
 # (and some containers) have only one of them.
@@ -52,7 +49,7 @@ class DevicePlatform:
 
     kind: DeviceKind
     machine: str  # the kernel's architecture name (``uname -m``)
-    connector_suffix: ConnectorSuffix
+    connector_suffix: Platform
     model: str | None  # the board's own name, from the device tree or /proc/cpuinfo
     jetson_model: str | None  # e.g. "NVIDIA Jetson TX2"; None when not a Jetson
     l4t_release: str | None  # Jetson Linux release, e.g. "R32.7.1"
@@ -106,7 +103,7 @@ def detect_platform(root: Path = Path("/"), machine: str | None = None) -> Devic
                      evidence=(f"machine {machine} is not one lis knows",))
 
 
-def _platform(kind: DeviceKind, machine: str, suffix: ConnectorSuffix, memory: int,
+def _platform(kind: DeviceKind, machine: str, suffix: Platform, memory: int,
               model: str | None, *, evidence: tuple[str, ...]) -> DevicePlatform:
     return DevicePlatform(kind=kind, machine=machine, connector_suffix=suffix, model=model,
                           jetson_model=None, l4t_release=None, memory_bytes=memory, gpus=0,

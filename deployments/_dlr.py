@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
 
 __all__ = ["disable_phone_home", "import_dlr", "phone_home_config_path"]
 

@@ -23,7 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["AccessLog"]
+__all__ = [
+    "FLUSH_PERIOD_S",
+    "AccessLog",
+]
 
 FLUSH_PERIOD_S = 0.5
 

@@ -1,6 +1,6 @@
 """DLR runtime for Neo-compiled models (the object-detection connector's format).
 
-``load()`` validates the artifact (``modelkit.neo``), then gives DLR a private
+``load()`` validates the artifact (``deployments.neo``), then gives DLR a private
 folder holding only the three model files: DLR 1.6 finds files by extension
 and refuses a folder with any extra ``.json`` (our ``preprocessing.json``).
 
@@ -27,9 +27,14 @@ from typing import Any
 import numpy as np
 
 from deployments._dlr import import_dlr
-from deployments.runtime import DEFAULT_THREADS, ModelRuntime, select_device, set_thread_count
-from modelkit.neo import NeoArtifact, host_machine, read_neo_artifact
-from serve_app.errors import ArtifactError, InvalidArgument, LisError
+from deployments.neo import NeoArtifact, host_machine, read_neo_artifact
+from deployments.runtime import (
+    DEFAULT_THREADS,
+    ModelRuntime,
+    select_device,
+    set_thread_count,
+)
+from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 
 __all__ = ["DLRRuntime"]
 

@@ -22,13 +22,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from serve_app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from vocabulary.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from vocabulary.limits import DEFAULT_MAX_PIXELS
+from vocabulary.names import PREPROCESSING_FILE
 
 __all__ = [
     "CLASSIFIER_PREPROCESSING",
-    "DEFAULT_MAX_PIXELS",
     "DETECTOR_PREPROCESSING",
-    "PREPROCESSING_FILE",
     "SUPPORTED_CONTENT_TYPES",
     "Preprocessing",
     "decode_image",
@@ -38,10 +38,7 @@ __all__ = [
     "sniff_format",
 ]
 
-PREPROCESSING_FILE = "preprocessing.json"
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png")
-# 50 megapixels: a 30000x30000 PNG header (900 MP) is refused before decoding.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 # cv2 otherwise starts one thread per core in every replica.
 cv2.setNumThreads(1)

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from deployments import output
 from deployments.imaging import (
     CLASSIFIER_PREPROCESSING,
-    DEFAULT_MAX_PIXELS,
     DETECTOR_PREPROCESSING,
     Preprocessing,
     prepare_image,
     read_preprocessing,
 )
+from deployments.labels import read_labels
 from deployments.runtime import ModelRuntime, keep_large_buffers
-from serve_app.errors import ArtifactError, InferenceFailed, LisError
+from vocabulary.connectors import Algorithm
+from vocabulary.errors import ArtifactError, InferenceFailed, LisError
+from vocabulary.limits import DEFAULT_MAX_PIXELS
+from vocabulary.names import LABELS_FILE
 
-__all__ = ["Algorithm", "InferencePipeline", "PipelineOptions", "Prediction", "load_labels"]
-
-Algorithm = Literal["image-classification", "object-detection"]
+__all__ = ["InferencePipeline", "PipelineOptions", "Prediction"]
 
 _DEFAULT_PREPROCESSING: dict[str, Preprocessing] = {
     "image-classification": CLASSIFIER_PREPROCESSING,
@@ -61,13 +61,6 @@ class Prediction:
     values: list[float] | dict[str, list[list[float | int]]]
 
 
-def load_labels(model_dir: Path) -> tuple[str, ...] | None:
-    path = Path(model_dir) / "labels.txt"
-    if not path.is_file():
-        return None
-    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-
-
 def _make_runtime(model_dir: Path, options: PipelineOptions) -> ModelRuntime:
     # Imported here: a process serving only detectors never loads MXNet's
     # 100 MB library, and one serving only classifiers never loads DLR.
@@ -92,7 +85,7 @@ class InferencePipeline:
         self.runtime = _make_runtime(self.model_dir, options)
         self.runtime.load()
         self.preprocessing = self._resolve_preprocessing()
-        self.labels = load_labels(self.model_dir)
+        self.labels = read_labels(self.model_dir / LABELS_FILE)
 
     def _resolve_preprocessing(self) -> Preprocessing:
         # Precedence: the service's overrides > what the model folder

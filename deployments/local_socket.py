@@ -6,7 +6,7 @@ bookkeeping on both sides), as much as a small model's whole run. Over a Unix
 socket the same hop costs about 0.5 ms. Ray Serve still runs everything else:
 it places, starts, health-checks, replaces and autoscales the replicas; only a
 request's bytes take the short road (see ``serve_app._local`` for the ingress's
-side and the README's *Architecture*).
+side and docs/architecture.md).
 
 Each replica listens on ``<socket dir>/<service key>-<replica id>.sock``; the
 directory is per Ray node, readable by this user only; what a killed node
@@ -27,8 +27,8 @@ import hashlib
 import logging
 import os
 import pickle
-import struct
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -36,10 +36,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serve_app.errors import InferenceFailed, LisError, ServiceUnavailable
+from vocabulary.errors import InferenceFailed, LisError, ServiceUnavailable
 
-__all__ = ["LOCAL_ONGOING_METRIC", "REFUSED", "LocalServer", "current_node_id", "read_frame",
-           "service_sockets", "socket_path", "sweep_stale_sockets", "write_frame"]
+__all__ = [
+    "LOCAL_ONGOING_METRIC",
+    "REFUSED",
+    "STALE_AFTER_S",
+    "Handler",
+    "LocalServer",
+    "current_node_id",
+    "read_frame",
+    "service_sockets",
+    "socket_path",
+    "sweep_stale_sockets",
+    "write_frame",
+]
 
 log = logging.getLogger("ray.serve.lis")
 

@@ -8,7 +8,7 @@ downloads again only when it changed, as a Greengrass redeploy refreshed an ML
 resource whose source changed. When the store cannot be reached, a copy fetched
 earlier is used (an edge device must restart without its network).
 
-Archives are not extracted here: ``modelkit.archive.materialize`` does that.
+Archives are not extracted here: ``deployments.archive.materialize`` does that.
 boto3 is imported only when an ``s3://`` source is fetched.
 """
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
-from serve_app.errors import ArtifactError
+from vocabulary.errors import ArtifactError
 
 if TYPE_CHECKING:
-    from serve_app.config import ModelStoreSpec
+    from vocabulary.specs import ModelStoreSpec
 
 __all__ = ["MARKER_SUFFIX", "fetch_model"]
 

@@ -1,7 +1,7 @@
 """MXNet runtime for SageMaker image-classification artifacts.
 
 Loads ``image-classification-symbol.json`` + the highest-epoch ``.params``
-(``modelkit.sagemaker_ic``), binds an inference executor for the artifact's
+(``deployments.sagemaker_ic``), binds an inference executor for the artifact's
 input shape, and returns the class probabilities.
 
 Threads: MXNet sizes its OpenMP pool when its library loads, from
@@ -21,9 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from deployments.runtime import DEFAULT_THREADS, ModelRuntime, select_device, set_thread_count
-from modelkit.sagemaker_ic import ClassifierArtifact, read_classifier_artifact
-from serve_app.errors import ArtifactError, InvalidArgument, LisError
+from deployments.runtime import (
+    DEFAULT_THREADS,
+    ModelRuntime,
+    select_device,
+    set_thread_count,
+)
+from deployments.sagemaker_ic import ClassifierArtifact, read_classifier_artifact
+from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 
 __all__ = ["MXNetClassifierRuntime"]
 

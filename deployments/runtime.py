@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
+from vocabulary.names import FAKE_GPU_SUPPORT_ENV
 
 __all__ = ["DEFAULT_THREADS", "FAKE_GPU_SUPPORT_ENV", "ModelRuntime", "keep_large_buffers",
            "select_device", "set_thread_count", "thread_environment"]
 
 DEFAULT_THREADS = 1
-# TEST ONLY: "1" makes a GPU request run on the CPU as if the runtime had GPU
-# support, so placement on GPU nodes can be tested on machines without a GPU.
-FAKE_GPU_SUPPORT_ENV = "LIS_FAKE_GPU_SUPPORT"
+# FAKE_GPU_SUPPORT_ENV, TEST ONLY: "1" makes a GPU request run on the CPU as if the
+# runtime had GPU support, so placement on GPU nodes can be tested without a GPU.
 _DEVICES = ("cpu", "gpu")
 
 log = logging.getLogger("lis.runtime")

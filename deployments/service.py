@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +23,7 @@ import psutil
 from ray import serve
 
 from deployments.access_log import AccessLog
+from deployments.archive import artifact_version, cache_dir, materialize
 from deployments.feedback.handoff import FeedbackHandoff
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
 from deployments.local_socket import (
@@ -34,8 +32,9 @@ from deployments.local_socket import (
     current_node_id,
     socket_path,
 )
+from deployments.ray_internals import serve_logs_dir
 from deployments.runtime import set_thread_count
-from serve_app.errors import (
+from vocabulary.errors import (
     AlgorithmMismatch,
     InferenceFailed,
     InferenceTimeout,
@@ -43,20 +42,24 @@ from serve_app.errors import (
     MemoryLimitExceeded,
     PayloadTooLarge,
 )
+from vocabulary.limits import MAX_ONGOING_REQUESTS
+from vocabulary.wire import InferenceResult, StageTimes
 
 if TYPE_CHECKING:
-    from serve_app.config import ModelStoreSpec, ServiceSpec
+    from vocabulary.specs import ModelStoreSpec, ServiceSpec
 
-__all__ = ["MAX_ONGOING_REQUESTS", "STUCK_AFTER_TIMEOUTS", "WORKER_THREADS", "InferenceResult",
-           "InferenceService", "StageTimes", "artifact_version", "stuck_reason"]
+__all__ = [
+    "LOCAL_MAX_RUNNING",
+    "STUCK_AFTER_TIMEOUTS",
+    "WORKER_THREADS",
+    "InferenceService",
+    "stuck_reason",
+]
 
-_MODEL_CACHE = Path(os.environ.get("LIS_CACHE_DIR", Path.home() / ".cache" / "lis")) / "models"
 # Decode/preprocess of one request overlaps the model run of another; the
 # model itself runs one call at a time (DLR and MXNet executors are not
 # re-entrant), so two workers are enough to keep it busy.
 WORKER_THREADS = 2
-# Requests a replica takes at once (Ray Serve's default), by either path.
-MAX_ONGOING_REQUESTS = 5
 # Requests the local path runs at once, counting those the ingress gave up on
 # (past their timeout) that run on: room for one full set of them besides the
 # ingress's own, then 503 (``deployments.local_socket.LocalServer``).
@@ -74,40 +77,6 @@ def stuck_reason(longest_s: float, timeout_s: float) -> str | None:
     return (f"a request has run {longest_s:.0f} s, over {STUCK_AFTER_TIMEOUTS} times the "
             f"service's timeout of {timeout_s:g} s: the model is stuck, so the replica is "
             f"replaced")
-
-
-# (stage, seconds) of a replica's steps for one request: prepare, wait, model.
-StageTimes = tuple[tuple[str, float], ...]
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """What a service returns to the ingress or to an in-cluster client."""
-
-    body: str
-    content_type: str
-    # (stage, seconds) of the replica's steps, for the ingress's /metrics; a
-    # tuple so that the default is a class attribute, which also fills it in
-    # for a result pickled by a replica of an older lis.
-    stages_s: StageTimes = ()
-
-
-def artifact_version(source: Path) -> str:
-    """A short content hash of a model folder or archive: shows which model a replica runs.
-
-    The deployer computes it too, from the same path, so that a new model at
-    the same path is a new version of the service (see ``serve_app.app``).
-    """
-    source = Path(source)
-    digest = hashlib.sha256()
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    for path in files:
-        if path != source:
-            digest.update(str(path.relative_to(source)).encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
 
 
 class _Stages:
@@ -152,12 +121,10 @@ class _ServiceLog(logging.LoggerAdapter):
 
 def _open_access_log(service: str) -> AccessLog:
     """The replica's access log, in the folder of Ray Serve's own replica logs."""
-    from ray.serve._private.logging_utils import get_serve_logs_dir
-
     context = serve.get_replica_context()
     replica = context.replica_id.unique_id
     name = f"access_{context.app_name}_{context.deployment}_{replica}.log"
-    return AccessLog(Path(get_serve_logs_dir()) / name,
+    return AccessLog(Path(serve_logs_dir()) / name,
                      f"{context.app_name}_{context.deployment}", replica, service)
 
 
@@ -165,7 +132,7 @@ def _fetch_model(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
     from deployments.model_source import fetch_model
 
     return fetch_model(spec.model_source, destination=spec.model_destination, store=store,
-                       cache_dir=_MODEL_CACHE)
+                       cache_dir=cache_dir() / "models")
 
 
 def _pipeline_options(spec: ServiceSpec) -> PipelineOptions:
@@ -187,8 +154,6 @@ class InferenceService:
 
     def __init__(self, spec: ServiceSpec, store: ModelStoreSpec | None = None,
                  feedback: Any = None, expected_version: str | None = None) -> None:
-        from modelkit.archive import materialize
-
         self.spec = spec
         # A child of Ray Serve's logger: lines land in the replica's log with
         # Serve's deployment and replica ids, after our service-name prefix.

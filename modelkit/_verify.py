@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deployments.dlr_runtime import DLRRuntime
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
 
 
 def _run(artifact: Path, work: Path) -> None:

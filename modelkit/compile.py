@@ -2,7 +2,7 @@
 
 Input: an MXNet checkpoint (``--symbol X-symbol.json --params X-0000.params``,
 or the prefix ``X``) or a SageMaker image-classification artifact (folder or
-archive). Output: a Neo/DLR artifact (``modelkit.neo``) as a folder or
+archive). Output: a Neo/DLR artifact (``deployments.neo``) as a folder or
 ``.tar.gz``, with ``labels.txt``, ``preprocessing.json`` and
 ``lis-compile.json`` beside the model files.
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deployments.archive import is_archive, store_artifact
 from deployments.imaging import (
     CLASSIFIER_PREPROCESSING,
     DETECTOR_PREPROCESSING,
@@ -46,21 +47,16 @@ from deployments.imaging import (
     preprocess,
     read_preprocessing,
 )
-from modelkit.archive import is_archive, store_artifact
-from modelkit.neo import (
-    COMPILE_INFO_FILE,
+from deployments.labels import read_labels
+from deployments.neo import (
     host_machine,
     library_machine,
     read_neo_artifact,
     write_neo_artifact,
 )
-from modelkit.sagemaker_ic import (
-    SHAPES_FILE,
-    read_classifier_artifact,
-    read_input_shape,
-    read_labels,
-)
-from serve_app.errors import ArtifactError, CompileError
+from deployments.sagemaker_ic import read_classifier_artifact, read_input_shape
+from vocabulary.errors import ArtifactError, CompileError
+from vocabulary.names import COMPILE_INFO_FILE, SHAPES_FILE
 
 __all__ = [
     "DEFAULT_DETECTION_INPUT_SHAPE",

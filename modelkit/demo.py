@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.imaging import PREPROCESSING_FILE
+from vocabulary.names import LABELS_FILE, PREPROCESSING_FILE
 
 __all__ = [
     "BUILD_DIR",
@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"
 BUILD_DIR = REPO / "build" / "models"
 DETECTOR_INPUT_SHAPE = (1, 3, 512, 512)
-_LABELS_FILE = "labels.txt"
 # Files of a committed model folder that do not change what is built.
 _NOT_WEIGHTS = frozenset({"README.md"})
 
@@ -103,7 +102,7 @@ def _print(line: str) -> None:
 def build_model(model: DemoModel, build_dir: Path = BUILD_DIR,
                 progress: Progress | None = _print) -> Path:
     """Build one model from its committed weights (unconditionally); return its folder."""
-    from serve_app.errors import ArtifactError
+    from vocabulary.errors import ArtifactError
 
     say = progress or (lambda _line: None)
     if not model.source.is_dir():
@@ -129,7 +128,7 @@ def build_model(model: DemoModel, build_dir: Path = BUILD_DIR,
 
 
 def _copy_classifier(source: Path, staged: Path) -> None:
-    from modelkit.sagemaker_ic import read_classifier_artifact
+    from deployments.sagemaker_ic import read_classifier_artifact
 
     read_classifier_artifact(source)  # refuse a broken committed artifact here, not at serving
     shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_NOT_WEIGHTS))
@@ -140,7 +139,7 @@ def _compile_detector(model: DemoModel, staged: Path, progress: Progress | None)
 
     source = model.source
     compile_model(source / f"{model.name}-symbol.json", source / f"{model.name}-0000.params",
-                  staged, input_shape=DETECTOR_INPUT_SHAPE, labels=source / _LABELS_FILE,
+                  staged, input_shape=DETECTOR_INPUT_SHAPE, labels=source / LABELS_FILE,
                   preprocessing=source / PREPROCESSING_FILE, progress=progress)
 
 

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from deployments.imaging import (
-    PREPROCESSING_FILE,
     Preprocessing,
     decode_image,
     preprocess,
@@ -48,6 +47,7 @@ from modelkit.shapes import (
     classification_sample,
     detection_sample,
 )
+from vocabulary.names import PREPROCESSING_FILE
 
 __all__ = [
     "DEFAULT_COUNT",

@@ -43,11 +43,11 @@ from tqdm import tqdm  # noqa: E402
 from deployments.imaging import (  # noqa: E402
     CLASSIFIER_PREPROCESSING,
     DETECTOR_PREPROCESSING,
-    PREPROCESSING_FILE,
     Preprocessing,
     decode_image,
     preprocess,
 )
+from deployments.labels import write_labels  # noqa: E402
 from modelkit import nets  # noqa: E402
 from modelkit.evaluate import (  # noqa: E402
     HELD_OUT_SEED,
@@ -55,7 +55,13 @@ from modelkit.evaluate import (  # noqa: E402
     mean_average_precision,
     valid_detections,
 )
-from modelkit.shapes import SHAPE_CLASSES, Sample, classification_sample, detection_sample  # noqa: E402
+from modelkit.shapes import (  # noqa: E402
+    SHAPE_CLASSES,
+    Sample,
+    classification_sample,
+    detection_sample,
+)
+from vocabulary.names import LABELS_FILE, PREPROCESSING_FILE  # noqa: E402
 
 __all__ = [
     "HELD_OUT_SEED",
@@ -386,7 +392,7 @@ def _detector_metrics(net: gluon.HybridBlock, count: int) -> dict[str, float]:
 # --- saving ----------------------------------------------------------------------
 
 def _save_classifier(net: gluon.HybridBlock, folder: Path) -> None:
-    from modelkit.sagemaker_ic import write_classifier_artifact
+    from deployments.sagemaker_ic import write_classifier_artifact
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.params"):
@@ -400,7 +406,7 @@ def _save_detector(net: gluon.HybridBlock, folder: Path, name: str) -> None:
     net.hybridize(static_alloc=True)
     net(_fake_input())
     net.export(str(folder / name), epoch=0)
-    (folder / "labels.txt").write_text("".join(f"{c}\n" for c in SHAPE_CLASSES))
+    write_labels(folder / LABELS_FILE, SHAPE_CLASSES)
     (folder / PREPROCESSING_FILE).write_text(json.dumps(DETECTOR_PREPROCESSING.to_dict(), indent=2))
 
 

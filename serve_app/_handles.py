@@ -13,7 +13,7 @@ from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import (
+from vocabulary.errors import (
     InferenceFailed,
     InferenceTimeout,
     LisError,

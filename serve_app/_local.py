@@ -31,7 +31,7 @@ from deployments.local_socket import (
     write_frame,
 )
 from serve_app._handles import GUARD_SECONDS, REPLICA_DIED
-from serve_app.errors import (
+from vocabulary.errors import (
     ClientClosedRequest,
     InferenceFailed,
     InferenceTimeout,

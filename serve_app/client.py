@@ -24,15 +24,25 @@ import threading
 import urllib.parse
 from typing import Any, Protocol
 
-from serve_app.errors import (
+from vocabulary.connectors import SERVICE_NAME_PATTERN
+from vocabulary.errors import (
     AlgorithmMismatch,
     LisError,
     ServiceNotFound,
     ServiceUnavailable,
     from_wire,
 )
+from vocabulary.names import (
+    APP_NAME,
+    DEFAULT_ENDPOINT,
+    ENDPOINT_ENV,
+    FEEDBACK_DEPLOYMENT,
+    TOKEN_ENV,
+    TRANSPORT_ENV,
+)
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT_S",
     "DEFAULT_ENDPOINT",
     "FeedbackClient",
     "GreengrassDependencyException",
@@ -43,13 +53,10 @@ __all__ = [
     "client",
 ]
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 # The replica enforces each service's own timeout; this only bounds a call
 # whose replica never answers at all.
 DEFAULT_CALL_TIMEOUT_S = 120.0
-_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{1,62}$")
-_APP_NAME = "lis"
-_FEEDBACK_DEPLOYMENT = "FeedbackWorker"
+_NAME_PATTERN = re.compile(f"^{SERVICE_NAME_PATTERN}$")
 
 
 class GreengrassInferenceException(Exception):
@@ -241,7 +248,7 @@ class _HandleTransport:
 
     def feedback(self, config_id: str, body: bytes, prediction: Any,
                  metadata: dict[str, str]) -> dict[str, Any]:
-        handle = _deployment_handle(_FEEDBACK_DEPLOYMENT)
+        handle = _deployment_handle(FEEDBACK_DEPLOYMENT)
         return handle.publish.remote(config_id, body, prediction, metadata).result(
             timeout_s=DEFAULT_CALL_TIMEOUT_S)
 
@@ -250,7 +257,7 @@ def _deployment_handle(name: str) -> Any:
     from ray import serve
 
     try:
-        return serve.get_deployment_handle(name, app_name=_APP_NAME)
+        return serve.get_deployment_handle(name, app_name=APP_NAME)
     except Exception as error:  # noqa: BLE001 - Ray raises several types for "no such"
         raise ServiceNotFound(name) from error
 
@@ -262,11 +269,11 @@ def _inside_lis_cluster() -> bool:
 
 
 def _transport() -> _Transport:
-    mode = os.environ.get("LIS_TRANSPORT", "auto")
+    mode = os.environ.get(TRANSPORT_ENV, "auto")
     if mode == "handle" or (mode == "auto" and _inside_lis_cluster()):
         return _HandleTransport()
-    return _HttpTransport(os.environ.get("LIS_ENDPOINT", DEFAULT_ENDPOINT),
-                          os.environ.get("LIS_TOKEN") or None)
+    return _HttpTransport(os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
+                          os.environ.get(TOKEN_ENV) or None)
 
 
 # --- the SDK's clients ----------------------------------------------------------------

@@ -1,13 +1,12 @@
-"""Starting Ray, deploying the lis application, waiting for it: what ``lis up`` does.
+"""Deploying the lis application to a running Ray, and waiting for it: what ``lis up`` does
+once Ray is there (``cluster.ray_start``).
 
 Kept apart from the CLI so tests and embedding programs deploy the same way.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import platform as host_platform
 import secrets
 import socket
 import time
@@ -15,144 +14,19 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import LisConfig
-from serve_app.errors import LisError
+from cluster.ray_start import direct_ingress_port
+from deployments.archive import artifact_version
+from deployments.model_source import fetch_model
+from vocabulary.errors import LisError
+from vocabulary.names import (
+    APP_NAME,
+    DEFAULT_HTTP_HOST,
+    DEFAULT_HTTP_PORT,
+    INGRESS_DEPLOYMENT,
+)
+from vocabulary.specs import LisConfig
 
-__all__ = [
-    "ALL_PLATFORMS",
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
-    "SERVE_THROUGHPUT_ENVIRONMENT",
-    "connect_ray",
-    "deploy",
-    "direct_ingress_port",
-    "wait_until_free",
-    "http_token",
-    "is_loopback",
-    "local_platform",
-    "model_versions",
-    "wait_for_services",
-]
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-ALL_PLATFORMS = ("x86-64", "ARMv7", "Aarch64JTX2")
-TOKEN_FILE = Path.home() / ".config" / "lis" / "http-token"
-# A local node advertises one unit of its platform; replicas ask for 0.001.
-PLATFORM_UNITS = 1.0
-
-# Ray Serve's own high-throughput settings (its "Enable High Throughput" guide,
-# Ray >= 2.56), one by one: handle calls between deployments over gRPC, user
-# code on the replica's event loop instead of a second thread, the garbage
-# collector frozen after start-up, replica logs to their files only (not also
-# to stderr, which nothing reads: lis starts Ray without log_to_driver).
-# RAY_SERVE_THROUGHPUT_OPTIMIZED would also run every handle's router on its
-# caller's event loop, which breaks the SDK's synchronous handle calls, so it
-# is not used (for the ingress's own handles it measured within the drift).
-# Two settings make an idle lis cheaper on a small box: the controller's loop
-# runs 2 times a second instead of 10, and each process exports its cached
-# metrics once a second instead of 10 times. Together they took an idle lis
-# with the bench's four services from 11 % to 8 % of the 2-core reference box.
-# Each Ray process reads these when it starts: they belong in the environment
-# Ray is started with.
-SERVE_THROUGHPUT_ENVIRONMENT = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
-    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
-}
-_DIRECT_INGRESS_KEY = b"lis:direct-ingress-port"
-
-
-def direct_ingress_port() -> int | None:
-    """The port on which the connected Ray's ingress replica serves HTTP itself, if any.
-
-    ``lis up`` on one box starts Ray this way (``connect_ray`` with
-    ``http_port``): no Ray Serve proxy, the ingress replica runs the HTTP
-    server (``serve_app._http_server``), a request makes one hop to its service.
-
-    Kept in the cluster's key-value store, not this process's environment, so a
-    later driver (``lis reload``) deploys the way the cluster was started.
-    """
-    from ray.experimental import internal_kv
-
-    value = internal_kv._internal_kv_get(_DIRECT_INGRESS_KEY)
-    return int(value) if value else None
-
-
-def local_platform() -> str:
-    """The connector platform suffix of this machine."""
-    try:
-        from cluster.platform import detect_platform
-    except ImportError:  # the cluster package is optional on a plain serving box
-        machine = host_platform.machine()
-        return "x86-64" if machine in ("x86_64", "AMD64") else "Aarch64JTX2"
-    return detect_platform().connector_suffix
-
-
-def connect_ray(address: str | None, *, any_platform: bool = False,
-                num_cpus: int | None = None, log_to_driver: bool = False,
-                http_port: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box.
-
-    A local Ray given ``http_port`` serves HTTP from the ingress replica on that
-    port (see ``direct_ingress_port``); a joined cluster keeps Ray Serve's
-    proxy on every node, so a device reaches the ingress through its own node.
-    Replica logs stay in Ray's log files (``<ray session>/logs/serve/``) unless
-    ``log_to_driver``: streaming every line to the driver costs CPU per request
-    that a 2-core box cannot spare.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        # A lis cluster runs with Ray's token authentication (`lis node`).
-        from cluster import cluster_auth_environment
-
-        os.environ.update(cluster_auth_environment())
-        ray.init(address=address, namespace="lis", log_to_driver=log_to_driver)
-        return
-    os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
-    if log_to_driver:  # replicas write their lines to stderr too, which Ray streams here
-        os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
-    platforms = ALL_PLATFORMS if any_platform else (local_platform(),)
-    ray.init(namespace="lis", include_dashboard=False, num_cpus=num_cpus,
-             log_to_driver=log_to_driver,
-             resources={f"connector-platform:{p}": PLATFORM_UNITS for p in platforms})
-    if http_port is not None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_put(_DIRECT_INGRESS_KEY, str(http_port).encode())
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
-def http_token(host: str, token_env: str | None = None) -> str | None:
-    """The ingress's bearer token: required whenever it listens beyond loopback.
-
-    Taken from the variable the config's ``http.token_env`` names, else
-    ``LIS_TOKEN``; otherwise generated once into ``~/.config/lis/http-token``
-    (mode 0600) for clients to read.
-    """
-    token = os.environ.get(token_env or "LIS_TOKEN")
-    if token or is_loopback(host):
-        return token or None
-    if TOKEN_FILE.is_file():
-        return TOKEN_FILE.read_text().strip()
-    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    TOKEN_FILE.touch(mode=0o600)
-    TOKEN_FILE.write_text(token + "\n")
-    return token
+__all__ = ["deploy", "model_versions", "wait_for_services", "wait_until_free"]
 
 
 def model_versions(config: LisConfig) -> dict[str, str | None]:
@@ -161,9 +35,6 @@ def model_versions(config: LisConfig) -> dict[str, str | None]:
     On a cluster a local model path is read on every node; the deployer's copy
     decides the version, so a new model there rolls the service's replicas.
     """
-    from deployments.model_source import fetch_model
-    from deployments.service import artifact_version
-
     versions: dict[str, str | None] = {}
     for spec in config.services:
         versions[spec.name] = None
@@ -178,7 +49,7 @@ def model_versions(config: LisConfig) -> dict[str, str | None]:
     return versions
 
 
-def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+def deploy(config: LisConfig, *, host: str = DEFAULT_HTTP_HOST, port: int = DEFAULT_HTTP_PORT,
            token: str | None = None, restart: Collection[str] = ()) -> dict[str, str | None]:
     """Deploy (or update in place) the lis application; returns without waiting.
 
@@ -190,7 +61,7 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     from ray.serve.config import HTTPOptions, ProxyLocation
     from ray.serve.schema import LoggingConfig
 
-    from serve_app.app import APP_NAME, build_app
+    from serve_app.app import build_app
 
     versions = model_versions(config)
     nonce = secrets.token_hex(8)
@@ -250,7 +121,8 @@ def wait_for_services(config: LisConfig, timeout_s: float,
                       ) -> dict[str, dict[str, Any]]:
     """Poll until every service runs with all its replicas up to date or is pending
     (no node can host it), one fails, or ``timeout_s`` passes; return the states."""
-    from serve_app.app import INGRESS_DEPLOYMENT, replica_demand, service_states
+    from serve_app.app import replica_demand
+    from serve_app.service_state import service_states
 
     demands = {spec.name: replica_demand(spec) for spec in config.services}
     deadline = time.monotonic() + timeout_s

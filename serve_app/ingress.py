@@ -1,6 +1,6 @@
 """The HTTP ingress: one Starlette app in front of every inference service.
 
-Routes (see the README's HTTP API):
+Routes (see docs/http-api.md):
 
     POST /inference/{service_name}   image body -> the connector's output
     POST /feedback/{config_id}       a sample for ML Feedback
@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from serve_app._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics
-from serve_app.errors import (
+from vocabulary.errors import (
     AlgorithmMismatch,
     ClientClosedRequest,
     InvalidArgument,
@@ -41,17 +41,16 @@ from serve_app.errors import (
     ServiceNotFound,
     Unauthorized,
 )
+from vocabulary.limits import MAX_FEEDBACK_BODY_BYTES
 
 if TYPE_CHECKING:
-    from deployments.service import InferenceResult, StageTimes
     from serve_app._local import Gone
+    from vocabulary.wire import InferenceResult, StageTimes
 
 __all__ = ["Router", "ServiceInfo", "build_http_app", "error_response"]
 
 log = logging.getLogger("lis.ingress")
 
-# What the ingress reads before it knows which service a body is for.
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 _UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
 
 
@@ -145,7 +144,7 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             metrics.observe(label, int(status), time.perf_counter() - started, stages_s)
 
     async def feedback(request: Request) -> Response:
-        body = await _read_body(request, DEFAULT_MAX_BODY_BYTES)
+        body = await _read_body(request, MAX_FEEDBACK_BODY_BYTES)
         prediction, metadata = _feedback_fields(request)
         status = await router.publish_feedback(request.path_params["config_id"], body,
                                                prediction, metadata)

@@ -134,7 +134,7 @@ def detector_batch() -> np.ndarray:
 def tiny_classifier_artifact() -> Path:
     """A SageMaker IC artifact folder: 3 classes, input 1x3x224x224, with labels."""
     from deployments.imaging import CLASSIFIER_PREPROCESSING  # noqa: PLC0415
-    from modelkit.sagemaker_ic import write_classifier_artifact  # noqa: PLC0415
+    from deployments.sagemaker_ic import write_classifier_artifact  # noqa: PLC0415
 
     def build(folder: Path) -> None:
         write_classifier_artifact(build_tiny_classifier(), folder / "model",

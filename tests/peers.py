@@ -7,36 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from serve_app.feedback_config import StorageSpec
+from vocabulary.feedback_specs import StorageSpec
 
 HERE = Path(__file__).parent
 REGION = "us-east-1"
-DEADLINE_S = 30.0
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float = DEADLINE_S,
-               what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class MqttBroker:

@@ -30,7 +30,7 @@ from deployments.feedback.pipeline import (
     FeedbackPipeline,
 )
 from deployments.feedback.sampling import keep_sample
-from deployments.feedback.spool import Spool, SpoolFull
+from deployments.feedback.spool import Spool
 from deployments.feedback.store import (
     LocalFolderStore,
     S3Store,
@@ -56,7 +56,6 @@ __all__ = [
     "S3Store",
     "SampleStore",
     "Spool",
-    "SpoolFull",
     "StoredObject",
     "keep_sample",
     "open_store",

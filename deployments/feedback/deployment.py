@@ -27,13 +27,15 @@ from ray.serve import Application
 
 from deployments.feedback.handoff import Sample
 from deployments.feedback.pipeline import DEFAULT_BACKOFF, Backoff, FeedbackPipeline
-from serve_app.feedback_config import FeedbackConnectorSpec
+from deployments.ray_internals import versioned
+from vocabulary.feedback_specs import FeedbackConnectorSpec
+from vocabulary.names import FEEDBACK_DEPLOYMENT
 
 __all__ = ["FeedbackWorker", "build_feedback_worker"]
 
 
 @serve.deployment(
-    name="FeedbackWorker",
+    name=FEEDBACK_DEPLOYMENT,
     max_replicas_per_node=1,
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=64,
@@ -76,10 +78,8 @@ def build_feedback_worker(spec: FeedbackConnectorSpec, *, num_replicas: int = 1,
 
     ``num_replicas`` is how many nodes run a worker (at most one each).
     """
-    # Ray's imperative API gives every deploy a random version, restarting the
-    # worker each time; a version from what it runs restarts it only on change
-    # (pickled, so secrets count too without being written anywhere).
+    # A version from what the worker runs restarts it only on change (pickled,
+    # so secrets count too without being written anywhere).
     version = hashlib.sha256(pickle.dumps((spec, backoff))).hexdigest()[:16]
-    return FeedbackWorker.options(num_replicas=num_replicas, version=version,
-                                  _internal=True).bind(spec, backoff)
+    return versioned(FeedbackWorker, version, num_replicas=num_replicas).bind(spec, backoff)
 

@@ -38,8 +38,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from serve_app.errors import LisError
-from serve_app.feedback_config import MqttSpec
+from vocabulary.errors import LisError
+from vocabulary.feedback_specs import MqttSpec
 
 __all__ = [
     "DEFAULT_RECONNECT_MAX_S",

@@ -64,10 +64,10 @@ from deployments.feedback.mqtt import (
     status_message,
 )
 from deployments.feedback.sampling import keep_sample
-from deployments.feedback.spool import Destination, Spool, SpoolFull, SpoolRecord
+from deployments.feedback.spool import Destination, Spool, SpoolRecord
 from deployments.feedback.store import SampleStore, object_key, open_store, s3_metadata
-from serve_app.errors import InvalidArgument, ServiceUnavailable
-from serve_app.feedback_config import FeedbackConfig, FeedbackConnectorSpec
+from vocabulary.errors import InvalidArgument, ServiceUnavailable, SpoolFull
+from vocabulary.feedback_specs import FeedbackConfig, FeedbackConnectorSpec
 
 __all__ = [
     "ACCEPTED",

@@ -32,8 +32,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from serve_app.errors import InvalidArgument
-from serve_app.feedback_config import (
+from vocabulary.errors import InvalidArgument
+from vocabulary.feedback_specs import (
     Entropy,
     LeastConfidence,
     Margin,

@@ -38,12 +38,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from deployments.feedback.store import StoredObject
-from serve_app.errors import LisError
+from vocabulary.errors import LisError, SpoolFull
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT_S", "Destination", "Spool", "SpoolFull", "SpoolRecord"]
 
@@ -52,16 +51,6 @@ _FORMAT_VERSION = 1
 _LOCK_POLL_S = 0.05
 
 logger = logging.getLogger(__name__)
-
-
-class SpoolFull(LisError):
-    """A new sample would pass the spool's size cap; it is refused, nothing is dropped."""
-
-    status = HTTPStatus.INSUFFICIENT_STORAGE
-
-    def __init__(self, size: int, used: int, limit: int) -> None:
-        super().__init__(f"feedback spool is full: a sample of {size} bytes does not fit "
-                         f"({used} of {limit} bytes used, waiting for upload)")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_app.errors import LisError
-from serve_app.feedback_config import StorageSpec
+from vocabulary.errors import LisError
+from vocabulary.feedback_specs import StorageSpec
 
 __all__ = [
     "METADATA_SUFFIX",

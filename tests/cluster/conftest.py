@@ -121,7 +121,7 @@ def run_scenario(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Scen
 
 def _classifier_artifact(dest: Path, net: Any,
                          labels: tuple[str, ...] = ("circle", "square", "triangle")) -> Path:
-    from modelkit.sagemaker_ic import write_classifier_artifact
+    from deployments.sagemaker_ic import write_classifier_artifact
 
     write_classifier_artifact(net, dest, labels=list(labels))
     return dest

@@ -8,7 +8,7 @@ import cluster
 
 def test_cluster_exports_exactly_its_public_names() -> None:
     assert sorted(cluster.__all__) == [
-        "CONNECTOR_SUFFIXES", "DEFAULT_TOKEN_FILE", "Decision", "DevicePlatform", "NodeOptions",
+        "DEFAULT_TOKEN_FILE", "Decision", "DevicePlatform", "NodeOptions",
         "NodePlan", "cluster_auth_environment", "detect_platform", "plan_node",
     ]
     for name in cluster.__all__:

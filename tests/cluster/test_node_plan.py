@@ -13,7 +13,7 @@ from cluster import _token
 from cluster.node import NodeOptions, NodePlan, plan_node
 from cluster.platform import detect_platform
 from serve_app.cli import main as lis
-from serve_app.errors import ConfigError
+from vocabulary.errors import ConfigError
 
 MiB = 1024 * 1024
 

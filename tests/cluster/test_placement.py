@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deployments.runtime import select_device
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
 
 JETSON_MISSING = "pending: no node offers connector-platform:Aarch64JTX2"
 GPU_MISSING = "pending: no node offering connector-platform:Aarch64JTX2 has 1 GPU"

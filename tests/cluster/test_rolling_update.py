@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.service import artifact_version
+from deployments.archive import artifact_version
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from cluster import _token
 
@@ -47,12 +47,20 @@ def start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Po
     with log.open("wb") as out:
         process = subprocess.Popen([LIS, "node", *args, "--block"], stdout=out,
                                    stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while STARTED not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"node did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
+
+    def started() -> bool:
+        if STARTED in log.read_text(errors="replace"):
+            return True
+        if process.poll() is not None:
+            raise AssertionError(f"lis node exited with {process.returncode}")
+        return False
+
+    try:
+        wait_until(started, timeout_s=START_TIMEOUT_S, interval_s=0.5,
+                   message=f"lis node to print {STARTED!r}")
+    except AssertionError as error:
+        stop(process)
+        pytest.fail(f"{error}:\n{log.read_text(errors='replace')[-3000:]}")
     return process
 
 

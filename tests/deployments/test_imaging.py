@@ -20,7 +20,7 @@ from deployments.imaging import (
     prepare_image,
     preprocess,
 )
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
 
 
 def _encode(image_bgr: np.ndarray, ext: str) -> bytes:

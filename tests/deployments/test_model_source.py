@@ -10,7 +10,7 @@ import pytest
 
 from deployments.model_source import MARKER_SUFFIX, fetch_model
 from serve_app.config import ModelStoreSpec
-from serve_app.errors import ArtifactError
+from vocabulary.errors import ArtifactError
 
 BUCKET = "models"
 

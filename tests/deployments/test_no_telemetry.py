@@ -13,7 +13,7 @@ from deployments._dlr import phone_home_config_path
 # under the audit hook. Every socket connect / name lookup is recorded;
 # loopback and Unix sockets are fine.
 _PROBE = r"""
-import ipaddress, json, socket, sys, time
+import ipaddress, json, socket, sys, threading
 
 attempts = []
 
@@ -43,7 +43,11 @@ from deployments.dlr_runtime import DLRRuntime
 runtime = DLRRuntime(sys.argv[1])
 runtime.load()
 outputs = runtime.predict(np.zeros(runtime.input_shape, np.float32))
-time.sleep(2)  # DLR phones home from a background thread
+# Whatever DLR started in the background (a phone-home sender) has finished:
+# its connection attempts, if any, are in ``attempts``.
+for thread in threading.enumerate():
+    if thread is not threading.main_thread():
+        thread.join(30)
 print(json.dumps({"attempts": attempts, "output_shape": list(outputs[0].shape),
                   "dlr_loaded": "dlr" in sys.modules}))
 """

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from deployments.archive import pack_folder
 from deployments.dlr_runtime import DLRRuntime
 from deployments.mxnet_runtime import MXNetClassifierRuntime
-from modelkit.archive import pack_folder
+from deployments.neo import LIBDLR_FILE, LIBRARY_FILE
 from modelkit.compile import pair_detections
-from modelkit.neo import LIBDLR_FILE, LIBRARY_FILE
-from serve_app.errors import ArtifactError, InvalidArgument, LisError
+from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 
 # Issue 2: compiled detectors equal MXNet within 1e-3 on scores and boxes.
 # Boxes are compared as fractions of the input size, the unit the connector

@@ -11,13 +11,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.imaging import CLASSIFIER_PREPROCESSING, DETECTOR_PREPROCESSING, read_preprocessing
+from deployments.imaging import (
+    CLASSIFIER_PREPROCESSING,
+    DETECTOR_PREPROCESSING,
+    read_preprocessing,
+)
+from deployments.neo import read_neo_artifact
+from deployments.sagemaker_ic import SYMBOL_FILE
 from modelkit import compile as compiler
 from modelkit.compile import compare_outputs, compile_model
-from modelkit.neo import COMPILE_INFO_FILE, read_neo_artifact
-from modelkit.sagemaker_ic import PREFIX, SYMBOL_FILE
 from serve_app import cli
-from serve_app.errors import CompileError
+from vocabulary.errors import CompileError
+from vocabulary.names import COMPILE_INFO_FILE
+from vocabulary.names import SYMBOL_PREFIX as PREFIX
 
 _STAGE_LINE = re.compile(r"^\[\s*\d+\.\d+s\] ")
 
@@ -50,7 +56,7 @@ def test_detector_artifact_carries_labels_and_preprocessing(ssd_artifact: dict[s
 
 def test_sagemaker_archive_compiles_to_an_archive(tmp_path: Path,
                                                   tiny_classifier_artifact: Path) -> None:
-    from modelkit.archive import pack_folder
+    from deployments.archive import pack_folder
 
     model = pack_folder(tiny_classifier_artifact, tmp_path / "model.tar.gz")
     lines: list[str] = []

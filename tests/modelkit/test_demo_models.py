@@ -25,7 +25,13 @@ from modelkit.evaluate import (
     evaluate_detector,
     valid_detections,
 )
-from modelkit.shapes import SHAPE_CLASSES, Sample, box_iou, classification_sample, detection_sample
+from modelkit.shapes import (
+    SHAPE_CLASSES,
+    Sample,
+    box_iou,
+    classification_sample,
+    detection_sample,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ def _classifier(name: str, channels: int, depth: int, classes: int) -> Path:
     import mxnet as mx
     from mxnet.gluon import nn
 
-    from modelkit.sagemaker_ic import write_classifier_artifact
+    from deployments.sagemaker_ic import write_classifier_artifact
 
     mx.random.seed(7)
     net = nn.HybridSequential()
@@ -128,8 +128,9 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
     import ray
     from ray import serve
 
+    from cluster.ray_start import connect_ray
     from serve_app.config import load_config
-    from serve_app.deploy import connect_ray, deploy, wait_for_services
+    from serve_app.deploy import deploy, wait_for_services
 
     classifier = _classifier("tiny", 8, 2, 3)
     # ~3 x 30 GFLOP: seconds per request on one thread, well past a 1 s timeout.

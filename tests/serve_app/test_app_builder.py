@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve_app import app as app_builder
+from serve_app import service_state
 from serve_app._local import local_aware_policy
 from serve_app.config import load_config
 
@@ -66,6 +67,6 @@ def test_ray_status_messages_lose_their_traceback() -> None:
     message = ("The deployment failed to start 3 times in a row. This may be due to ... "
                "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
                "ModuleNotFoundError: No module named 'x'")
-    assert app_builder.short_message(message) == (
+    assert service_state.short_message(message) == (
         "The deployment failed to start 3 times in a row: "
         "ModuleNotFoundError: No module named 'x'")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_config import SEED_OD as SEED_OD_TEXT
 
 from serve_app.cli import main

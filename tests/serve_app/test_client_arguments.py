@@ -9,7 +9,12 @@ import socket
 import pytest
 
 import greengrass_machine_learning_sdk as ml
-from serve_app.errors import AlgorithmMismatch, InferenceTimeout, InvalidImage, ServiceNotFound
+from vocabulary.errors import (
+    AlgorithmMismatch,
+    InferenceTimeout,
+    InvalidImage,
+    ServiceNotFound,
+)
 
 # serve_app.client (the function) shadows the module of the same name.
 client_module = importlib.import_module("serve_app.client")

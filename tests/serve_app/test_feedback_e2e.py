@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from peers import wait_until
+from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
 from greengrass_machine_learning_sdk.feedback import GreengrassFeedbackException
@@ -43,7 +43,7 @@ def test_every_request_of_a_feedback_service_is_uploaded_and_announced(running_l
         assert response.status_code == 200, response.text
     objects = wait_until(lambda: len(_objects(running_lis.feedback_store, "e2e")) >= SAMPLES
                          and _objects(running_lis.feedback_store, "e2e"), timeout_s=120,
-                         what=f"{SAMPLES} uploaded samples")
+                         message=f"{SAMPLES} uploaded samples")
     assert len(objects) == SAMPLES
     assert sorted(objects.values()) == sorted(inputs)  # every object's bytes are an input's
 
@@ -51,7 +51,7 @@ def test_every_request_of_a_feedback_service_is_uploaded_and_announced(running_l
         return [m for m in running_lis.broker.messages("feedback/message/prediction")
                 if m["config-id"] == "every-sample"]
     wait_until(lambda: len({m["source-ref"] for m in announced()}) >= SAMPLES, timeout_s=60,
-               what="prediction messages")
+               message="prediction messages")
     refs = {m["source-ref"] for m in announced()}
     assert len(refs) == SAMPLES
     assert all(ref.endswith(".jpg") and "/e2e/" in ref for ref in refs)
@@ -73,12 +73,12 @@ def test_sdk_publish_samples_by_strategy_and_reports_errors(http_endpoint: str,
         lambda: [m for m in running_lis.broker.messages("feedback/message/status")
                  if m["response"]["status"] == "sample_dropped_by_strategy"
                  or _key(m).startswith("sdk/")], timeout_s=60,
-        what="feedback statuses")
+        message="feedback statuses")
     wait_until(lambda: len({m["id"] for m in running_lis.broker.messages(
         "feedback/message/status") if m["response"]["status"] in
         ("sample_dropped_by_strategy", "success")
         and not _key(m).startswith("e2e/")}) >= 20, timeout_s=60,
-        what="a status for each of the 20 samples")
+        message="a status for each of the 20 samples")
     kept = _objects(running_lis.feedback_store, "sdk")
     assert 0 < len(kept) < 20, "RANDOM_SAMPLING at rate 0.5 keeps some, not all"
     assert statuses

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
-from serve_app import deploy as deploy_module
-from serve_app.deploy import http_token
+from serve_app import http_token as token_module
+from serve_app.http_token import http_token
 
 TOKEN = "correct-horse-battery-staple"
 START_TIMEOUT_S = 240
@@ -62,11 +62,7 @@ def guarded(tiny_classifier_artifact: Path, tmp_path_factory: pytest.TempPathFac
             [str(Path(sys.executable).with_name("lis")), "up", str(config), "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while "lis: serving on" not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"lis up did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
+        _wait_for_line(process, log, "lis: serving on")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGINT)  # lis up shuts Serve down on Ctrl-C
@@ -75,6 +71,21 @@ def guarded(tiny_classifier_artifact: Path, tmp_path_factory: pytest.TempPathFac
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str) -> None:
+    def printed() -> bool:
+        if line in log.read_text(errors="replace"):
+            return True
+        if process.poll() is not None:
+            raise AssertionError(f"lis up exited with {process.returncode}")
+        return False
+
+    try:
+        wait_until(printed, timeout_s=START_TIMEOUT_S, interval_s=0.5,
+                   message=f"lis up to print {line!r}")
+    except AssertionError as error:
+        pytest.fail(f"{error}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def _post(endpoint: str, **headers: str) -> requests.Response:
@@ -147,8 +158,8 @@ def test_loopback_needs_no_token_unless_one_is_given(monkeypatch: pytest.MonkeyP
 def test_beyond_loopback_a_token_is_made_once_and_kept_private(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LIS_TOKEN", raising=False)
-    monkeypatch.setattr(deploy_module, "TOKEN_FILE", tmp_path / "lis" / "http-token")
+    monkeypatch.setattr(token_module, "TOKEN_FILE", tmp_path / "lis" / "http-token")
     made = http_token("0.0.0.0")
     assert made and len(made) >= 32
-    assert (deploy_module.TOKEN_FILE.stat().st_mode & 0o777) == 0o600
+    assert (token_module.TOKEN_FILE.stat().st_mode & 0o777) == 0o600
     assert http_token("0.0.0.0") == made  # the same token on the next start

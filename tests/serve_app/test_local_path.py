@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from waiting import wait_until, wait_until_async
 
 import serve_app._local as local_module
 from deployments.local_socket import (
@@ -27,17 +28,25 @@ from deployments.local_socket import (
     socket_path,
     sweep_stale_sockets,
 )
-from deployments.service import InferenceResult, stuck_reason
-from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable, local_aware_policy
-from serve_app.errors import (
+from deployments.service import stuck_reason
+from serve_app._local import (
+    LocalLimits,
+    LocalRoute,
+    LocalUnavailable,
+    local_aware_policy,
+)
+from vocabulary.errors import (
     AlgorithmMismatch,
     ClientClosedRequest,
     InferenceFailed,
     InferenceTimeout,
     ServiceUnavailable,
 )
+from vocabulary.wire import InferenceResult
 
 SERVICE = "svc"
+# Generous: these wait on threads and sockets of this process, on a busy 2-core box.
+WAIT_S = 10
 
 
 @pytest.fixture
@@ -132,7 +141,8 @@ def test_slots_per_replica_and_the_queue_follow_ray_serves_limits(node: str) -> 
         route = _route(node, max_ongoing=2, max_queued=1)
         calls = [asyncio.create_task(route.call(str(i).encode(), None, None, 30))
                  for i in range(3)]
-        await asyncio.sleep(0.2)  # two run, one waits in the ingress's queue
+        await wait_until_async(lambda: server.ongoing == 2 and route._waiting == 1,
+                               timeout_s=WAIT_S, message="two running, one in the queue")
         with pytest.raises(ServiceUnavailable, match="overloaded"):
             await route.call(b"one too many", None, None, 30)
         release.set()
@@ -169,12 +179,15 @@ def test_a_queued_request_whose_caller_left_is_dropped_and_passes_its_turn_on(
         # No queue, no question: an idle service never asks.
         assert (await route.call(b"warm", None, None, 30, gone=None)).body == "warm"
         first = asyncio.create_task(route.call(b"first", None, None, 30, stays))
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: server.ongoing == 1, timeout_s=WAIT_S,
+                               message="the first request to run")
         dropped = asyncio.create_task(route.call(b"dropped", None, None, 30,
                                                  gone_after_queueing))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: route._waiting == 1, timeout_s=WAIT_S,
+                               message="the second request to queue")
         kept = asyncio.create_task(route.call(b"kept", None, None, 30, stays))
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: route._waiting == 2, timeout_s=WAIT_S,
+                               message="the third request to queue behind it")
         hung_up = True  # the first queued caller hangs up
         release.set()
         assert (await first).body == "first"
@@ -194,7 +207,8 @@ def test_a_waiter_cancelled_as_a_slot_is_offered_passes_the_slot_on(node: str) -
         held = await route._acquire(None)  # the only slot
         first = asyncio.create_task(route._acquire(None))
         second = asyncio.create_task(route._acquire(None))
-        await asyncio.sleep(0.1)  # both queued, first in line
+        await wait_until_async(lambda: route._waiting == 2, timeout_s=WAIT_S,
+                               message="both queued, first in line")
         async with route._freed:  # the slot is released and offered to the first...
             held.ongoing -= 1
             route._freed.notify()
@@ -218,8 +232,8 @@ def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
         route = _route(node)
         assert route.covers(2) and not route.covers(3)  # both replicas are on this node
         calls = [asyncio.create_task(route.call(b"x", None, None, 30)) for _ in range(4)]
-        await asyncio.sleep(0.2)
-        assert [s.ongoing for s in servers] == [2, 2]
+        await wait_until_async(lambda: [s.ongoing for s in servers] == [2, 2],
+                               timeout_s=WAIT_S, message="two requests running on each replica")
         release.set()
         await asyncio.gather(*calls)
         for server in servers:
@@ -232,16 +246,18 @@ def test_timeout_then_the_route_still_serves(node: str, monkeypatch: pytest.Monk
     monkeypatch.setattr(local_module, "GUARD_SECONDS", 0.1)
 
     async def scenario() -> None:
+        timed_out = threading.Event()
 
         def slow_once(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
             if body == b"slow":
-                time.sleep(3)
+                timed_out.wait(30)  # answers only once its caller has given up
             return InferenceResult(body.decode(), "text/plain")
 
         server = _server(node, "r1", slow_once)
         route = _route(node)
         with pytest.raises(InferenceTimeout, match="0.1 s"):
             await route.call(b"slow", None, None, 0.1)
+        timed_out.set()
         # The timed-out connection was closed, not pooled: the answer that
         # arrives on it later cannot be taken for the next request's.
         assert (await route.call(b"next", None, None, 5)).body == "next"
@@ -273,10 +289,8 @@ def test_a_hung_model_fills_the_replica_then_requests_are_refused_not_piled_up(
         assert "still running 2 requests" in refused.value.message
         assert server.ongoing == 2  # refused at once: no third thread waits on the model
         unstuck.set()
-        for _ in range(50):
-            if server.ongoing == 0:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: server.ongoing == 0, timeout_s=WAIT_S,
+                               message="the hung requests to end")
         assert (await route.call(b"frame", None, None, 5)).body == "frame"
         await asyncio.to_thread(server.stop, 5)
 
@@ -312,15 +326,20 @@ def test_a_replica_that_dies_mid_request_is_an_inference_failure(node: str) -> N
 def test_stop_waits_for_the_requests_under_way(node: str) -> None:
     async def scenario() -> None:
 
-        def takes_a_while(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        def runs_past_the_stop(body: bytes, content_type: str | None,
+                               algo_type: str | None) -> Any:
+            # Under way when ``stop`` begins (it removes the socket first)...
+            wait_until(lambda: not server.path.exists(), timeout_s=WAIT_S,
+                       message="stop to remove the socket")
+            # ...and for a while after, on purpose: a stop that did not wait returns meanwhile.
             time.sleep(0.3)
             return InferenceResult("done", "text/plain")
 
-        server = _server(node, "r1", takes_a_while)
+        server = _server(node, "r1", runs_past_the_stop)
         route = _route(node)
         call = asyncio.create_task(route.call(b"x", None, None, 30))
-        await asyncio.sleep(0.1)
-        assert server.ongoing == 1
+        await wait_until_async(lambda: server.ongoing == 1, timeout_s=WAIT_S,
+                               message="the request to run")
         await asyncio.to_thread(server.stop, 10)
         assert server.ongoing == 0
         assert (await call).body == "done"

@@ -14,16 +14,15 @@ Each worker's Ray Serve proxy gets its own HTTP port
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
 import random
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
@@ -32,7 +31,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray refuses less than 75 MiB; requests are small.
 OBJECT_STORE_BYTES = 100 * 1024**2
 HTTP_TIMEOUT_S = 60
-T = TypeVar("T")
+# Waiting on the cluster: each ask is an HTTP request or a Ray call, and an ask
+# that fails (no replica, route or proxy yet, or one that is moving) means "not yet".
+POLL_S = 1.0
+NOT_YET = (Exception,)
 
 
 # Below the kernel's ephemeral range (bind(0) hands those out: Ray's own agents
@@ -63,6 +65,25 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {low}-{high}")
 
 
+def _tests_module(name: str) -> Any:
+    """A module of ``tests/``, loaded from its file.
+
+    Not by putting ``tests/`` on ``sys.path``: its folders named like lis's
+    packages (``deployments``, ``serve_app``, ``cluster``) would shadow them.
+    """
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[2] / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# The one way to wait, shared with the tests (the scenarios import it from here).
+wait_until = _tests_module("waiting").wait_until
+
+
 def jpeg(seed: int = 0) -> bytes:
     import cv2
     import numpy as np
@@ -71,19 +92,6 @@ def jpeg(seed: int = 0) -> bytes:
     image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
     cv2.circle(image, (80, 60), 30, (0, 0, 255), -1)
     return cv2.imencode(".jpg", image)[1].tobytes()
-
-
-def wait_until(check: Callable[[], T], timeout_s: float, interval_s: float = 1.0) -> T:
-    """``check()`` until it returns something truthy or ``timeout_s`` passes; its last result."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            result = check()
-        except Exception:  # noqa: BLE001 - not there yet (no replica, no route, ...)
-            result = None  # type: ignore[assignment]
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval_s)
 
 
 def lis(*argv: str) -> dict[str, Any]:
@@ -170,7 +178,7 @@ class Site:
         """What one replica of ``service`` says about itself (node, version, device)."""
         from ray import serve
 
-        from serve_app.app import APP_NAME
+        from vocabulary.names import APP_NAME
 
         handle = serve.get_deployment_handle(service, APP_NAME)
         return handle.describe.remote().result(timeout_s=HTTP_TIMEOUT_S)

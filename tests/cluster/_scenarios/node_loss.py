@@ -11,18 +11,28 @@ replica dies while it answers a request; later the only Jetson dies.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from _site import Site, classifier_service, lis, report, scenario_args, wait_until, write_config
+import requests
+from _site import (
+    HTTP_TIMEOUT_S,
+    NOT_YET,
+    POLL_S,
+    Site,
+    classifier_service,
+    lis,
+    report,
+    scenario_args,
+    wait_until,
+    write_config,
+)
 
 START_TIMEOUT_S = 120
 IN_FLIGHT_TIMEOUT_S = 120
 # The slow model needs seconds per request and its replica runs one at a time:
 # when the node dies, the first request is running and the others wait in the replica.
 IN_FLIGHT_REQUESTS = 3
-IN_FLIGHT_AFTER_S = 1.0
 
 
 def answer(response: Any) -> dict[str, Any]:
@@ -46,6 +56,15 @@ def in_flight_requests(site: Site, service: str, count: int) -> tuple[list[threa
     for thread in threads:
         thread.start()
     return threads, results
+
+
+def in_flight(site: Site, service: str) -> float:
+    """The requests for ``service`` that the ingress is answering now (its /metrics)."""
+    answer = requests.get(f"{site.endpoint}/metrics", timeout=HTTP_TIMEOUT_S)
+    answer.raise_for_status()
+    gauge = f'lis_requests_in_flight{{service="{service}"}} '
+    return next((float(line[len(gauge):]) for line in answer.text.splitlines()
+                 if line.startswith(gauge)), 0.0)
 
 
 def state_of(site: Site, service: str) -> dict[str, Any]:
@@ -77,13 +96,17 @@ def main() -> None:
         seen["slow_node_before"] = victim
 
         # 1. The x86-64 node dies while the slow service answers a request.
-        requests, seen["in_flight"] = in_flight_requests(site, "x86Slow", IN_FLIGHT_REQUESTS)
-        time.sleep(IN_FLIGHT_AFTER_S)
+        senders, seen["in_flight"] = in_flight_requests(site, "x86Slow", IN_FLIGHT_REQUESTS)
+        wait_until(lambda: in_flight(site, "x86Slow") == IN_FLIGHT_REQUESTS,
+                   timeout_s=IN_FLIGHT_TIMEOUT_S, interval_s=0.1,
+                   message=f"{IN_FLIGHT_REQUESTS} requests of x86Slow in flight")
         site.remove(victim)
         seen["others_right_after_x86_loss"] = {s: site.post(s).status_code for s in others}
-        for request in requests:
-            request.join(IN_FLIGHT_TIMEOUT_S + 10)
-        wait_until(lambda: site.describe("x86Slow")["node_id"] != before, START_TIMEOUT_S)
+        for sender in senders:
+            sender.join(IN_FLIGHT_TIMEOUT_S + 10)
+        wait_until(lambda: site.describe("x86Slow")["node_id"] != before,
+                   timeout_s=START_TIMEOUT_S, interval_s=POLL_S, retry_on=NOT_YET,
+                   message="x86Slow's replica on the other x86-64 node")
         seen["slow_node_after"] = next(n for n, node_id in seen["nodes"].items()
                                        if node_id == site.describe("x86Slow")["node_id"])
         seen["slow_answer_after"] = site.post("x86Slow").status_code
@@ -91,7 +114,8 @@ def main() -> None:
         # 2. The only Jetson dies: its service waits for another.
         site.remove("jetson")
         wait_until(lambda: state_of(site, "jetsonClassifier")["state"] == "PENDING",
-                   START_TIMEOUT_S)
+                   timeout_s=START_TIMEOUT_S, interval_s=POLL_S, retry_on=NOT_YET,
+                   message="jetsonClassifier pending after its node died")
         seen["jetson_after_loss"] = state_of(site, "jetsonClassifier")
         seen["jetson_request_while_pending"] = answer(site.post("jetsonClassifier"))
         seen["others_after_jetson_loss"] = {s: site.post(s).status_code
@@ -101,7 +125,8 @@ def main() -> None:
         # 3. A Jetson joins again: the service comes back by itself.
         seen["nodes"]["jetson_2"] = site.add("jetson_2", "Aarch64JTX2")
         wait_until(lambda: state_of(site, "jetsonClassifier")["state"] == "RUNNING",
-                   START_TIMEOUT_S)
+                   timeout_s=START_TIMEOUT_S, interval_s=POLL_S, retry_on=NOT_YET,
+                   message="jetsonClassifier running on the new Jetson")
         seen["jetson_after_rejoin"] = state_of(site, "jetsonClassifier")
         seen["jetson_node_after_rejoin"] = site.describe("jetsonClassifier")["node_id"]
     finally:

@@ -18,7 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _site import Site, classifier_service, lis, report, scenario_args, wait_until, write_config
+from _site import (
+    NOT_YET,
+    POLL_S,
+    Site,
+    classifier_service,
+    lis,
+    report,
+    scenario_args,
+    wait_until,
+    write_config,
+)
 
 SERVICES = {"x86Classifier": "x86-64", "piClassifier": "ARMv7",
             "jetsonClassifier": "Aarch64JTX2", "jetsonGpuClassifier": "Aarch64JTX2"}
@@ -61,12 +71,14 @@ def main() -> None:
         seen["no_jetson_status"] = lis_status(site.endpoint)
 
         seen["nodes"]["jetson"] = site.add("jetson", "Aarch64JTX2")
-        wait_until(lambda: running(site, "jetsonClassifier"), START_TIMEOUT_S)
+        wait_until(lambda: running(site, "jetsonClassifier"), timeout_s=START_TIMEOUT_S,
+                   interval_s=POLL_S, retry_on=NOT_YET, message="jetsonClassifier running")
         seen["cpu_jetson"] = brief(site.services())
 
         seen["nodes"]["gpu_jetson"] = site.add("gpu_jetson", "Aarch64JTX2", num_gpus=1,
                                                env={"LIS_FAKE_GPU_SUPPORT": "1"})
-        wait_until(lambda: running(site, "jetsonGpuClassifier"), START_TIMEOUT_S)
+        wait_until(lambda: running(site, "jetsonGpuClassifier"), timeout_s=START_TIMEOUT_S,
+                   interval_s=POLL_S, retry_on=NOT_YET, message="jetsonGpuClassifier running")
         seen["all"] = brief(site.services())
         seen["replica_nodes"] = {name: site.replica_nodes(name) for name in SERVICES}
         gpu = site.describe("jetsonGpuClassifier")
@@ -76,8 +88,9 @@ def main() -> None:
         # a node's proxy once a replica is placed there, in parallel with the replica, so
         # it may still be starting (connection refused) when the service reads RUNNING.
         answer = wait_until(lambda: site.post(
-            "jetsonGpuClassifier", port=site.proxy_ports["gpu_jetson"]), START_TIMEOUT_S)
-        seen["local_proxy_answer"] = "no proxy listening" if answer is None else answer.status_code
+            "jetsonGpuClassifier", port=site.proxy_ports["gpu_jetson"]), timeout_s=START_TIMEOUT_S,
+            interval_s=POLL_S, retry_on=NOT_YET, message="an answer from the GPU Jetson's proxy")
+        seen["local_proxy_answer"] = answer.status_code
     finally:
         site.shutdown()
         report(seen)

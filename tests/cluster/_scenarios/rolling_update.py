@@ -17,13 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _site import Site, classifier_service, jpeg, lis, report, scenario_args, wait_until, write_config
+from _site import (
+    Site,
+    classifier_service,
+    jpeg,
+    lis,
+    report,
+    scenario_args,
+    wait_until,
+    write_config,
+)
 
 SERVICE = "rollingClassifier"
 MAX_REQUESTS = 4000
 LOAD_DEADLINE_S = 200
 # Between requests: keeps the load steady without starving replica start-up on 2 cores.
 PAUSE_S = 0.02
+# For the client's next answers (20 of them), with room to spare on a busy 2-core box.
+ANSWERS_TIMEOUT_S = 60
 
 
 class Client(threading.Thread):
@@ -45,13 +56,16 @@ class Client(threading.Thread):
                 self.answers.append((answer.status_code, answer.text))
             except Exception as error:  # noqa: BLE001 - a failed request is an observation
                 self.answers.append((0, f"{type(error).__name__}: {error}"))
-            time.sleep(PAUSE_S)
+            time.sleep(PAUSE_S)  # paces the load on purpose (see PAUSE_S)
 
     def mark(self) -> int:
         return len(self.answers)
 
-    def wait_for(self, count: int, timeout_s: float = 60) -> None:
-        wait_until(lambda: len(self.answers) >= count, timeout_s, interval_s=0.2)
+    def wait_for(self, count: int) -> None:
+        """Until the client has ``count`` answers, or has stopped (the test judges what it got)."""
+        wait_until(lambda: len(self.answers) >= count or not self.is_alive(),
+                   timeout_s=ANSWERS_TIMEOUT_S, interval_s=0.2,
+                   message=f"the client's first {count} answers")
 
 
 class ReplicaMonitor(threading.Thread):
@@ -65,7 +79,7 @@ class ReplicaMonitor(threading.Thread):
     def run(self) -> None:
         from ray import serve
 
-        from serve_app.app import APP_NAME
+        from vocabulary.names import APP_NAME
 
         while not self.stop.is_set() and len(self.samples) < MAX_REQUESTS:
             deployment = serve.status().applications[APP_NAME].deployments[SERVICE]

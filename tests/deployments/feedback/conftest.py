@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from peers import MqttBroker, S3Server
 
-from serve_app.feedback_config import (
+from vocabulary.feedback_specs import (
     FeedbackConfig,
     FeedbackConnectorSpec,
     MqttSpec,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from peers import MqttBroker, wait_until
+from peers import MqttBroker
+from waiting import wait_until
 
 from deployments.feedback import ACCEPTED, FAIL, PREDICTION_TOPIC, Backoff
-from serve_app.feedback_config import FeedbackConfig
+from vocabulary.feedback_specs import FeedbackConfig
 
 
 def test_the_worker_publishes_through_its_pipeline(make_spec, mqtt_broker: MqttBroker) -> None:
@@ -23,7 +24,8 @@ def test_the_worker_publishes_through_its_pipeline(make_spec, mqtt_broker: MqttB
             "status": FAIL, "error": "InvalidArgument",
             "error_message": "invalid ConfigId 'missing': expected a configured feedback "
                              "config (cfg)"}
-        (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC))
+        (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC),
+                                   timeout_s=30, message="the prediction message")
         assert prediction["source-ref"].endswith(f"/worker/{accepted['id']}")
         assert worker.pending() == 0
     finally:

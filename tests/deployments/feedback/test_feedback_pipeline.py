@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peers import MqttBroker, S3Server, wait_until
+from peers import MqttBroker, S3Server
+from waiting import wait_until
 
 import deployments.feedback as feedback
 from deployments.feedback import (
@@ -30,7 +31,7 @@ from deployments.feedback import (
     SampleStore,
     StoredObject,
 )
-from serve_app.feedback_config import (
+from vocabulary.feedback_specs import (
     Entropy,
     FeedbackConfig,
     FeedbackConnectorSpec,
@@ -136,14 +137,14 @@ def test_each_strategy_keeps_and_drops_with_matching_statuses(
         ACCEPTED if kept else DROPPED for _, kept in returned]
     assert 0 < len(kept_ids & {s["id"] for s, _ in returned[-20:]}) < 20  # random kept some
     assert pipeline.drain(DEADLINE_S)
-    wait_until(lambda: len(mqtt_broker.messages(STATUS_TOPIC)) >= len(cases), DEADLINE_S,
-               "a status per request")
+    wait_until(lambda: len(mqtt_broker.messages(STATUS_TOPIC)) >= len(cases), timeout_s=DEADLINE_S,
+               message="a status per request")
     assert by_status(mqtt_broker.messages(STATUS_TOPIC)) == {SUCCESS: kept_ids,
                                                               DROPPED: dropped_ids}
     stored = sum(len(local_objects(tmp_path / "store", bucket)) for bucket in configs)
     assert stored == len(kept_ids)
     wait_until(lambda: metric_counts(mqtt_broker)["SampleNotUsed"] == len(dropped_ids),
-               DEADLINE_S, "a SampleNotUsed metric per dropped sample")
+               timeout_s=DEADLINE_S, message="a SampleNotUsed metric per dropped sample")
 
 
 # --- 200 samples through S3 --------------------------------------------------------
@@ -178,7 +179,7 @@ def test_200_samples_through_s3_are_stored_and_announced_once_each(
                 inputs[status["id"]] = body
         assert pipeline.drain(DEADLINE_S)
         wait_until(lambda: sum(topic == PREDICTION_TOPIC for topic, _ in received) >= len(inputs),
-                   DEADLINE_S, "the subscriber to see every prediction")
+                   timeout_s=DEADLINE_S, message="the subscriber to see every prediction")
     finally:
         subscriber.loop_stop()
         subscriber.disconnect()
@@ -210,7 +211,7 @@ def test_200_samples_through_s3_are_stored_and_announced_once_each(
     assert head["Metadata"]["camera"] == "cam-1" and head["Metadata"]["n"].isdigit()
 
     wait_until(lambda: metric_counts(mqtt_broker)["SampleAndPredictionPublished"] == kept,
-               DEADLINE_S, "the published metrics")
+               timeout_s=DEADLINE_S, message="the published metrics")
     metrics = metric_counts(mqtt_broker)
     assert metrics["SampleUploadSuccess"] == kept
     assert metrics["SampleNotUsed"] == 200 - kept
@@ -231,7 +232,8 @@ def test_the_local_folder_store_keeps_metadata_beside_the_object(
     sidecar = json.loads(path.with_name(path.name + ".metadata.json").read_text())
     assert sidecar == {"ContentType": "image/jpeg",
                        "Metadata": {"site": "plant-4", "k": "[1, 2]"}}
-    (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC), DEADLINE_S)
+    (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC),
+                               timeout_s=DEADLINE_S, message="the prediction message")
     assert prediction["source-ref"] == path.as_uri()
 
 
@@ -294,7 +296,7 @@ def test_a_new_pipeline_delivers_what_the_last_one_left_in_the_spool(
     assert objects == {f"{sample_id}.jpg": f"sample {n}".encode()
                        for n, sample_id in enumerate(ids)}
     wait_until(lambda: {m["id"] for m in mqtt_broker.messages(STATUS_TOPIC)} == set(ids),
-               DEADLINE_S, "a success status per replayed sample")
+               timeout_s=DEADLINE_S, message="a success status per replayed sample")
 
 
 def test_a_sample_uploaded_before_a_restart_is_announced_without_a_second_upload(
@@ -305,7 +307,7 @@ def test_a_sample_uploaded_before_a_restart_is_announced_without_a_second_upload
     mqtt_broker.stop()  # uploads succeed, announcements cannot be acknowledged
     first = pipelines(spec, store=store, broker_up=False)
     ids = [first.submit("cfg", b"x" * 100, [0.5, 0.5], {})["id"] for _ in range(5)]
-    wait_until(lambda: len(store.puts) == 5, DEADLINE_S, "the five uploads")
+    wait_until(lambda: len(store.puts) == 5, timeout_s=DEADLINE_S, message="the five uploads")
     first.close(timeout_s=10)
 
     mqtt_broker.start()
@@ -313,7 +315,7 @@ def test_a_sample_uploaded_before_a_restart_is_announced_without_a_second_upload
     assert second.drain(DEADLINE_S)
     assert set(store.puts.values()) == {1}
     wait_until(lambda: {m["id"] for m in mqtt_broker.messages(STATUS_TOPIC)} == set(ids),
-               DEADLINE_S, "a success status per sample")
+               timeout_s=DEADLINE_S, message="a success status per sample")
 
 
 # --- limits ------------------------------------------------------------------------
@@ -330,8 +332,8 @@ def test_requests_over_the_request_limit_fail_with_queue_full(
     for refused in statuses[3:]:
         assert refused["response"]["error"] == QUEUE_FULL
         assert "RequestLimit is 3" in refused["response"]["error_message"]
-    wait_until(lambda: metric_counts(mqtt_broker)["ErrorRequestThrottled"] == 2, DEADLINE_S,
-               "two throttling metrics")
+    wait_until(lambda: metric_counts(mqtt_broker)["ErrorRequestThrottled"] == 2,
+               timeout_s=DEADLINE_S, message="two throttling metrics")
     published = {m["id"]: m["response"] for m in mqtt_broker.messages(STATUS_TOPIC)}
     assert {statuses[3]["id"], statuses[4]["id"]} <= set(published)
     assert published[statuses[3]["id"]]["error"] == QUEUE_FULL
@@ -352,8 +354,8 @@ def test_a_full_spool_refuses_new_samples_and_keeps_the_stored_ones(
     assert [s["response"]["status"] for s in statuses] == [ACCEPTED, ACCEPTED, FAIL]
     assert statuses[2]["response"]["error"] == "SpoolFull"
     assert "spool is full" in statuses[2]["response"]["error_message"]
-    wait_until(lambda: metric_counts(mqtt_broker)["ErrorSpoolFull"] == 1, DEADLINE_S,
-               "the spool-full metric")
+    wait_until(lambda: metric_counts(mqtt_broker)["ErrorSpoolFull"] == 1, timeout_s=DEADLINE_S,
+               message="the spool-full metric")
     store.open.set()
     assert pipeline.drain(DEADLINE_S)
     assert len(local_objects(tmp_path / "store", "small-spool")) == 2
@@ -381,7 +383,7 @@ def test_a_bad_request_fails_with_the_parameter_named(
     assert named in status["response"]["error_message"]
     assert pipeline.pending == 0
     wait_until(lambda: [m["id"] for m in mqtt_broker.messages(STATUS_TOPIC)] == [status["id"]],
-               DEADLINE_S, "the fail status on MQTT")
+               timeout_s=DEADLINE_S, message="the fail status on MQTT")
 
 
 def test_numpy_predictions_are_accepted_as_plain_numbers(
@@ -392,7 +394,8 @@ def test_numpy_predictions_are_accepted_as_plain_numbers(
     status = pipeline.submit("cfg", b"x", np.array([0.25, 0.75], dtype=np.float32), {})
     assert status["response"]["status"] == ACCEPTED
     assert pipeline.drain(DEADLINE_S)
-    (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC), DEADLINE_S)
+    (prediction,) = wait_until(lambda: mqtt_broker.messages(PREDICTION_TOPIC),
+                               timeout_s=DEADLINE_S, message="the prediction message")
     assert prediction["model-prediction"] == [0.25, 0.75]
 
 

@@ -6,9 +6,14 @@ import random
 
 import pytest
 
-from deployments.feedback.sampling import entropy, keep_sample, margin, prediction_scores
-from serve_app.errors import InvalidArgument
-from serve_app.feedback_config import Entropy, LeastConfidence, Margin, RandomSampling
+from deployments.feedback.sampling import (
+    entropy,
+    keep_sample,
+    margin,
+    prediction_scores,
+)
+from vocabulary.errors import InvalidArgument
+from vocabulary.feedback_specs import Entropy, LeastConfidence, Margin, RandomSampling
 
 RNG = random.Random(0)
 

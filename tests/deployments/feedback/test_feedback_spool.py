@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from deployments.feedback.spool import Destination, Spool, SpoolFull
+from deployments.feedback.spool import Destination, Spool
 from deployments.feedback.store import StoredObject
-from serve_app.errors import LisError
+from vocabulary.errors import LisError, SpoolFull
 
 TO = Destination(bucket="bucket", key="prefix/id.jpg", content_type="image/jpeg")
 

@@ -12,8 +12,11 @@ import logging
 from typing import Any
 
 import pytest
+from waiting import wait_until_async
 
 from deployments.feedback.handoff import FeedbackHandoff
+
+WAIT_S = 10
 
 
 class _Worker:
@@ -38,6 +41,11 @@ def _sample(i: int) -> tuple[str, bytes, list[float], dict[str, str]]:
     return ("cfg", b"img%d" % i, [0.5, 0.5], {"service": "s"})
 
 
+async def _delivered(worker: _Worker, count: int) -> None:
+    await wait_until_async(lambda: sum(len(b) for b in worker.batches) >= count,
+                           timeout_s=WAIT_S, message=f"{count} samples at the worker")
+
+
 def test_samples_of_one_interval_go_in_one_call_in_order() -> None:
     async def scenario() -> _Worker:
         worker = _Worker()
@@ -45,7 +53,7 @@ def test_samples_of_one_interval_go_in_one_call_in_order() -> None:
         for i in range(10):
             handoff.add(_sample(i))
         assert worker.batches == []  # nothing is sent on the request path
-        await asyncio.sleep(0.2)
+        await _delivered(worker, 10)
         return worker
 
     worker = asyncio.run(scenario())
@@ -58,7 +66,7 @@ def test_a_full_batch_leaves_at_once() -> None:
         handoff = FeedbackHandoff(worker, interval_s=60, max_batch=4)
         for i in range(9):
             handoff.add(_sample(i))
-        await asyncio.sleep(0.05)  # the ninth waits for its interval
+        await _delivered(worker, 8)  # the ninth waits for its interval, a minute
         return worker
 
     worker = asyncio.run(scenario())
@@ -72,9 +80,9 @@ def test_a_stuck_worker_bounds_what_waits_and_counts_the_rest(caplog) -> None:
         handoff = FeedbackHandoff(worker, interval_s=0.01, max_batch=5, max_pending=12)
         for i in range(30):
             handoff.add(_sample(i))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one turn of the loop per sample, as requests come
         gate.set()
-        await asyncio.sleep(0.1)
+        await _delivered(worker, 12)
         return worker, handoff
 
     with caplog.at_level(logging.WARNING, logger="ray.serve.lis"):
@@ -89,9 +97,9 @@ def test_a_failing_worker_is_logged_and_never_raised(caplog) -> None:
         worker = _Worker(fail=True)
         handoff = FeedbackHandoff(worker, interval_s=0.01)
         handoff.add(_sample(0))
-        await asyncio.sleep(0.1)
+        await _delivered(worker, 1)
         handoff.add(_sample(1))  # the hand-off still works after a failure
-        await asyncio.sleep(0.1)
+        await _delivered(worker, 2)
         return worker
 
     with caplog.at_level(logging.WARNING, logger="ray.serve.lis"):
@@ -107,7 +115,7 @@ def test_nothing_is_left_behind(max_batch: int) -> None:
         handoff = FeedbackHandoff(worker, interval_s=0.01, max_batch=max_batch)
         for i in range(7):
             handoff.add(_sample(i))
-        await asyncio.sleep(0.1)
+        await _delivered(worker, 7)
         return worker
 
     worker = asyncio.run(scenario())

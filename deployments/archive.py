@@ -13,8 +13,8 @@ written:
   model artifacts never need one, and refusing them all is the only policy
   with no corner cases (a link to a folder inside, written through later);
 - device files, FIFOs and other special entries are refused;
-- the total size and the number of files are capped (``MAX_TOTAL_BYTES``,
-  ``MAX_FILES``; both can be overridden per call). Sizes are counted while
+- the total size and the number of files are capped (``MAX_ARCHIVE_BYTES``,
+  ``MAX_ARCHIVE_FILES``; both can be overridden per call). Sizes are counted while
   writing, so an archive whose headers lie is still stopped.
 
 Extraction happens in a temporary folder beside the destination, which is
@@ -41,15 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from serve_app.errors import ArtifactError, UnsafeArchive
+from vocabulary.errors import ArtifactError, UnsafeArchive
+from vocabulary.limits import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_FILES
+from vocabulary.names import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
-    "CACHE_DIR_VARIABLE",
-    "DEFAULT_CACHE_ROOT",
-    "MAX_FILES",
-    "MAX_TOTAL_BYTES",
     "archive_sha256",
+    "artifact_version",
+    "cache_dir",
     "default_cache_root",
     "extract_archive",
     "is_archive",
@@ -59,13 +59,6 @@ __all__ = [
 ]
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-CACHE_DIR_VARIABLE = "LIS_CACHE_DIR"
-DEFAULT_CACHE_ROOT = Path("~/.cache/lis/artifacts")
-# A compiled SSD-512 is ~30 MB and a ResNet-152 checkpoint ~240 MB; 4 GiB
-# leaves room for any real model while stopping a decompression bomb.
-MAX_TOTAL_BYTES = 4 * 1024**3
-# SageMaker and Neo artifacts hold a handful of files.
-MAX_FILES = 10_000
 
 _CHUNK = 1024 * 1024
 # Folders that zip tools add and that are no part of a model.
@@ -89,10 +82,15 @@ def is_archive(path: Path) -> bool:
     return Path(path).name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def cache_dir() -> Path:
+    """lis's cache root: ``$LIS_CACHE_DIR`` if set, else ``~/.cache/lis``."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    return Path(configured).expanduser() if configured else DEFAULT_CACHE_DIR.expanduser()
+
+
 def default_cache_root() -> Path:
-    """``$LIS_CACHE_DIR`` if set, else ``~/.cache/lis/artifacts``."""
-    configured = os.environ.get(CACHE_DIR_VARIABLE)
-    return Path(configured).expanduser() if configured else DEFAULT_CACHE_ROOT.expanduser()
+    """Where extracted archives go: ``<cache root>/artifacts``."""
+    return cache_dir() / "artifacts"
 
 
 def archive_sha256(path: Path) -> str:
@@ -103,8 +101,26 @@ def archive_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_version(source: Path) -> str:
+    """A short content hash of a model folder or archive: shows which model a replica runs.
+
+    The deployer computes it too, from the same path, so that a new model at
+    the same path is a new version of the service (see ``serve_app.app``).
+    """
+    source = Path(source)
+    digest = hashlib.sha256()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        if path != source:
+            digest.update(str(path.relative_to(source)).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def materialize(source: Path, cache_root: Path | None = None, *,
-                max_bytes: int = MAX_TOTAL_BYTES, max_files: int = MAX_FILES) -> Path:
+                max_bytes: int = MAX_ARCHIVE_BYTES, max_files: int = MAX_ARCHIVE_FILES) -> Path:
     """The folder holding a model: ``source`` itself, or its archive extracted.
 
     An archive is extracted once into ``<cache_root>/<sha256>/``; later calls
@@ -127,8 +143,8 @@ def materialize(source: Path, cache_root: Path | None = None, *,
     return _content_root(destination)
 
 
-def extract_archive(archive: Path, destination: Path, *, max_bytes: int = MAX_TOTAL_BYTES,
-                    max_files: int = MAX_FILES) -> Path:
+def extract_archive(archive: Path, destination: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
+                    max_files: int = MAX_ARCHIVE_FILES) -> Path:
     """Extract ``archive`` safely and atomically into ``destination`` (which must not exist).
 
     If another process creates ``destination`` meanwhile, its copy is kept and

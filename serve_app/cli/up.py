@@ -11,16 +11,12 @@ from typing import Any
 
 import cv2
 
+from cluster.ray_start import connect_ray
 from serve_app.config import demo_config_path, load_config
-from serve_app.deploy import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    connect_ray,
-    deploy,
-    http_token,
-    wait_for_services,
-)
-from serve_app.errors import ConfigError, ConfigIssue
+from serve_app.deploy import deploy, wait_for_services
+from serve_app.http_token import http_token
+from vocabulary.errors import ConfigError, ConfigIssue
+from vocabulary.names import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 
 # Where Ray keeps replica logs on every node (Ray's default temp dir).
 SERVE_LOG_DIR = "/tmp/ray/session_latest/logs/serve/"
@@ -34,10 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the demo services)")
     parser.add_argument("--address", help="join a running Ray cluster: 'auto' or ray://HOST:PORT")
     parser.add_argument("--host", help=f"HTTP bind address (default: the config's http.host or "
-                                        f"{DEFAULT_HOST}; beyond loopback a bearer token is "
+                                        f"{DEFAULT_HTTP_HOST}; beyond loopback a bearer token is "
                                         f"required)")
     parser.add_argument("--port", type=int,
-                        help=f"HTTP port (default: the config's http.port or {DEFAULT_PORT})")
+                        help=f"HTTP port (default: the config's http.port or {DEFAULT_HTTP_PORT})")
     parser.add_argument("--any-platform", action="store_true",
                         help="advertise all three connector platforms on this machine")
     parser.add_argument("--log-to-console", action="store_true",

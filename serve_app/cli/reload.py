@@ -13,9 +13,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from serve_app._cli_up import READY_TIMEOUT_S, _print_state
-from serve_app.config import ServiceSpec, demo_config_path, load_config
-from serve_app.deploy import connect_ray, deploy, http_token, wait_for_services
+from cluster.ray_start import connect_ray
+from serve_app.cli.up import READY_TIMEOUT_S, _print_state
+from serve_app.config import demo_config_path, load_config
+from serve_app.deploy import deploy, wait_for_services
+from serve_app.http_token import http_token
+from vocabulary.specs import ServiceSpec
 
 __all__ = ["add_arguments", "run"]
 
@@ -67,7 +70,7 @@ def _running_version(spec: ServiceSpec) -> str | None:
     """The model version one replica reports, or None when none answers."""
     from ray import serve
 
-    from serve_app.app import APP_NAME
+    from vocabulary.names import APP_NAME
 
     try:
         handle = serve.get_deployment_handle(spec.name, APP_NAME)

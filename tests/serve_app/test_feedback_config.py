@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from serve_app.feedback_config import (
+from serve_app.feedback_config import parse_feedback_connector
+from vocabulary.feedback_specs import (
     Entropy,
     FeedbackConfig,
     LeastConfidence,
     Margin,
     RandomSampling,
-    parse_feedback_connector,
 )
 
 GOOD = {"s3-bucket-name": "feedback.bucket-1", "content-type": "image/jpeg"}

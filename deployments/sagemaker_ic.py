@@ -26,31 +26,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployments.imaging import PREPROCESSING_FILE, Preprocessing
-from modelkit.archive import materialize, store_artifact
-from serve_app.errors import ArtifactError
+from deployments.archive import materialize, store_artifact
+from deployments.imaging import Preprocessing
+from deployments.labels import read_labels, write_labels
+from vocabulary.errors import ArtifactError
+from vocabulary.names import LABELS_FILE, PREPROCESSING_FILE, SHAPES_FILE, SYMBOL_PREFIX
 
 __all__ = [
     "DEFAULT_INPUT_SHAPE",
-    "LABELS_FILE",
-    "PREFIX",
-    "SHAPES_FILE",
     "SYMBOL_FILE",
     "ClassifierArtifact",
     "read_classifier_artifact",
     "read_input_shape",
-    "read_labels",
     "write_classifier_artifact",
-    "write_labels",
 ]
 
-PREFIX = "image-classification"
-SYMBOL_FILE = f"{PREFIX}-symbol.json"
-SHAPES_FILE = "model-shapes.json"
-LABELS_FILE = "labels.txt"
+SYMBOL_FILE = f"{SYMBOL_PREFIX}-symbol.json"
 # The algorithm's default image_shape is 3,224,224; inference runs batch 1.
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
-_PARAMS_PATTERN = re.compile(rf"^{re.escape(PREFIX)}-(\d+)\.params$")
+_PARAMS_PATTERN = re.compile(rf"^{re.escape(SYMBOL_PREFIX)}-(\d+)\.params$")
 _INPUT_NAME = "data"
 
 
@@ -109,7 +103,7 @@ def _latest_params(directory: Path) -> tuple[int, Path]:
         if match and path.is_file():
             by_epoch.setdefault(int(match.group(1)), []).append(path)
     if not by_epoch:
-        raise ArtifactError(str(directory), f"missing {PREFIX}-<epoch>.params")
+        raise ArtifactError(str(directory), f"missing {SYMBOL_PREFIX}-<epoch>.params")
     epoch = max(by_epoch)
     if len(by_epoch[epoch]) > 1:
         names = ", ".join(sorted(p.name for p in by_epoch[epoch]))
@@ -140,25 +134,6 @@ def _data_shape(path: Path, shapes: Any) -> tuple[int, ...]:
                                            f"(N, C, H, W), got {shape!r}")
     raise ArtifactError(str(path), 'expected a list like [{"name": "data", "shape": '
                                    '[1, 3, 224, 224]}]')
-
-
-def read_labels(path: Path) -> tuple[str, ...] | None:
-    """Class names from a label file (one per line), or None if there is none."""
-    if not path.is_file():
-        return None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ArtifactError(str(path), f"unreadable label file: {error}") from error
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return tuple(line.strip() for line in lines)
-
-
-def write_labels(path: Path, labels: Sequence[str]) -> None:
-    if any("\n" in label for label in labels):
-        raise ValueError("a label may not contain a newline")
-    path.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
 
 
 # --- writing ---------------------------------------------------------------------
@@ -234,7 +209,7 @@ def _save_checkpoint(folder: Path, symbol: Any, arrays: dict[str, Any], epoch: i
     import mxnet as mx  # noqa: PLC0415
 
     symbol.save(str(folder / SYMBOL_FILE))
-    mx.nd.save(str(folder / f"{PREFIX}-{epoch:04d}.params"), arrays)
+    mx.nd.save(str(folder / f"{SYMBOL_PREFIX}-{epoch:04d}.params"), arrays)
 
 
 def _write_metadata(folder: Path, input_shape: tuple[int, ...],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deployments.imaging import PREPROCESSING_FILE, read_preprocessing
-from modelkit.archive import pack_folder
-from modelkit.neo import (
+from deployments.archive import pack_folder
+from deployments.imaging import read_preprocessing
+from deployments.neo import (
     COMPILE_INFO_FILE,
     GRAPH_FILE,
     LIBDLR_FILE,
@@ -19,7 +19,8 @@ from modelkit.neo import (
     read_neo_artifact,
     write_neo_artifact,
 )
-from serve_app.errors import ArtifactError
+from vocabulary.errors import ArtifactError
+from vocabulary.names import PREPROCESSING_FILE
 
 
 @pytest.fixture

@@ -12,17 +12,17 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from serve_app.errors import LisError
+from vocabulary.errors import LisError
 
 __all__ = ["main"]
 
 # sub-command -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("serve_app._cli_up", "start or join Ray and deploy the services"),
-    "validate": ("serve_app._cli_validate", "check configuration files and report every problem"),
-    "reload": ("serve_app._cli_reload", "replace a service's replicas one at a time (new model)"),
-    "status": ("serve_app._cli_status", "show the services of a running lis"),
-    "invoke": ("serve_app._cli_invoke", "send one image to a service and print the result"),
+    "up": ("serve_app.cli.up", "start or join Ray and deploy the services"),
+    "validate": ("serve_app.cli.validate", "check configuration files and report every problem"),
+    "reload": ("serve_app.cli.reload", "replace a service's replicas one at a time (new model)"),
+    "status": ("serve_app.cli.status", "show the services of a running lis"),
+    "invoke": ("serve_app.cli.invoke", "send one image to a service and print the result"),
     "compile": ("modelkit.compile", "compile an MXNet model into a DLR artifact (local Neo)"),
     "models": ("modelkit.demo", "build or list the demo models"),
     "node": ("cluster.node", "start a Ray head or join a worker for this device"),

@@ -9,19 +9,19 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from serve_app.client import DEFAULT_ENDPOINT
-from serve_app.errors import LisError, ServiceUnavailable, from_wire
+from vocabulary.errors import LisError, ServiceUnavailable, from_wire
+from vocabulary.names import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint", default=os.environ.get("LIS_ENDPOINT", DEFAULT_ENDPOINT),
+    parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
                         help="lis HTTP endpoint (default: $LIS_ENDPOINT or %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
 
 
 def fetch_services(endpoint: str) -> list[dict[str, Any]]:
     request = urllib.request.Request(endpoint.rstrip("/") + "/services")
-    token = os.environ.get("LIS_TOKEN")
+    token = os.environ.get(TOKEN_ENV)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

@@ -24,6 +24,7 @@ ingress, deployments, runtimes, the model toolchain) can raise these errors.
     ├── Unauthorized                 401
     ├── ServiceUnavailable           503  not ready or overloaded (SDK: dependency error)
     ├── ClientClosedRequest          499  the caller hung up while its request waited
+    ├── SpoolFull                    507  the ML Feedback spool has no room for a sample
     ├── InferenceTimeout             504
     └── InferenceFailed              500  the model runtime failed
         └── MemoryLimitExceeded      500  the replica passed its memory limit
@@ -52,6 +53,7 @@ __all__ = [
     "RequestError",
     "ServiceNotFound",
     "ServiceUnavailable",
+    "SpoolFull",
     "Unauthorized",
     "UnsafeArchive",
     "UnsupportedMediaType",
@@ -211,6 +213,16 @@ class ClientClosedRequest(LisError):
     def __init__(self, service: str) -> None:
         super().__init__(f"the caller hung up while its request for {service!r} was queued; "
                          f"it was dropped before it reached a replica")
+
+
+class SpoolFull(LisError):
+    """A new ML Feedback sample would pass the spool's size cap; it is refused, nothing dropped."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+
+    def __init__(self, size: int, used: int, limit: int) -> None:
+        super().__init__(f"feedback spool is full: a sample of {size} bytes does not fit "
+                         f"({used} of {limit} bytes used, waiting for upload)")
 
 
 class InferenceTimeout(LisError):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from modelkit import archive
-from modelkit.archive import materialize, pack_folder
-from serve_app.errors import ArtifactError, UnsafeArchive
+from deployments import archive
+from deployments.archive import materialize, pack_folder
+from vocabulary.errors import ArtifactError, UnsafeArchive
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -103,7 +103,7 @@ def test_lis_cache_dir_sets_the_default_root(tmp_path: Path, model_folder: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIS_CACHE_DIR", str(tmp_path / "env-cache"))
     packed = pack_folder(model_folder, tmp_path / "model.tgz")
-    assert materialize(packed).parent == tmp_path / "env-cache"
+    assert materialize(packed).parent == tmp_path / "env-cache" / "artifacts"
 
 
 def test_failed_extraction_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -239,8 +239,8 @@ def test_too_many_files_is_rejected(tmp_path: Path) -> None:
 
 
 def test_default_limits_are_named_constants() -> None:
-    assert archive.MAX_TOTAL_BYTES >= 1024**3
-    assert archive.MAX_FILES >= 100
+    assert archive.MAX_ARCHIVE_BYTES >= 1024**3
+    assert archive.MAX_ARCHIVE_FILES >= 100
 
 
 def test_corrupt_archive_is_an_artifact_error(tmp_path: Path) -> None:

@@ -32,18 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployments.imaging import PREPROCESSING_FILE, Preprocessing
-from modelkit.archive import materialize, store_artifact
-from modelkit.sagemaker_ic import LABELS_FILE, read_labels, write_labels
-from serve_app.errors import ArtifactError
+from deployments.archive import materialize, store_artifact
+from deployments.imaging import Preprocessing
+from deployments.labels import read_labels, write_labels
+from vocabulary.errors import ArtifactError
+from vocabulary.names import (
+    AUXILIARY_JSON_FILES,
+    COMPILE_INFO_FILE,
+    GRAPH_FILE,
+    LABELS_FILE,
+    LIBDLR_FILE,
+    LIBRARY_FILE,
+    PARAMS_FILE,
+    PREPROCESSING_FILE,
+)
 
 __all__ = [
-    "AUXILIARY_JSON_FILES",
-    "COMPILE_INFO_FILE",
-    "GRAPH_FILE",
-    "LIBDLR_FILE",
-    "LIBRARY_FILE",
-    "PARAMS_FILE",
     "NeoArtifact",
     "graph_input_shape",
     "host_machine",
@@ -52,16 +56,6 @@ __all__ = [
     "write_neo_artifact",
 ]
 
-LIBRARY_FILE = "compiled.so"
-PARAMS_FILE = "compiled.params"
-GRAPH_FILE = "compiled_model.json"
-LIBDLR_FILE = "libdlr.so"
-COMPILE_INFO_FILE = "lis-compile.json"
-# JSON files that are not the graph: DLR's own list plus the ones lis writes.
-AUXILIARY_JSON_FILES = frozenset({
-    "model-shapes.json", "hyperparams.json", "version.json",
-    PREPROCESSING_FILE, COMPILE_INFO_FILE, "labels.json",
-})
 
 _ELF_MAGIC = b"\x7fELF"
 # ELF e_machine values -> the names `platform.machine()` uses.

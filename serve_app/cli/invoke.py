@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from serve_app.client import DEFAULT_ENDPOINT, InferenceClient, _HttpTransport
-from serve_app.errors import InvalidArgument
+from serve_app.client import InferenceClient, _HttpTransport
+from vocabulary.errors import InvalidArgument
+from vocabulary.names import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
 
 _CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
@@ -18,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", help="AlgoType (default: as the service reports it)")
     parser.add_argument("--draw", type=Path, metavar="OUT.png",
                         help="write the image with the boxes or top classes drawn on it")
-    parser.add_argument("--endpoint", default=os.environ.get("LIS_ENDPOINT", DEFAULT_ENDPOINT))
+    parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT))
 
 
 def run(args: argparse.Namespace) -> int:
-    from serve_app._cli_status import fetch_services
+    from serve_app.cli.status import fetch_services
 
     services = {s["name"]: s for s in fetch_services(args.endpoint)}
     service = services.get(args.service, {})
@@ -31,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
     if content_type is None:
         raise InvalidArgument("IMAGE", str(args.image), "a .jpg, .jpeg or .png file")
     body = args.image.read_bytes()
-    transport = _HttpTransport(args.endpoint, os.environ.get("LIS_TOKEN") or None)
+    transport = _HttpTransport(args.endpoint, os.environ.get(TOKEN_ENV) or None)
     response = InferenceClient(transport).invoke_inference_service(
         AlgoType=algo, ServiceName=args.service, ContentType=content_type, Body=body)
     text = response["Body"].read().decode()
     print(text)
     if args.draw:
-        from serve_app._draw import draw_prediction
+        from serve_app.cli._draw import draw_prediction
 
         draw_prediction(body, algo, text, service.get("labels") or [], args.draw)
         print(f"drawn: {args.draw}")

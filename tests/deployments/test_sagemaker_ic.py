@@ -12,14 +12,13 @@ import pytest
 
 from deployments.imaging import CLASSIFIER_PREPROCESSING, read_preprocessing
 from deployments.mxnet_runtime import MXNetClassifierRuntime
-from modelkit.sagemaker_ic import (
-    LABELS_FILE,
-    SHAPES_FILE,
+from deployments.sagemaker_ic import (
     SYMBOL_FILE,
     read_classifier_artifact,
     write_classifier_artifact,
 )
-from serve_app.errors import ArtifactError
+from vocabulary.errors import ArtifactError
+from vocabulary.names import LABELS_FILE, SHAPES_FILE
 
 
 def _image_batch(seed: int = 3) -> np.ndarray:
@@ -140,7 +139,7 @@ def test_reading_imports_no_mxnet_or_tvm(tiny_classifier_artifact: Path) -> None
     import subprocess
     import sys
 
-    code = ("import sys; from modelkit.sagemaker_ic import read_classifier_artifact as r; "
+    code = ("import sys; from deployments.sagemaker_ic import read_classifier_artifact as r; "
             f"r({str(tiny_classifier_artifact)!r}); "
             "print(sorted(m for m in ('mxnet', 'tvm', 'gluoncv', 'dlr') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
