@@ -8,9 +8,9 @@ count everywhere. A fourth path, "bare", is lis's HTTP app with the model in
 its own process and no Ray (``benchmarks.bare_http``): what HTTP alone costs.
 HTTP load comes from ``benchmarks.http_load`` (one thread, all connections).
 The verdicts compare paths measured in alternating blocks; in raw's throughput
-blocks lis is stopped (``ray_paused``). The table and the machine it ran on go
-into the README between the ``bench`` markers. Not a test: nothing here
-asserts a time.
+blocks lis is stopped (``ray_paused``). The table, the verdicts and the machine
+they were measured on make ``docs/benchmarks.md``, a page this script writes
+whole. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from benchmarks.http_load import HttpLoad
 
 if TYPE_CHECKING:
     from deployments.inference import Prediction
-    from serve_app.config import ServiceSpec
+    from vocabulary.specs import ServiceSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
 BENCH_CONFIG = ROOT / "benchmarks" / "bench-services.yaml"
 # GluonCV's SSD-512 MobileNet (random weights: speed does not depend on them), the
 # network the connector pages name and the project's reference figures used.
@@ -217,15 +217,23 @@ def handle_caller(service: str, algorithm: str, body: bytes) -> Callable[[], obj
     return call
 
 
-def machine() -> str:
+def machine_facts() -> dict[str, str]:
+    """The machine the figures come from: CPU, cores, memory, OS, Python."""
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
     memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return (f"{cpu}, {os.cpu_count()} cores, {memory_kb / 2**20:.0f} GiB, "
-            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
+    return {"CPU": cpu, "cores": str(os.cpu_count()), "memory": f"{memory_kb / 2**20:.0f} GiB",
+            "OS": f"{platform.system()} {platform.machine()}",
+            "Python": platform.python_version()}
+
+
+def machine() -> str:
+    facts = machine_facts()
+    return (f"{facts['CPU']}, {facts['cores']} cores, {facts['memory']}, {facts['OS']}, "
+            f"Python {facts['Python']}")
 
 
 def table(rows: list[Figures]) -> str:
@@ -386,21 +394,47 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
     return out
 
 
-def write_readme(report: str) -> None:
-    text = README.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start not in text:
-        print("README has no bench markers; not updated")
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{report}\n{end}{tail}")
+PATHS_MEANING = """\
+The paths, each at concurrency 1 and 4, with the same runtime threads everywhere
+(the services and their threads: `benchmarks/bench-services.yaml`):
+- **raw**: decode, preprocess, model run and output format in the bench's own process,
+  one model run at a time as in a replica; measured before Ray starts.
+- **bare**: lis's HTTP app under uvicorn with the model in the server's process and no Ray
+  (`benchmarks/bare_http.py`), also before Ray starts: what HTTP alone costs here.
+- **handle**: the SDK client over a Ray Serve handle from the bench's driver.
+- **http**: lis itself: HTTP to the ingress, then the service's replica.
+
+The rows are measured one after another, so they carry the machine's drift; the verdicts
+compare two paths measured in alternating blocks (with lis stopped during raw's throughput
+blocks) and give both figures. How the bench measures, and what the figures decided:
+[performance.md](performance.md)."""
+
+
+def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: str) -> str:
+    """``docs/benchmarks.md``: the latest figures, headed by the machine they come from."""
+    machine_rows = "\n".join(f"| {name} | {value} |" for name, value in
+                              [*facts.items(), ("date", date)])
+    return (f"# Benchmarks\n\n"
+            f"<!-- Written by `make bench` (benchmarks/serving.py): a new run replaces this "
+            f"whole page. -->\n\n"
+            f"The latest `make bench` run, on this machine:\n\n"
+            f"| machine | |\n|---|---|\n{machine_rows}\n\n"
+            f"{requests} requests per row, a 1280x720 JPEG camera frame.\n\n"
+            f"{results}\n\n{PATHS_MEANING}\n")
+
+
+def write_benchmarks_page(requests: int, results: str) -> None:
+    BENCHMARKS_PAGE.parent.mkdir(exist_ok=True)
+    BENCHMARKS_PAGE.write_text(benchmarks_page(machine_facts(), time.strftime("%Y-%m-%d"),
+                                               requests, results))
+    print(f"written: {BENCHMARKS_PAGE.relative_to(ROOT)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200, help="requests per measurement")
-    parser.add_argument("--no-readme", action="store_true", help="print only")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave docs/benchmarks.md as it is")
     parser.add_argument("--config", type=Path, default=BENCH_CONFIG,
                         help="services to measure (default: the demo detector and classifier)")
     args = parser.parse_args()
@@ -430,7 +464,8 @@ def main() -> int:
 
     from ray import serve
 
-    from serve_app.deploy import connect_ray, deploy, wait_for_services
+    from cluster.ray_start import connect_ray
+    from serve_app.deploy import deploy, wait_for_services
 
     os.environ["LIS_TRANSPORT"] = "handle"
     connect_ray(None, http_port=config.http.port)
@@ -462,12 +497,11 @@ def main() -> int:
         serve.shutdown()
     order = {"raw": 0, "bare": 1, "handle": 2, "http": 3}
     rows.sort(key=lambda r: (r.service, order[r.path], r.concurrency))
-    report = "\n".join([f"Measured by `make bench` on: {machine()}; {args.requests} requests "
-                        "per row, a 1280x720 JPEG camera frame.", "", table(rows), "",
-                        *verdicts(rows, paired)])
-    print(report)
-    if not args.no_readme:
-        write_readme(report)
+    results = "\n".join([table(rows), "", *verdicts(rows, paired)])
+    print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
+          f"a 1280x720 JPEG camera frame.\n\n{results}")
+    if not args.no_write:
+        write_benchmarks_page(args.requests, results)
     return 0
 
 
