@@ -4,30 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import threading
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psutil
 import pytest
+from scrape import sample_value
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from waiting import wait_until, wait_until_async
 
 import serve_app._http_server as http_server
+from cluster.ray_start import direct_ingress_port
 from deployments.local_socket import LocalServer, socket_path
-from deployments.service import InferenceResult
 from serve_app._http_server import IngressHttpServer
 from serve_app._local import Gone, LocalLimits, LocalRoute
-from serve_app.deploy import direct_ingress_port, wait_until_free
-from serve_app.errors import LisError
+from serve_app.deploy import wait_until_free
 from serve_app.ingress import ServiceInfo, build_http_app
+from vocabulary.errors import LisError
+from vocabulary.wire import InferenceResult
+
+# Generous: a real server and its clients in this process, on a busy 2-core box.
+WAIT_S = 20
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:
@@ -70,8 +73,14 @@ def _fetch(url: str) -> tuple[int, bytes]:
         return answer.status, answer.read()
 
 
-def _app(release: asyncio.Event) -> Starlette:
+def _listening(port: int) -> bool:
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+               for c in psutil.Process().net_connections(kind="tcp"))
+
+
+def _app(arrived: asyncio.Event, release: asyncio.Event) -> Starlette:
     async def slow(_: object) -> PlainTextResponse:
+        arrived.set()
         await release.wait()
         return PlainTextResponse("finished")
 
@@ -85,18 +94,19 @@ def test_the_server_serves_then_stops_after_the_requests_under_way(
     port = _free_port()
 
     async def scenario() -> None:
-        release = asyncio.Event()
-        server = IngressHttpServer(_app(release), "127.0.0.1", port)
+        arrived, release = asyncio.Event(), asyncio.Event()
+        server = IngressHttpServer(_app(arrived, release), "127.0.0.1", port)
         server.start()
         assert await _get(port, "/ok") == (200, b"ok")
         # A second server (an ingress started before the old one let go)
         # waits for the port, then names it.
         with pytest.raises(RuntimeError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
-            IngressHttpServer(_app(release), "127.0.0.1", port).start()
+            IngressHttpServer(_app(arrived, release), "127.0.0.1", port).start()
         slow = asyncio.create_task(_get(port, "/slow"))
-        await asyncio.sleep(0.3)
+        await wait_until_async(arrived.is_set, timeout_s=WAIT_S, message="/slow to be under way")
         stopping = asyncio.create_task(server.stop(10))
-        await asyncio.sleep(0.3)
+        await wait_until_async(lambda: not _listening(port), timeout_s=WAIT_S,
+                               message="the stopping server to close its port")
         assert not stopping.done()  # waits for /slow
         release.set()
         assert await slow == (200, b"finished")
@@ -143,11 +153,8 @@ def _post(port: int, body: bytes) -> int:
         return answer.status
 
 
-def _metric(port: int, line_start: str) -> float:
-    text = _fetch(f"http://127.0.0.1:{port}/metrics")[1].decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(line_start + " ")]
-    return values[0] if values else 0.0
+def _metric(port: int, series: str) -> float:
+    return sample_value(_fetch(f"http://127.0.0.1:{port}/metrics")[1].decode(), series)
 
 
 def _server_side_open(port: int, client_port: int) -> bool:
@@ -155,13 +162,6 @@ def _server_side_open(port: int, client_port: int) -> bool:
     return any(c.laddr and c.laddr.port == port and c.raddr and c.raddr.port == client_port
                and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT)
                for c in psutil.Process().net_connections(kind="tcp"))
-
-
-async def _until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(check):
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
@@ -184,7 +184,8 @@ def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
         server = IngressHttpServer(build_http_app(_LocalRouter(node)), "127.0.0.1", port)
         server.start()
         first = asyncio.create_task(asyncio.to_thread(_post, port, b"first"))
-        await _until(lambda: reached == [b"first"], "the first request to run")
+        await wait_until_async(lambda: reached == [b"first"], timeout_s=WAIT_S,
+                               message="the first request to run")
         # The second caller sends a frame-sized body, waits until its request is
         # queued behind the first, and hangs up.
         with socket.create_connection(("127.0.0.1", port)) as caller:
@@ -192,10 +193,13 @@ def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
             caller.sendall(f"POST /inference/{SERVICE} HTTP/1.1\r\nHost: lis\r\n"
                            f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
                            .encode() + body)
-            await _until(lambda: _metric(port, f'lis_requests_in_flight{{service="{SERVICE}"}}')
-                         == 2, "the second request to queue")
+            in_flight = f'lis_requests_in_flight{{service="{SERVICE}"}}'
+            # Asked from a thread: the server that answers /metrics runs on this loop.
+            await asyncio.to_thread(wait_until, lambda: _metric(port, in_flight) == 2,
+                                    timeout_s=WAIT_S, message="the second request to queue")
             client_port = caller.getsockname()[1]
-        await _until(lambda: not _server_side_open(port, client_port), "the server to see it")
+        await wait_until_async(lambda: not _server_side_open(port, client_port),
+                               timeout_s=WAIT_S, message="the server to see the caller leave")
         release.set()
         assert await first == 200
         assert await asyncio.to_thread(_post, port, b"third") == 200
@@ -264,8 +268,8 @@ def test_a_request_cancelled_by_ray_serves_proxy_counts_as_499_not_500() -> None
             await request
         sent = await _asgi(app, "GET", "/metrics")
         text = b"".join(m.get("body", b"") for m in sent).decode()
-        assert f'lis_requests_total{{service="{SERVICE}",code="499"}} 1' in text
+        assert sample_value(text, f'lis_requests_total{{service="{SERVICE}",code="499"}}') == 1
         assert 'code="500"' not in text
-        assert f'lis_requests_in_flight{{service="{SERVICE}"}} 0' in text
+        assert sample_value(text, f'lis_requests_in_flight{{service="{SERVICE}"}}') == 0
 
     asyncio.run(scenario())

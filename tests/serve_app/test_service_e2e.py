@@ -8,7 +8,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from peers import wait_until
 from PIL import Image
+from scrape import sample_value
+from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
 
@@ -85,12 +85,14 @@ def test_each_request_leaves_one_access_line_with_its_stages(running_lis) -> Non
         return next((m for m in _access_lines("imageClassification")
                      if int(m.group(6)) == size), None)
 
-    served = wait_until(lambda: line_of(len(body)), what="the access line of the request")
+    served = wait_until(lambda: line_of(len(body)), timeout_s=30,
+                        message="the access line of the request")
     status, latency, prepare, _, model, _ = served.groups()
     assert status == "200"
     assert 0 < float(prepare) and 0 < float(model)
     assert float(prepare) + float(model) <= float(latency) + 0.2  # rounding of each figure
-    refused = wait_until(lambda: line_of(100), what="the access line of the bad request")
+    refused = wait_until(lambda: line_of(100), timeout_s=30,
+                         message="the access line of the bad request")
     assert refused.group(1) == "400" and float(refused.group(5)) == 0  # never reached the model
 
 
@@ -249,14 +251,12 @@ def test_algorithm_mismatch_is_409_and_a_dependency_exception(http_endpoint: str
             ContentType="image/jpeg", Body=_jpeg())
 
 
-def _metric(endpoint: str, line_start: str) -> float:
-    """The value of the ``/metrics`` line that starts with ``line_start`` (0 if absent)."""
+def _metric(endpoint: str, series: str) -> float:
+    """The value of ``series`` (``name{label="value"}``) in ``/metrics`` (0 if absent)."""
     response = requests.get(f"{endpoint}/metrics", timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    values = [float(line.rsplit(" ", 1)[1]) for line in response.text.splitlines()
-              if line.startswith(line_start + " ")]
-    return values[0] if values else 0.0
+    return sample_value(response.text, series)
 
 
 def test_metrics_count_each_answer_by_service_and_status(http_endpoint: str) -> None:
@@ -402,15 +402,9 @@ def test_memory_limit_replaces_the_replica_and_spares_the_others(http_endpoint: 
     assert error["type"] == "MemoryLimitExceeded"
     assert "LocalInferenceServiceMemoryLimitKB 1000 KB" in error["message"]
     assert _post(http_endpoint, "imageClassification", _jpeg()).status_code == 200
-    deadline = time.monotonic() + 90
-    replaced = False
-    while time.monotonic() < deadline and not replaced:
-        try:
-            replaced = _replica_of("hungryClassifier") != before
-        except Exception:  # noqa: BLE001 - no replica while it is being replaced
-            pass
-        time.sleep(1)
-    assert replaced, "the replica over its memory limit was not replaced"
+    # No replica answers while it is being replaced: a failed ask means "not yet".
+    wait_until(lambda: _replica_of("hungryClassifier") != before, timeout_s=90, interval_s=1,
+               retry_on=(Exception,), message="the replica over its memory limit replaced")
     assert _post(http_endpoint, "objectDetection", _jpeg()).status_code == 200
 
 
@@ -441,13 +435,10 @@ def _running_replicas(endpoint: str, service: str) -> int:
     return {s["name"]: s for s in listing}[service]["replicas"].get("RUNNING", 0)
 
 
-def _replicas_reach(endpoint: str, service: str, count: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _running_replicas(endpoint, service) == count:
-            return True
-        time.sleep(1)
-    return False
+def _wait_for_replicas(endpoint: str, service: str, count: int, timeout_s: float,
+                       why: str) -> None:
+    wait_until(lambda: _running_replicas(endpoint, service) == count, timeout_s=timeout_s,
+               interval_s=1, message=f"{count} running replica(s) of {service}: {why}")
 
 
 def test_local_requests_scale_a_service_up_and_idleness_down(http_endpoint: str) -> None:
@@ -468,16 +459,16 @@ def test_local_requests_scale_a_service_up_and_idleness_down(http_endpoint: str)
         caller.start()
     try:
         # Ray Serve's replicas push their load every 10 s; a replica starts in seconds.
-        scaled_up = _replicas_reach(http_endpoint, "scalingClassifier", 2, 120)
+        _wait_for_replicas(http_endpoint, "scalingClassifier", 2, 120,
+                           "4 callers at a target of 1 request per replica add one")
     finally:
         stop.set()
         for caller in callers:
             caller.join(60)
-    assert scaled_up, "4 callers at a target of 1 request per replica did not add a replica"
     assert set(answers) == {200}
     # Idle: the load averaged over Ray's 30 s look-back falls, then 5 s of delay.
-    assert _replicas_reach(http_endpoint, "scalingClassifier", 1, 150), \
-        "the idle service kept its second replica"
+    _wait_for_replicas(http_endpoint, "scalingClassifier", 1, 150,
+                       "the idle service gives its second one back")
     assert _post(http_endpoint, "scalingClassifier", _jpeg()).status_code == 200
 
 
