@@ -1,0 +1,150 @@
+"""``lis up`` stops, every time: SIGINT or SIGTERM ends the whole stack within the deadline.
+
+Boards are power-cycled and their services restarted by systemd, so a stop
+that leaves Ray or a replica running (or never starts, because the signal
+went to one of Ray's threads) is a board that cannot restart lis. Each case
+starts its own ``lis up`` (its own Ray), records every process of the stack,
+sends the signal, and waits for all of them to be gone.
+
+Shown to fail before the fix: Ray's core worker replaces the driver's SIGTERM
+handler when ``lis up`` starts Ray, so a SIGTERM dumped a stack trace and
+killed ``lis up`` without shutting Ray Serve down (no "lis: shutting down",
+exit code -15): both SIGTERM cases fail there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import requests
+from waiting import wait_until
+
+from serve_app.cli.up import STOP_DEADLINE_S
+
+START_TIMEOUT_S = 240
+# The deadline is lis's own; the margin covers the kernel reaping what was killed.
+GONE_TIMEOUT_S = STOP_DEADLINE_S + 10
+SERVICES = """\
+services:
+  - LocalInferenceServiceName: stoppable
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: {model}
+    num_cpus: 0.25
+"""
+
+
+@dataclass
+class Lis:
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int
+    answered: list[int] = field(default_factory=list)
+
+    def printed(self, line: str) -> bool:
+        if line in self.log.read_text(errors="replace"):
+            return True
+        assert self.process.poll() is None, f"lis up exited early:\n{self.tail()}"
+        return False
+
+    def stack(self) -> list[psutil.Process]:
+        """``lis up`` and every process it started (Ray's GCS, raylet, workers, replicas)."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def lis(tiny_classifier_artifact: Path, tmp_path: Path) -> Iterator[Lis]:
+    config = tmp_path / "services.yaml"
+    config.write_text(SERVICES.format(model=tiny_classifier_artifact))
+    port = _free_port()
+    log = tmp_path / "lis-up.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("lis")), "up", str(config), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    started = Lis(process, log, port)
+    try:
+        yield started
+    finally:
+        if psutil.pid_exists(process.pid) and process.poll() is None:
+            for leftover in started.stack():
+                leftover.kill()  # only after a failure: the test found it alive
+
+
+def _post_until(lis: Lis, stop: threading.Event) -> None:
+    image = cv2.imencode(".jpg", np.full((64, 64, 3), 120, np.uint8))[1].tobytes()
+    while not stop.is_set():
+        try:
+            answer = requests.post(f"http://127.0.0.1:{lis.port}/inference/stoppable", data=image,
+                                   headers={"Content-Type": "image/jpeg"}, timeout=30)
+            lis.answered.append(answer.status_code)
+        except requests.RequestException:
+            return  # the stack is going away: what this test causes
+
+
+def _stop_and_expect_nothing_left(lis: Lis, signum: signal.Signals) -> int:
+    """Send ``signum``, wait for the whole stack to be gone; ``lis up``'s exit code."""
+    stack = lis.stack()
+    names = " ".join(p.name() for p in stack)
+    assert "raylet" in names and "gcs_server" in names, names  # the stack is really there
+    lis.process.send_signal(signum)
+    gone, alive = psutil.wait_procs(stack, timeout=GONE_TIMEOUT_S)
+    assert [p.pid for p in alive] == [], f"still running after {signum.name}:\n{lis.tail()}"
+    with socket.socket() as probe:  # nothing holds the HTTP port either
+        # As a restarted lis binds it: connections the stop closed may be in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", lis.port))
+    # psutil reaped ``lis up`` (its child), so its exit code is psutil's to tell.
+    return next(p.returncode for p in gone if p.pid == lis.process.pid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("in_flight", [False, True], ids=["idle", "requests in flight"])
+def test_a_signal_while_serving_ends_the_whole_stack(lis: Lis, signum: signal.Signals,
+                                                     in_flight: bool) -> None:
+    wait_until(lambda: lis.printed("lis: serving on"), timeout_s=START_TIMEOUT_S,
+               interval_s=0.5, message="lis up to serve")
+    stop = threading.Event()
+    senders = [threading.Thread(target=_post_until, args=(lis, stop)) for _ in range(3 * in_flight)]
+    for sender in senders:
+        sender.start()
+    try:
+        if in_flight:
+            wait_until(lambda: 200 in lis.answered, timeout_s=60, message="a request answered")
+        exit_code = _stop_and_expect_nothing_left(lis, signum)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join()
+    assert "lis: shutting down" in lis.tail()
+    assert exit_code == 0, lis.tail()
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_ends_the_whole_stack(lis: Lis) -> None:
+    wait_until(lambda: lis.printed("lis: deploying"), timeout_s=START_TIMEOUT_S,
+               interval_s=0.1, message="lis up to start deploying")
+    _stop_and_expect_nothing_left(lis, signal.SIGTERM)
