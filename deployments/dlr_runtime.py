@@ -4,11 +4,21 @@
 folder holding only the three model files: DLR 1.6 finds files by extension
 and refuses a folder with any extra ``.json`` (our ``preprocessing.json``).
 
-Which ``libdlr.so``: Neo artifacts may ship one, and DLR prefers it by default
-(``DLRModel(..., use_default_dlr=False)``). lis uses the pip-installed libdlr
-instead (``use_default_dlr=True``), the one whose telemetry ``deployments._dlr``
-switched off and whose version the project pins; pass
-``prefer_bundled_libdlr=True`` to use the artifact's own.
+Which ``libdlr.so`` serves, logged once at load on ``lis.runtime``:
+
+1. the installed DLR's own (found where ``dlr.libpath`` looks), the one whose
+   version the project pins;
+2. else the artifact's bundled ``libdlr.so``: PyPI's dlr==1.6.0 for aarch64 is
+   pure Python, and a Neo artifact for a device ships the library it needs;
+3. else an ``ArtifactError`` naming both.
+
+With device ``gpu`` only a library with CUDA counts; with none, the request
+fails or runs on the CPU (``allow_cpu_fallback``). ``prefer_bundled_libdlr=True``
+puts the artifact's own first. Either way DLR's Python side is imported
+through ``deployments._dlr``, so its telemetry is off whichever library serves.
+
+DLR refuses to load into a process that imported ``tvm``: both carry a TVM
+runtime (``deployments.runtime.refuse_mixed_tvm_runtimes``).
 
 Threads: the TVM runtime inside libdlr sizes its pool from ``TVM_NUM_THREADS``
 when its first model runs; ``load()`` sets it (``set_thread_count``). A
@@ -17,31 +27,49 @@ process that already ran a DLR model keeps the pool it has.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deployments._dlr import import_dlr
+from deployments._dlr import import_dlr, installed_libdlr
 from deployments.neo import NeoArtifact, host_machine, read_neo_artifact
 from deployments.runtime import (
     DEFAULT_THREADS,
     ModelRuntime,
+    refuse_mixed_tvm_runtimes,
     select_device,
     set_thread_count,
 )
 from vocabulary.errors import ArtifactError, InvalidArgument, LisError
+from vocabulary.names import LIBDLR_FILE
 
 __all__ = ["DLRRuntime"]
 
 _DEVICES = ("cpu", "gpu")
 _CUDA_MARKERS = (b"libcudart", b"cudaMalloc", b"cuModuleLoad")
-_NO_CUDA = ("the DLR runtime {libdlr} has no CUDA support (the pip dlr==1.6.0 wheel is "
-            "CPU-only; use device 'cpu' or a GPU build of DLR)")
+_NO_CUDA = ("{libraries} (the pip dlr==1.6.0 wheel is CPU-only; use device 'cpu' or a GPU "
+            "build of DLR)")
+_NO_LIBDLR = ("no DLR native library can run it: the installed DLR has none (dlr.libpath finds "
+              "no {name}; PyPI's dlr==1.6.0 for aarch64 ships none) and the artifact bundles "
+              "no {bundled}; install a DLR build with {name} for this machine, or serve a model "
+              "built by `lis compile` on the TVM runtime")
+
+log = logging.getLogger("lis.runtime")
+
+
+@dataclass(frozen=True)
+class _Libdlr:
+    """A native DLR library that could serve: the installed one or the artifact's."""
+
+    path: Path
+    bundled: bool
 
 
 class DLRRuntime(ModelRuntime):
@@ -78,22 +106,33 @@ class DLRRuntime(ModelRuntime):
         return self.artifact
 
     def load(self) -> None:
+        refuse_mixed_tvm_runtimes("dlr")
         artifact = self.artifact = read_neo_artifact(self.artifact_dir)
         _check_machine(artifact)
         if self.device not in _DEVICES:
             raise LisError(f"unknown device {self.device!r}: expected 'cpu' or 'gpu'")
         set_thread_count(self.threads)
-        dlr = import_dlr()
-        use_bundled = self.prefer_bundled_libdlr and artifact.libdlr is not None
-        if self.device == "gpu":
-            libdlr = _libdlr_path(dlr, artifact, use_bundled)
-            self.device = select_device(self.device, _has_cuda(libdlr),
-                                        allow_cpu_fallback=self.allow_cpu_fallback,
-                                        unsupported=_NO_CUDA.format(libdlr=libdlr))
-        self._model = self._create(dlr, artifact, use_bundled)
+        installed = installed_libdlr()
+        libdlr = self._choose_libdlr(artifact, installed)
+        log.info("DLR runtime for %s: %s serves, %s", artifact.directory, libdlr.path,
+                 _why(libdlr, installed, self.prefer_bundled_libdlr))
+        self._model = self._create(import_dlr(), artifact, libdlr.bundled)
         names = self._model.get_input_names()
         self._input_name = names[0] if names else self._input_name
         self._input_shape = artifact.input_shape(self._input_name)
+
+    def _choose_libdlr(self, artifact: NeoArtifact, installed: Path | None) -> _Libdlr:
+        candidates = _candidates(installed, artifact.libdlr, self.prefer_bundled_libdlr)
+        if not candidates:
+            raise ArtifactError(str(artifact.directory), _NO_LIBDLR.format(
+                name=LIBDLR_FILE, bundled=artifact.directory / LIBDLR_FILE))
+        if self.device == "gpu":
+            with_cuda = [libdlr for libdlr in candidates if _has_cuda(libdlr.path)]
+            self.device = select_device(self.device, bool(with_cuda),
+                                        allow_cpu_fallback=self.allow_cpu_fallback,
+                                        unsupported=_no_cuda(candidates))
+            candidates = with_cuda or candidates
+        return candidates[0]
 
     def _create(self, dlr: Any, artifact: NeoArtifact, use_bundled: bool) -> Any:
         staging = Path(tempfile.mkdtemp(prefix="lis-dlr-"))
@@ -127,10 +166,29 @@ def _check_machine(artifact: NeoArtifact) -> None:
                             f"compiled for {built_for}, but this machine is {host}")
 
 
-def _libdlr_path(dlr: Any, artifact: NeoArtifact, use_bundled: bool) -> Path:
-    if use_bundled and artifact.libdlr is not None:
-        return artifact.libdlr
-    return Path(dlr.libpath.find_lib_path(use_default_dlr=True))
+def _candidates(installed: Path | None, bundled: Path | None,
+                prefer_bundled: bool) -> list[_Libdlr]:
+    """The libraries that could serve, best first."""
+    own = _Libdlr(bundled, bundled=True) if bundled is not None else None
+    pip = _Libdlr(installed, bundled=False) if installed is not None else None
+    order = (own, pip) if prefer_bundled else (pip, own)
+    return [libdlr for libdlr in order if libdlr is not None]
+
+
+def _why(libdlr: _Libdlr, installed: Path | None, prefer_bundled: bool) -> str:
+    if not libdlr.bundled:
+        return "the installed DLR's own library"
+    if prefer_bundled:
+        return "the artifact's own library, which this runtime was told to prefer"
+    if installed is None:
+        return "the artifact's own library: the installed DLR has no native library"
+    return f"the artifact's own library: the installed {installed} has no CUDA"
+
+
+def _no_cuda(candidates: list[_Libdlr]) -> str:
+    return _NO_CUDA.format(libraries="; ".join(
+        f"the {'bundled' if c.bundled else 'installed'} {c.path} has no CUDA support"
+        for c in candidates))
 
 
 def _has_cuda(libdlr: Path) -> bool:

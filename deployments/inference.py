@@ -3,16 +3,28 @@
 decode -> preprocess -> runtime -> output format. This is what a replica
 runs per request and what ``make bench`` measures as the raw path, so the
 serving overhead is the difference between the two.
+
+Which runtime serves a model (``_make_runtime``): a SageMaker
+image-classification artifact runs on MXNet. A compiled (Neo/DLR layout)
+model, detector or classifier, runs on DLR when the installed DLR has a native
+library or the artifact bundles one (``deployments.dlr_runtime`` says which);
+else, when ``lis compile`` built it, on TVM's runtime; else the error says what
+to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deployments import output
+from deployments._dlr import installed_libdlr
+from deployments.archive import materialize
 from deployments.imaging import (
     CLASSIFIER_PREPROCESSING,
     DETECTOR_PREPROCESSING,
@@ -25,9 +37,15 @@ from deployments.runtime import ModelRuntime, keep_large_buffers
 from vocabulary.connectors import Algorithm
 from vocabulary.errors import ArtifactError, InferenceFailed, LisError
 from vocabulary.limits import DEFAULT_MAX_PIXELS
-from vocabulary.names import LABELS_FILE
+from vocabulary.names import COMPILE_INFO_FILE, LABELS_FILE, LIBDLR_FILE
 
 __all__ = ["InferencePipeline", "PipelineOptions", "Prediction"]
+
+log = logging.getLogger("lis.runtime")
+
+_NO_RUNTIME = (f"no runtime here can serve this compiled model: the installed DLR has no "
+               f"native library ({LIBDLR_FILE}) and the artifact bundles none; install a DLR "
+               f"build with {LIBDLR_FILE} for this machine")
 
 _DEFAULT_PREPROCESSING: dict[str, Preprocessing] = {
     "image-classification": CLASSIFIER_PREPROCESSING,
@@ -66,13 +84,39 @@ def _make_runtime(model_dir: Path, options: PipelineOptions) -> ModelRuntime:
     # 100 MB library, and one serving only classifiers never loads DLR.
     settings = {"threads": options.threads, "device": options.device,
                 "allow_cpu_fallback": options.allow_cpu_fallback}
-    if options.algorithm == "image-classification":
+    folder = materialize(model_dir)
+    if options.algorithm == "image-classification" and not _is_compiled(folder):
         from deployments.mxnet_runtime import MXNetClassifierRuntime
 
         return MXNetClassifierRuntime(model_dir, **settings)
-    from deployments.dlr_runtime import DLRRuntime
+    return _compiled_runtime(model_dir, folder, settings)
 
-    return DLRRuntime(model_dir, **settings)
+
+def _is_compiled(folder: Path) -> bool:
+    # A Neo/DLR artifact holds a compiled library; SageMaker IC's MXNet checkpoint never does.
+    return any(path.suffix == ".so" for path in folder.iterdir())
+
+
+def _compiled_runtime(model_dir: Path, folder: Path, settings: dict[str, Any]) -> ModelRuntime:
+    if installed_libdlr() is not None or (folder / LIBDLR_FILE).is_file():
+        from deployments.dlr_runtime import DLRRuntime
+
+        return DLRRuntime(model_dir, **settings)
+    # No DLR library here (PyPI's dlr==1.6.0 for aarch64 has none). TVM's own runtime
+    # runs what `lis compile` built: the TVM pinned for serving is the one that compiled it.
+    if not (folder / COMPILE_INFO_FILE).is_file():
+        raise ArtifactError(str(model_dir), _NO_RUNTIME + "; or compile the model with "
+                            "`lis compile` and install the TVM runtime "
+                            "(xtc-tvm-python-bindings) to serve it")
+    if importlib.util.find_spec("tvm") is None:
+        raise ArtifactError(str(model_dir), _NO_RUNTIME + "; or, since `lis compile` built it, "
+                            "install the TVM runtime: pip install "
+                            "xtc-tvm-python-bindings==0.19.0.12")
+    from deployments.tvm_runtime import TVMGraphRuntime
+
+    log.info("TVM runtime for %s: no DLR native library here, and `lis compile` built it",
+             folder)
+    return TVMGraphRuntime(model_dir, **settings)
 
 
 class InferencePipeline:

@@ -9,6 +9,10 @@ Threads: MXNet sizes its OpenMP pool when its library loads, from
 first ``import mxnet``. If MXNet is already imported in the process, the
 OpenMP pool is resized through ``MXSetNumOMPThreads`` instead, but MXNet's
 engine worker threads keep the count they started with.
+
+Where MXNet cannot load (on aarch64 its wheel needs the Arm Performance
+Libraries), ``load()`` raises an ``ArtifactError`` giving the ``lis compile``
+command that turns the artifact into one the DLR or TVM runtime serves.
 """
 
 from __future__ import annotations
@@ -33,13 +37,21 @@ from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 __all__ = ["MXNetClassifierRuntime"]
 
 _INPUT_NAME = "data"
+_NO_MXNET = ("MXNet cannot load on this machine ({reason}), so this SageMaker "
+             "image-classification artifact cannot be served as it is: compile it with "
+             "`lis compile {artifact} -o <out>` (where MXNet and TVM are installed; add "
+             "`--target aarch64` for an ARM device) and point the service's `model` at <out>")
 
 
-def _import_mxnet(threads: int) -> ModuleType:
+def _import_mxnet(threads: int, source: Path) -> ModuleType:
     already_loaded = "mxnet" in sys.modules
     if not already_loaded:
         set_thread_count(threads)
-    import mxnet as mx  # noqa: PLC0415 - only after the thread count is fixed
+    try:
+        import mxnet as mx  # noqa: PLC0415 - only after the thread count is fixed
+    except (ImportError, OSError) as error:
+        raise ArtifactError(str(source), _NO_MXNET.format(reason=_first_line(error),
+                                                          artifact=source)) from error
 
     if already_loaded:
         mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(threads))
@@ -71,7 +83,7 @@ class MXNetClassifierRuntime(ModelRuntime):
 
     def load(self) -> None:
         self.artifact = read_classifier_artifact(self.artifact_dir)
-        mx = _import_mxnet(self.threads)
+        mx = _import_mxnet(self.threads, self.artifact_dir)
         self._executor = self._bind(mx, self.artifact, self._context(mx))
 
     def _context(self, mx: ModuleType) -> Any:

@@ -21,7 +21,8 @@ from vocabulary.errors import LisError
 from vocabulary.names import FAKE_GPU_SUPPORT_ENV
 
 __all__ = ["DEFAULT_THREADS", "FAKE_GPU_SUPPORT_ENV", "ModelRuntime", "keep_large_buffers",
-           "select_device", "set_thread_count", "thread_environment"]
+           "refuse_mixed_tvm_runtimes", "select_device", "set_thread_count",
+           "thread_environment"]
 
 DEFAULT_THREADS = 1
 # FAKE_GPU_SUPPORT_ENV, TEST ONLY: "1" makes a GPU request run on the CPU as if the
@@ -116,6 +117,25 @@ def select_device(requested: str, gpu_supported: bool, *, allow_cpu_fallback: bo
         return "cpu"
     raise LisError(f"device 'gpu' requested, but {unsupported} "
                    "(or set allow_cpu_fallback to run on the CPU)")
+
+
+# DLR's libdlr.so and TVM's own library each carry a TVM runtime; a process that
+# loaded both crashed (see docs/architecture.md). A process serves compiled models
+# with one of the two only; each name below maps to the other.
+_OTHER_TVM_CARRIER = {"dlr": "tvm", "tvm": "dlr"}
+
+
+def refuse_mixed_tvm_runtimes(loading: str) -> None:
+    """Refuse to load ``loading`` ("dlr" or "tvm") into a process that imported the other.
+
+    A name blocked with ``sys.modules[name] = None`` counts as not imported.
+    """
+    other = _OTHER_TVM_CARRIER[loading]
+    if sys.modules.get(other) is not None:
+        raise LisError(f"cannot load the {loading.upper()} runtime: this process already "
+                       f"imported {other!r}, and DLR and TVM each carry a TVM runtime that "
+                       "crash a process holding both; serve this model from another process "
+                       "(its own service), never beside the other runtime")
 
 
 class ModelRuntime(ABC):

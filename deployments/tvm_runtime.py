@@ -1,0 +1,162 @@
+"""TVM runtime for artifacts built by ``lis compile``, where DLR has no native library.
+
+``lis compile`` builds a Neo/DLR artifact with TVM (``compiled.so``,
+``compiled.params``, ``compiled_model.json``, plus ``lis-compile.json``) and
+bundles no ``libdlr.so``. Where the installed DLR has no native library
+either (PyPI's dlr==1.6.0 for aarch64 is pure Python), TVM's own graph
+executor runs the same three files (``deployments.inference`` decides).
+
+TVM loads runtime-only: with ``TVM_USE_RUNTIME_LIB=1`` while ``tvm`` is first
+imported, its Python package loads ``libtvm_runtime.so`` instead of the
+compiler's ``libtvm.so``, which needs libLLVM (absent on a device) and is not
+needed to run a compiled model. The variable is put back after the import, so
+a ``lis compile`` started from this process still gets the compiler.
+
+TVM refuses to load into a process that imported ``dlr``, as DLR refuses one
+that imported ``tvm``: both carry a TVM runtime, and a process that loaded
+both crashed (``deployments.runtime.refuse_mixed_tvm_runtimes``).
+
+Threads: the TVM thread pool sizes itself from ``TVM_NUM_THREADS`` when the
+first model runs; ``load()`` sets it (``set_thread_count``), as for DLR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from deployments.neo import NeoArtifact, host_machine, read_neo_artifact
+from deployments.runtime import (
+    DEFAULT_THREADS,
+    ModelRuntime,
+    refuse_mixed_tvm_runtimes,
+    select_device,
+    set_thread_count,
+)
+from vocabulary.errors import ArtifactError, InvalidArgument, LisError
+
+__all__ = ["TVMGraphRuntime"]
+
+_RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
+_DEFAULT_INPUT = "data"
+_INSTALL_TVM = ("install the TVM runtime: pip install xtc-tvm-python-bindings==0.19.0.12 "
+                "(the pin in requirements-compile.txt)")
+# `lis compile` builds LLVM code for a CPU (x86_64 or aarch64), never for CUDA.
+_CPU_ONLY = "an artifact built by `lis compile` runs on the CPU only"
+
+
+@contextmanager
+def _runtime_only() -> Iterator[None]:
+    saved = os.environ.get(_RUNTIME_ONLY_ENV)
+    os.environ[_RUNTIME_ONLY_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_RUNTIME_ONLY_ENV, None)
+        else:
+            os.environ[_RUNTIME_ONLY_ENV] = saved
+
+
+def _import_tvm_runtime() -> tuple[ModuleType, ModuleType]:
+    """``tvm`` and its graph executor; runtime-only unless ``tvm`` was already imported."""
+    try:
+        with _runtime_only():
+            import tvm  # noqa: PLC0415 - only here, after the guard and the thread count
+            from tvm.contrib import graph_executor  # noqa: PLC0415
+    except (ImportError, OSError, RuntimeError) as error:
+        raise LisError(f"the TVM runtime cannot load ({_first_line(error)}): "
+                       f"{_INSTALL_TVM}") from error
+    return tvm, graph_executor
+
+
+class TVMGraphRuntime(ModelRuntime):
+    """A ``lis compile`` artifact run by TVM's graph executor, on the CPU.
+
+    ``predict`` returns the same raw outputs as ``DLRRuntime`` on that artifact.
+    """
+
+    def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
+                 device: str = "cpu", allow_cpu_fallback: bool = False) -> None:
+        super().__init__(artifact_dir, threads=threads, device=device)
+        self.allow_cpu_fallback = allow_cpu_fallback
+        self.artifact: NeoArtifact | None = None
+        self._executor: Any = None
+        self._input_name = _DEFAULT_INPUT
+        self._input_shape: tuple[int, ...] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self._input_shape is None:  # read once: the graph JSON can be megabytes
+            self._input_shape = self._artifact().input_shape(self._input_name)
+        return self._input_shape
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self._artifact().labels
+
+    def _artifact(self) -> NeoArtifact:
+        if self.artifact is None:
+            self.artifact = read_neo_artifact(self.artifact_dir)
+        return self.artifact
+
+    def load(self) -> None:
+        refuse_mixed_tvm_runtimes("tvm")
+        artifact = self.artifact = read_neo_artifact(self.artifact_dir)
+        _check_machine(artifact)
+        self.device = select_device(self.device, False, allow_cpu_fallback=self.allow_cpu_fallback,
+                                    unsupported=_CPU_ONLY)
+        set_thread_count(self.threads)
+        tvm, graph_executor = _import_tvm_runtime()
+        self._executor, self._input_name = _create(tvm, graph_executor, artifact)
+        self._input_shape = artifact.input_shape(self._input_name)
+
+    def predict(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._executor is None:
+            raise LisError("the TVM runtime is not loaded (call load() first)")
+        if tuple(batch.shape) != self.input_shape:
+            raise InvalidArgument("input batch shape", tuple(batch.shape), str(self.input_shape))
+        self._executor.set_input(self._input_name, np.ascontiguousarray(batch, dtype=np.float32))
+        self._executor.run()
+        return [self._executor.get_output(i).numpy()
+                for i in range(self._executor.get_num_outputs())]
+
+
+def _create(tvm: ModuleType, graph_executor: ModuleType, artifact: NeoArtifact) -> tuple[Any, str]:
+    """The graph executor holding the weights, and the name of the model's input."""
+    try:
+        graph = artifact.graph.read_text()
+        executor = graph_executor.create(graph, tvm.runtime.load_module(str(artifact.library)),
+                                         tvm.cpu(0))
+        params = tvm.runtime.load_param_dict(artifact.params.read_bytes())
+        executor.set_input(**params)
+    except (tvm.TVMError, OSError, ValueError) as error:
+        raise ArtifactError(str(artifact.directory),
+                            f"TVM could not load the model: {_first_line(error)}") from error
+    return executor, _input_name(json.loads(graph), params)
+
+
+def _input_name(graph: dict[str, Any], params: dict[str, Any]) -> str:
+    # The graph's arguments are its inputs and its weights; DLR names the first
+    # argument that is not a weight, and so do we.
+    names = [graph["nodes"][i]["name"] for i in graph["arg_nodes"]]
+    return next((name for name in names if name not in params), _DEFAULT_INPUT)
+
+
+def _check_machine(artifact: NeoArtifact) -> None:
+    built_for, host = artifact.machine, host_machine()
+    if built_for != host:
+        raise ArtifactError(str(artifact.library),
+                            f"compiled for {built_for}, but this machine is {host}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
