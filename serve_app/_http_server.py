@@ -14,6 +14,10 @@ table changed) starts only after the old one stopped (no surge replica, see
 ``serve_app.app.build_app``), and waits briefly for the port in case the old
 one's socket is still closing. The port is bound in the replica's constructor,
 so when Ray Serve calls the ingress running, connections are already taken.
+
+On loopback the app answers only requests whose ``Host`` names loopback
+(``serve_app.ingress.LoopbackHostGuard``): a web page could otherwise reach a
+local lis through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import time
 from typing import Any
 
 import uvicorn
+
+from serve_app.http_token import is_loopback
+from serve_app.ingress import LoopbackHostGuard
 
 __all__ = ["IngressHttpServer"]
 
@@ -43,8 +50,9 @@ class IngressHttpServer:
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         self.host, self.port = host, port
+        self.app = LoopbackHostGuard(app) if is_loopback(host) else app
         self._server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+            self.app, host=host, port=port, loop="none", http="httptools", lifespan="off",
             access_log=False, log_config=None, proxy_headers=False,
             timeout_keep_alive=KEEP_ALIVE_S))
         # The replica's process is Ray's: its signals stay Ray's.

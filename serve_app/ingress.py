@@ -17,7 +17,9 @@ layer in-process. ``LisError`` is mapped to an HTTP answer here and nowhere else
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import ipaddress
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -37,17 +39,20 @@ from vocabulary.errors import (
     ClientClosedRequest,
     InvalidArgument,
     LisError,
+    MisdirectedRequest,
     PayloadTooLarge,
     ServiceNotFound,
     Unauthorized,
 )
-from vocabulary.limits import MAX_FEEDBACK_BODY_BYTES
+from vocabulary.limits import MAX_DRAINED_BODY_BYTES, MAX_FEEDBACK_BODY_BYTES
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from serve_app._local import Gone
     from vocabulary.wire import InferenceResult, StageTimes
 
-__all__ = ["Router", "ServiceInfo", "build_http_app", "error_response"]
+__all__ = ["LoopbackHostGuard", "Router", "ServiceInfo", "build_http_app", "error_response"]
 
 log = logging.getLogger("lis.ingress")
 
@@ -99,18 +104,54 @@ def _lookup(router: Router, name: str, algo_type: str | None) -> ServiceInfo:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it passes ``limit`` bytes."""
+    """The request body; one over ``limit`` bytes is refused with 413.
+
+    The rest of a refused body is read and dropped first (up to
+    ``MAX_DRAINED_BODY_BYTES``): closing on a client still sending resets the
+    connection, and the client (``http.client``, the SDK's transport) sees
+    ``Connection reset by peer`` instead of the 413.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        if int(declared) <= MAX_DRAINED_BODY_BYTES:
+            await _drain(request.stream(), MAX_DRAINED_BODY_BYTES)
         raise PayloadTooLarge("request body bytes", int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
+            size += await _drain(stream, MAX_DRAINED_BODY_BYTES - size)
             raise PayloadTooLarge("request body bytes", size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(stream: AsyncIterator[bytes], budget: int) -> int:
+    """Read and drop what is left of ``stream``, stopping past ``budget`` bytes; bytes read."""
+    read = 0
+    with contextlib.suppress(ClientDisconnect):  # gone: the answer goes nowhere, no matter
+        async for chunk in stream:
+            read += len(chunk)
+            if read > budget:
+                break
+    return read
+
+
+def _names_loopback(host_header: str) -> bool:
+    """Whether a ``Host`` header names loopback: localhost, 127.x.x.x or [::1], any port."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
@@ -233,5 +274,28 @@ class _BearerTokenMiddleware:
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
                 await error_response(Unauthorized())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class LoopbackHostGuard:
+    """Answers 421 to a request whose ``Host`` header does not name loopback.
+
+    For an app served on loopback only (``serve_app._http_server`` puts it
+    around the ingress there): a web page can make its own name resolve to
+    127.0.0.1 (DNS rebinding) and have the browser send requests to a local
+    lis as same-origin ones; their ``Host`` is still the page's name. A
+    request without a ``Host`` header (HTTP/1.0) comes from no browser and passes.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host")
+            if host is not None and not _names_loopback(host.decode("latin-1")):
+                error = MisdirectedRequest(host.decode("latin-1"))
+                await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -17,6 +17,7 @@ ingress, deployments, runtimes, the model toolchain) can raise these errors.
     ├── RequestError                 400  the caller sent something wrong
     │   ├── InvalidArgument          400
     │   ├── InvalidImage             400
+    │   ├── MisdirectedRequest       421  a Host header not naming loopback, on loopback
     │   ├── PayloadTooLarge          413
     │   └── UnsupportedMediaType     415
     ├── ServiceNotFound              404  (SDK: dependency error)
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidImage",
     "LisError",
     "MemoryLimitExceeded",
+    "MisdirectedRequest",
     "PayloadTooLarge",
     "RequestError",
     "ServiceNotFound",
@@ -156,6 +158,17 @@ class InvalidArgument(RequestError):
 class InvalidImage(RequestError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid image: {reason}")
+
+
+class MisdirectedRequest(RequestError):
+    """A request to a loopback-only lis naming another host: a web page's DNS rebinding."""
+
+    status = HTTPStatus.MISDIRECTED_REQUEST
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"this lis listens on loopback only and answers requests for "
+                         f"localhost, 127.x.x.x or [::1], not Host {host[:100]!r}")
+        self.host = host
 
 
 class PayloadTooLarge(RequestError):

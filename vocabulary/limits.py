@@ -15,8 +15,10 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MAX_ARCHIVE_BYTES",
     "MAX_ARCHIVE_FILES",
+    "MAX_DRAINED_BODY_BYTES",
     "MAX_FEEDBACK_BODY_BYTES",
     "MAX_ONGOING_REQUESTS",
+    "MIN_HTTP_TOKEN_CHARS",
 ]
 
 # The object detection connector's page: "The default value is 10."
@@ -33,6 +35,13 @@ DEFAULT_TARGET_ONGOING_REQUESTS = 2.0  # Ray Serve's own default
 MAX_ONGOING_REQUESTS = 5
 # The largest ML Feedback sample body the ingress reads.
 MAX_FEEDBACK_BODY_BYTES = 10 * 1024 * 1024
+# A body refused as too large is still read (and dropped) up to this many bytes
+# before the 413 goes out: a client still sending when the server closes gets a
+# TCP reset instead of the answer (``http.client``, the SDK's transport, does).
+# Beyond it the connection is closed unread: draining costs the ingress time.
+MAX_DRAINED_BODY_BYTES = 64 * 1024 * 1024
+# The shortest HTTP bearer token lis accepts (the ones it makes are 43).
+MIN_HTTP_TOKEN_CHARS = 16
 # A compiled SSD-512 is ~30 MB and a ResNet-152 checkpoint ~240 MB; 4 GiB
 # leaves room for any real model while stopping a decompression bomb.
 MAX_ARCHIVE_BYTES = 4 * 1024**3

@@ -17,7 +17,7 @@ from cluster.ray_start import connect_ray
 from serve_app.cli.up import READY_TIMEOUT_S, _print_state
 from serve_app.config import demo_config_path, load_config
 from serve_app.deploy import deploy, wait_for_services
-from serve_app.http_token import http_token
+from serve_app.http_token import bound_http_host, http_token
 from vocabulary.specs import ServiceSpec
 
 __all__ = ["add_arguments", "run"]
@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the files `lis up` was given (default: the demo services)")
     parser.add_argument("--address", default="auto",
                         help="the Ray cluster lis runs on (default: %(default)s)")
-    parser.add_argument("--host", help="the HTTP bind address `lis up` was given, which "
-                                       "decides whether the ingress needs a token")
+    parser.add_argument("--host", help="the HTTP bind address `lis up` was given (default: "
+                                       "the one the running lis listens on); beyond loopback, "
+                                       "here or there, the ingress needs a token")
     parser.add_argument("--port", type=int, help="the HTTP port `lis up` was given")
     parser.add_argument("--timeout", type=float, default=READY_TIMEOUT_S,
                         help="seconds to wait for the new replicas (default: %(default)s)")
@@ -41,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.configs or [demo_config_path()])
     spec = config.service(args.service)  # ServiceNotFound before touching the cluster
-    host = args.host or config.http.host
-    token = http_token(host, config.http.token_env)
     connect_ray(args.address)
+    # The token follows what Ray Serve actually bound (its first start's host), not this
+    # command's --host: the proxies keep listening where they were started.
+    bound = bound_http_host()
+    host = args.host or bound or config.http.host
+    token = http_token(host, config.http.token_env, bound_host=bound)
     before = _running_version(spec)
     versions = deploy(config, host=host, port=args.port or config.http.port, token=token,
                       restart=[spec.name])

@@ -24,7 +24,7 @@ import psutil
 from cluster.ray_start import connect_ray
 from serve_app.config import demo_config_path, load_config
 from serve_app.deploy import deploy, wait_for_services
-from serve_app.http_token import http_token
+from serve_app.http_token import bound_http_host, http_token
 from vocabulary.errors import ConfigError, ConfigIssue
 from vocabulary.names import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 
@@ -114,9 +114,11 @@ def _start(args: argparse.Namespace, stopper: _Stopper) -> bool:
                                                                      "no inference service")])
     args.host = args.host or config.http.host
     args.port = args.port or config.http.port
-    token = http_token(args.host, config.http.token_env)
+    token = http_token(args.host, config.http.token_env)  # a bad token refused before Ray starts
     connect_ray(args.address, any_platform=args.any_platform, log_to_driver=args.log_to_console,
                 http_port=args.port)
+    # A Serve already running keeps the host it was first started with, whatever --host says.
+    token = http_token(args.host, config.http.token_env, bound_host=bound_http_host())
     stopper.install()  # again: Ray's core worker put its own SIGTERM handler in
     print(f"lis: deploying {len(config.services)} service(s) from "
           f"{', '.join(str(s) for s in sources)}", flush=True)

@@ -190,7 +190,7 @@ def test_a_request_whose_caller_hung_up_in_the_queue_never_reaches_the_replica(
         # queued behind the first, and hangs up.
         with socket.create_connection(("127.0.0.1", port)) as caller:
             body = b"gone!" + bytes(100_000)
-            caller.sendall(f"POST /inference/{SERVICE} HTTP/1.1\r\nHost: lis\r\n"
+            caller.sendall(f"POST /inference/{SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
                            .encode() + body)
             in_flight = f'lis_requests_in_flight{{service="{SERVICE}"}}'

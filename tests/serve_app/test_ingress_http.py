@@ -127,7 +127,7 @@ def test_the_error_tree_declares_the_documented_statuses() -> None:
         "AlgorithmMismatch": 409, "ArtifactError": 500, "ClientClosedRequest": 499,
         "CompileError": 500, "ConfigError": 500, "InferenceFailed": 500,
         "InferenceTimeout": 504, "InvalidArgument": 400, "InvalidImage": 400, "LisError": 500,
-        "MemoryLimitExceeded": 500, "PayloadTooLarge": 413, "RequestError": 400,
+        "MemoryLimitExceeded": 500, "MisdirectedRequest": 421, "PayloadTooLarge": 413, "RequestError": 400,
         "ServiceNotFound": 404, "ServiceUnavailable": 503, "SpoolFull": 507,
         "Unauthorized": 401, "UnsafeArchive": 500, "UnsupportedMediaType": 415,
     }
