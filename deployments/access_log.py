@@ -50,12 +50,18 @@ class AccessLog:
                                         name=f"{service}-access-log", daemon=True)
         self._writer.start()
 
-    def write(self, status: int, latency_ms: float, stages: str, size: int) -> None:
-        """Queue the line of one request (never blocks on the disk)."""
+    def write(self, status: int, latency_ms: float, stages: str, size: int, *,
+              mislabelled: bool = False) -> None:
+        """Queue the line of one request (never blocks on the disk).
+
+        ``mislabelled``: the image was the other supported format than its
+        Content-Type said (read as what it is); counted as ``content_type_mismatch=1``.
+        """
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         line = (f"INFO {stamp},{int(now * 1000) % 1000:03d} {self._prefix}status={status} "
-                f"latency_ms={latency_ms:.1f} {stages} bytes={size}\n")
+                f"latency_ms={latency_ms:.1f} {stages} bytes={size}"
+                f"{' content_type_mismatch=1' if mislabelled else ''}\n")
         with self._lock:
             self._lines.append(line)
 

@@ -8,15 +8,21 @@ it places, starts, health-checks, replaces and autoscales the replicas; only a
 request's bytes take the short road (see ``serve_app._local`` for the ingress's
 side and docs/architecture.md).
 
-Each replica listens on ``<socket dir>/<service key>-<replica id>.sock``; the
-directory is per Ray node, readable by this user only; what a killed node
-left there is swept when a replica starts. The wire format is one
-frame per message: a 4-byte big-endian length, then a pickle. A request is
-``(body, content_type, algo_type)``; an answer is the ``InferenceResult``, the
-``LisError``, or ``REFUSED`` when the replica is stopping and has not started
-the request (the ingress then sends it through Ray Serve instead). The replica
-serves its socket with plain blocking threads (``_send``/``_receive``); the
-ingress, on its event loop, with asyncio streams (``write_frame``/``read_frame``).
+Each replica listens on ``<root>/<node>/<service key>-<replica id>.sock``. The
+root is ``lis-v<wire version>`` in the runtime directory systemd gives the
+service (``$RUNTIME_DIRECTORY``, else ``$XDG_RUNTIME_DIR``), or
+``$TMPDIR/lis-<uid>-v<wire version>``. Its name is predictable, so it is
+trusted only as a server trusts its own socket folder (tmux, ssh-agent): the
+root and the node's folder are created 0700, and each is refused
+(``unsafe_folder``) unless it is a real folder (not a symlink), owned by this
+user, with no group or other permission bits. Both ends then check the other
+process (``SO_PEERCRED``): a peer of another uid is dropped unread. What a
+killed node left there is swept when a replica starts.
+
+Messages are frames of the fixed format of ``vocabulary.wire`` (a JSON header
+and raw bytes, bounded, never a pickle). The replica serves its socket with
+plain blocking threads (``_send``/``_receive``); the ingress, on its event
+loop, with asyncio streams (``write_request``/``read_answer``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import pickle
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -36,7 +42,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vocabulary.errors import InferenceFailed, LisError, ServiceUnavailable
+from vocabulary.errors import (
+    InferenceFailed,
+    InvalidArgument,
+    LisError,
+    ServiceUnavailable,
+)
+from vocabulary.limits import DEFAULT_MAX_REQUEST_BYTES
+from vocabulary.wire import (
+    FRAME_PREFIX,
+    MAX_ANSWER_BYTES,
+    WIRE_VERSION,
+    Answer,
+    InferenceResult,
+    LocalRequest,
+    Refused,
+    decode_answer,
+    decode_request,
+    encode_answer,
+    encode_request,
+    frame_sizes,
+)
 
 __all__ = [
     "LOCAL_ONGOING_METRIC",
@@ -44,23 +70,30 @@ __all__ = [
     "STALE_AFTER_S",
     "Handler",
     "LocalServer",
+    "checked_folder",
     "current_node_id",
-    "read_frame",
+    "peer_uid",
+    "read_answer",
     "service_sockets",
     "socket_path",
+    "sockets_root",
     "sweep_stale_sockets",
-    "write_frame",
+    "unsafe_folder",
+    "write_request",
 ]
 
 log = logging.getLogger("ray.serve.lis")
 
-REFUSED = "refused: the replica is stopping"
+REFUSED = Refused("the replica is stopping")
 # A socket nobody listens on is left by a replica that was killed; one younger
 # than this may belong to a replica between bind() and listen().
 STALE_AFTER_S = 60.0
 # The custom autoscaling metric: requests a replica is answering over its socket.
 LOCAL_ONGOING_METRIC = "lis_local_ongoing_requests"
-_LENGTH = struct.Struct("!I")
+# struct ucred: pid, uid, gid.
+_PEER_CREDENTIALS = struct.Struct("3i")
+# systemd's RuntimeDirectory= for the service, then the user's runtime directory.
+_RUNTIME_DIRECTORIES = ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR")
 
 Handler = Callable[[bytes, "str | None", "str | None"], Any]
 
@@ -72,13 +105,56 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _sockets_root() -> Path:
-    return Path(tempfile.gettempdir()) / f"lis-{os.getuid()}"
+def sockets_root() -> Path:
+    """The folder of every node's socket folder (see the module docstring)."""
+    for variable in _RUNTIME_DIRECTORIES:
+        runtime = os.environ.get(variable, "").split(":")[0]  # systemd may list several
+        if runtime:
+            return Path(runtime) / f"lis-v{WIRE_VERSION}"
+    return Path(tempfile.gettempdir()) / f"lis-{os.getuid()}-v{WIRE_VERSION}"
 
 
 def _socket_dir(node_id: str) -> Path:
     # Short on purpose: a socket path must fit in 108 bytes.
-    return _sockets_root() / node_id[:16]
+    return sockets_root() / node_id[:16]
+
+
+def unsafe_folder(folder: Path, problem: str) -> LisError:
+    """The error for a socket folder that is refused, saying why and what to do."""
+    return LisError(f"refusing the local socket folder {folder}: it {problem}; it must be "
+                    f"a folder of uid {os.getuid()} with mode 0700 (remove it, and lis "
+                    f"makes it so)")
+
+
+def checked_folder(folder: Path, *, create: bool) -> bool:
+    """Whether ``folder`` is there, made 0700 if ``create``; raises ``unsafe_folder`` if refused."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a folder"
+        raise unsafe_folder(folder, f"is {kind}")
+    if info.st_uid != os.getuid():
+        raise unsafe_folder(folder, f"is owned by uid {info.st_uid}")
+    if info.st_mode & 0o077:
+        raise unsafe_folder(folder, f"has mode {stat.S_IMODE(info.st_mode):04o}, "
+                                    f"open to group or others")
+    return True
+
+
+def _checked_node_dir(folder: Path, *, create: bool) -> bool:
+    """Whether the node's folder and its root are there, and trusted (see ``checked_folder``)."""
+    return checked_folder(folder.parent, create=create) and checked_folder(folder, create=create)
+
+
+def peer_uid(connection: Any) -> int:
+    """The uid of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    data = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CREDENTIALS.size)
+    return _PEER_CREDENTIALS.unpack(data)[1]
 
 
 def sweep_stale_sockets(root: Path | None = None, stale_after_s: float = STALE_AFTER_S) -> int:
@@ -89,9 +165,12 @@ def sweep_stale_sockets(root: Path | None = None, stale_after_s: float = STALE_A
     id and folder: without a sweep, folders pile up under ``$TMPDIR`` for as
     long as the box runs. Each replica sweeps when it starts. Only sockets and
     folders older than ``stale_after_s`` are touched, so a replica that is
-    starting beside this one keeps what it just made.
+    starting beside this one keeps what it just made. A root that is not
+    trusted (``checked_folder``) is not touched.
     """
-    root = _sockets_root() if root is None else root
+    root = sockets_root() if root is None else root
+    if not checked_folder(root, create=False):
+        return 0
     old = time.time() - stale_after_s
     removed = 0
     for folder in _entries(root):
@@ -102,12 +181,14 @@ def sweep_stale_sockets(root: Path | None = None, stale_after_s: float = STALE_A
                     path.unlink()
                     removed += 1
         if folder_was_old:
-            with contextlib.suppress(OSError):  # not empty: a live node's, or someone else's
+            with contextlib.suppress(OSError):  # not empty: a live node's
                 folder.rmdir()
     return removed
 
 
 def _entries(folder: Path) -> list[Path]:
+    if folder.is_symlink():
+        return []  # nothing of ours: a sweep follows no link
     try:
         return list(folder.iterdir())
     except OSError:  # gone, or not a folder
@@ -141,26 +222,41 @@ def socket_path(node_id: str, service: str, replica_id: str) -> Path:
 
 
 def service_sockets(node_id: str, service: str) -> list[Path]:
-    """The sockets of ``service``'s replicas on this node, live or left by a dead one."""
+    """The sockets of ``service``'s replicas on this node, live or left by a dead one.
+
+    None when the folder is refused (logged once per folder and reason).
+    """
     folder = _socket_dir(node_id)
     try:
+        if not _checked_node_dir(folder, create=False):
+            return []
         return sorted(folder.glob(f"{_service_key(service)}-*.sock"))
+    except LisError as refused:
+        _warn_once(refused.message)
+        return []
     except OSError:
         return []
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    return pickle.loads(await reader.readexactly(length))
+_warned: set[str] = set()
 
 
-def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
-    writer.write(_frame(message))
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s: requests go through Ray Serve", message)
 
 
-def _frame(message: Any) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
+def write_request(writer: asyncio.StreamWriter, request: LocalRequest) -> None:
+    writer.write(encode_request(request))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    """One answer frame; ``InvalidArgument``/``PayloadTooLarge`` if it is not one."""
+    header_size, body_size = frame_sizes(await reader.readexactly(FRAME_PREFIX.size),
+                                         MAX_ANSWER_BYTES)
+    header = await reader.readexactly(header_size)
+    return decode_answer(header, await reader.readexactly(body_size))
 
 
 class LocalServer:
@@ -175,12 +271,16 @@ class LocalServer:
     runs on: with a model that hangs, one more thread and request would stay
     for each timeout. So at most ``max_ongoing`` requests run here at once;
     past that, a request is answered ``ServiceUnavailable`` (503) at once.
+    A connection from another uid is closed unread; a malformed frame is
+    answered with its error and the connection closed (the stream is out of step).
     """
 
-    def __init__(self, path: Path, handler: Handler, service: str, max_ongoing: int) -> None:
+    def __init__(self, path: Path, handler: Handler, service: str, max_ongoing: int,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.path = path
         self.service = service
         self.max_ongoing = max_ongoing
+        self.max_request_bytes = max_request_bytes
         self._handler = handler
         self._listener: socket.socket | None = None
         self._stopping = False
@@ -191,13 +291,25 @@ class LocalServer:
         self.answered = 0
 
     def start(self) -> None:
+        """Listen; an ``OSError``, or a ``LisError`` for a refused folder, if it cannot."""
+        checked_folder(self.path.parent.parent, create=True)
         try:
             sweep_stale_sockets()
-        except OSError:  # tidying up must never keep a replica from starting
+        except (OSError, LisError):  # tidying up must never keep a replica from starting
             log.warning("could not sweep stale local sockets", exc_info=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._bind(listener)
+        except BaseException:
+            listener.close()
+            raise
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, name=f"{self.service}-local", daemon=True).start()
+
+    def _bind(self, listener: socket.socket) -> None:
         for last_try in (False, True):
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _checked_node_dir(self.path.parent, create=True)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # a replica id is never reused; this is a stale leftover
             try:
@@ -206,12 +318,8 @@ class LocalServer:
             except FileNotFoundError:
                 # Another replica's sweep removed the folder, old and empty, in between.
                 if last_try:
-                    listener.close()
                     raise
         os.chmod(self.path, 0o600)
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, name=f"{self.service}-local", daemon=True).start()
 
     def stop(self, timeout_s: float) -> None:
         """Take no new request, then wait up to ``timeout_s`` for those under way."""
@@ -239,18 +347,34 @@ class LocalServer:
     def _serve(self, connection: socket.socket) -> None:
         with connection:
             try:
+                if not self._trusted(connection):
+                    return
                 while True:
-                    request = _receive(connection)
+                    try:
+                        request = _receive(connection, self.max_request_bytes)
+                    except LisError as malformed:
+                        _send(connection, malformed)
+                        return
                     if request is None:
                         return  # the ingress closed the connection
                     if self._stopping:
                         _send(connection, REFUSED)
                         return
-                    _send(connection, self._answer(*request))
+                    _send(connection, self._answer(request))
             except OSError:
                 pass  # the ingress gave up on the request (its own timeout) and closed
 
-    def _answer(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+    def _trusted(self, connection: socket.socket) -> bool:
+        uid = peer_uid(connection)
+        if uid != os.getuid():
+            log.warning("%s: refused a local connection from uid %d (this replica runs as %d)",
+                        self.service, uid, os.getuid())
+        return uid == os.getuid()
+
+    def _answer(self, request: LocalRequest) -> Answer:
+        if request.service != self.service:
+            return InvalidArgument("service", request.service, f"{self.service!r}, this "
+                                   f"socket's service")
         with self._lock:
             if self.ongoing >= self.max_ongoing:
                 return ServiceUnavailable(
@@ -259,17 +383,25 @@ class LocalServer:
             self.ongoing += 1
             self._idle.clear()
         try:
-            return self._handler(body, content_type, algo_type)
-        except LisError as error:
-            return error
-        except Exception as error:  # noqa: BLE001 - logged by the handler; answer the caller
-            return InferenceFailed(self.service, f"{type(error).__name__}: {error}")
+            return self._result(request)
         finally:
             with self._lock:
                 self.ongoing -= 1
                 self.answered += 1
                 if not self.ongoing:
                     self._idle.set()
+
+    def _result(self, request: LocalRequest) -> Answer:
+        try:
+            result = self._handler(request.body, request.content_type, request.algo_type)
+        except LisError as error:
+            return error
+        except Exception as error:  # noqa: BLE001 - logged by the handler; answer the caller
+            return InferenceFailed(self.service, f"{type(error).__name__}: {error}")
+        if not isinstance(result, InferenceResult):
+            return InferenceFailed(self.service, f"its answer is a {type(result).__name__}, "
+                                                 f"not an InferenceResult")
+        return result
 
 
 def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
@@ -284,17 +416,18 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
     return bytes(data)
 
 
-def _receive(connection: socket.socket) -> Any:
-    """One frame from a blocking socket; ``None`` when the other side closed."""
-    header = _receive_exactly(connection, _LENGTH.size)
-    if header is None:
+def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | None:
+    """One request from a blocking socket; ``None`` when the other side closed."""
+    prefix = _receive_exactly(connection, FRAME_PREFIX.size)
+    if prefix is None:
         return None
-    (length,) = _LENGTH.unpack(header)
-    data = _receive_exactly(connection, length)
-    if data is None:
+    header_size, body_size = frame_sizes(prefix, max_body_bytes)
+    header = _receive_exactly(connection, header_size)
+    body = _receive_exactly(connection, body_size) if header is not None else None
+    if header is None or body is None:
         raise ConnectionResetError("the connection closed mid-frame")
-    return pickle.loads(data)
+    return decode_request(header, body)
 
 
-def _send(connection: socket.socket, message: Any) -> None:
-    connection.sendall(_frame(message))
+def _send(connection: socket.socket, answer: Answer) -> None:
+    connection.sendall(encode_answer(answer))

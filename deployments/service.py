@@ -25,6 +25,7 @@ from ray import serve
 from deployments.access_log import AccessLog
 from deployments.archive import artifact_version, cache_dir, materialize
 from deployments.feedback.handoff import FeedbackHandoff
+from deployments.imaging import mislabelled
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
 from deployments.local_socket import (
     LOCAL_ONGOING_METRIC,
@@ -191,10 +192,11 @@ class InferenceService:
             return
         replica = serve.get_replica_context().replica_id.unique_id
         server = LocalServer(socket_path(current_node_id(), self.spec.name, replica),
-                             self.answer_local, self.spec.name, LOCAL_MAX_RUNNING)
+                             self.answer_local, self.spec.name, LOCAL_MAX_RUNNING,
+                             self.spec.max_request_bytes)
         try:
             server.start()
-        except OSError as error:  # the ingress reaches this replica through Ray instead
+        except (OSError, LisError) as error:  # a refused folder, a failed bind: through Ray
             self.log.warning("no local socket (%s): requests come through Ray Serve only", error)
             return
         self._local = server
@@ -214,7 +216,7 @@ class InferenceService:
     async def infer(self, body: bytes, content_type: str | None,
                     algo_type: str | None = None) -> InferenceResult:
         """Answer one request: the connector's output, or a ``LisError``."""
-        with self._access(body) as stages:
+        with self._access(body, content_type) as stages:
             self._check_request(body, algo_type)
             work = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._predict, body, content_type, stages)
@@ -233,7 +235,7 @@ class InferenceService:
         saves. The ingress enforces the timeout on this path; a request that
         finishes late is logged as the 504 its caller already got.
         """
-        with self._access(body) as stages:
+        with self._access(body, content_type) as stages:
             self._check_request(body, algo_type)
             prediction = self._predict(body, content_type, stages)
             if stages.elapsed_s() > self.spec.timeout_s:
@@ -244,7 +246,7 @@ class InferenceService:
             return InferenceResult(prediction.body, prediction.content_type, stages.seconds())
 
     @contextlib.contextmanager
-    def _access(self, body: bytes) -> Iterator[_Stages]:
+    def _access(self, body: bytes, content_type: str | None) -> Iterator[_Stages]:
         """Times one request and writes its access line, whatever its outcome."""
         stages = _Stages()
         status = 200
@@ -258,7 +260,8 @@ class InferenceService:
             self.log.exception("unexpected failure")
             raise
         finally:
-            self._access_log.write(status, 1000 * stages.elapsed_s(), str(stages), len(body))
+            self._access_log.write(status, 1000 * stages.elapsed_s(), str(stages), len(body),
+                                   mislabelled=mislabelled(body, content_type))
 
     def _check_request(self, body: bytes, algo_type: str | None) -> None:
         if algo_type is not None and algo_type != self.spec.algorithm:

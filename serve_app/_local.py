@@ -11,11 +11,16 @@ replica's thread cannot be interrupted; its late answer is dropped). A
 queued request whose HTTP client hung up is dropped before it takes a slot.
 Ray Serve's autoscaler does not see these requests, so replicas report them
 (``record_autoscaling_stats``) and ``local_aware_policy`` adds them to Ray's count.
+The ingress talks only to a replica that runs as its own uid (``SO_PEERCRED``)
+and reads only frames of ``vocabulary.wire``: a peer of another uid is not
+used, and a malformed answer is an ``InferenceFailed``, never executed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -25,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from deployments.local_socket import (
     LOCAL_ONGOING_METRIC,
-    REFUSED,
-    read_frame,
+    peer_uid,
+    read_answer,
     service_sockets,
-    write_frame,
+    write_request,
 )
 from serve_app._handles import GUARD_SECONDS, REPLICA_DIED
 from vocabulary.errors import (
@@ -38,6 +43,7 @@ from vocabulary.errors import (
     LisError,
     ServiceUnavailable,
 )
+from vocabulary.wire import Answer, InferenceResult, LocalRequest, Refused
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
@@ -46,6 +52,8 @@ __all__ = ["Gone", "LocalLimits", "LocalRoute", "LocalUnavailable", "local_aware
 
 # How often the ingress looks for replicas that started or stopped.
 RESCAN_PERIOD_S = 1.0
+
+log = logging.getLogger("ray.serve.lis")
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # Whether the caller of a request has hung up (the HTTP client disconnected).
@@ -79,6 +87,8 @@ class LocalRoute:
         self.node_id = node_id
         self.limits = limits
         self._replicas: dict[Path, _Replica] = {}
+        # Sockets whose listener runs as another uid: never used, not asked again.
+        self._foreign: set[Path] = set()
         self._scanned_at = -RESCAN_PERIOD_S
         self._waiting = 0
         self._freed = asyncio.Condition()
@@ -90,7 +100,7 @@ class LocalRoute:
         return bool(self._replicas) and len(self._replicas) >= running_replicas
 
     def _rescan(self) -> None:
-        found = set(service_sockets(self.node_id, self.service))
+        found = set(service_sockets(self.node_id, self.service)) - self._foreign
         for gone in set(self._replicas) - found:
             self._forget(self._replicas[gone])
         for path in found - set(self._replicas):
@@ -104,7 +114,7 @@ class LocalRoute:
         replica.idle.clear()
 
     async def call(self, body: bytes, content_type: str | None, algo_type: str | None,
-                   timeout_s: float, gone: Gone | None = None) -> Any:
+                   timeout_s: float, gone: Gone | None = None) -> InferenceResult:
         """The replica's answer; raises ``LisError``, or ``LocalUnavailable`` to go by Ray.
 
         The replica has ``timeout_s`` from when it takes the request (as on
@@ -117,14 +127,15 @@ class LocalRoute:
                 replica = await self._acquire(gone)
                 try:
                     async with asyncio.timeout(timeout_s):
-                        answer = await self._exchange(replica, (body, content_type, algo_type))
+                        answer = await self._exchange(replica, LocalRequest(
+                            self.service, content_type, algo_type, timeout_s, body))
                 finally:
                     replica.ongoing -= 1
                     async with self._freed:
                         self._freed.notify()
         except TimeoutError:
             raise InferenceTimeout(self.service, timeout_s) from None
-        if answer == REFUSED:  # stopping: Ray Serve knows where the others are
+        if isinstance(answer, Refused):  # stopping: Ray Serve knows where the others are
             self._forget(replica)
             raise LocalUnavailable(self.service)
         if isinstance(answer, LisError):
@@ -164,7 +175,7 @@ class LocalRoute:
                 finally:
                     self._waiting -= 1
 
-    async def _exchange(self, replica: _Replica, request: tuple[Any, ...]) -> Any:
+    async def _exchange(self, replica: _Replica, request: LocalRequest) -> Answer:
         # A pooled connection may have been closed by a replica that stopped:
         # with nothing read back, the request goes once more on a new connection.
         while replica.idle:
@@ -186,6 +197,7 @@ class LocalRoute:
                 replica.path.unlink(missing_ok=True)
             self._forget(replica)
             raise LocalUnavailable(self.service) from None
+        self._check_peer(replica, connection)
         try:
             answer = await self._send(connection, request)
         except (asyncio.IncompleteReadError, ConnectionError) as error:
@@ -193,13 +205,29 @@ class LocalRoute:
         replica.idle.append(connection)
         return answer
 
-    @staticmethod
-    async def _send(connection: _Connection, request: tuple[Any, ...]) -> Any:
+    def _check_peer(self, replica: _Replica, connection: _Connection) -> None:
+        """Use the socket only if its listener runs as this uid; else ``LocalUnavailable``."""
+        writer = connection[1]
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if uid == os.getuid():
+            return
+        writer.close()
+        log.warning("%s: the local socket %s is served by uid %d, not this ingress's %d: "
+                    "not used", self.service, replica.path, uid, os.getuid())
+        self._foreign.add(replica.path)
+        self._forget(replica)
+        raise LocalUnavailable(self.service)
+
+    async def _send(self, connection: _Connection, request: LocalRequest) -> Answer:
         reader, writer = connection
         try:
-            write_frame(writer, request)
+            write_request(writer, request)
             await writer.drain()
-            return await read_frame(reader)
+            return await read_answer(reader)
+        except LisError as malformed:  # not a frame of ours: the stream is out of step too
+            writer.close()
+            raise InferenceFailed(self.service, f"its replica's answer is malformed: "
+                                                f"{malformed.message}") from None
         except BaseException:
             # Cancelled (the caller's timeout) or broken: the stream is out of step.
             writer.close()

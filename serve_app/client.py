@@ -40,6 +40,7 @@ from vocabulary.names import (
     TOKEN_ENV,
     TRANSPORT_ENV,
 )
+from vocabulary.wire import METADATA_KEY, is_metadata_key
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT_S",
@@ -314,6 +315,9 @@ class FeedbackClient:
         metadata = kwargs.get("Metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError("Metadata must be a dict")
+        for key in metadata:
+            if not is_metadata_key(str(key)):
+                raise ValueError(f"Metadata key {str(key)!r} is not {METADATA_KEY}")
         transport = self._transport or _transport()
         try:
             status = transport.feedback(config_id, body, prediction,

@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 
 class Metric:
-    """The connector's metric names and their units (lis adds ``ErrorSpoolFull``)."""
+    """The connector's metric names and their units (lis adds the last two)."""
 
     SAMPLE_SIZE = ("SampleSize", "Bytes")
     UPLOAD_SUCCESS = ("SampleUploadSuccess", "Count")
@@ -80,6 +80,7 @@ class Metric:
     NOT_USED = ("SampleNotUsed", "Count")
     THROTTLED = ("ErrorRequestThrottled", "Count")
     SPOOL_FULL = ("ErrorSpoolFull", "Count")
+    SET_ASIDE = ("SampleSetAside", "Count")  # the store refused it for good
 
 
 def status_message(sample_id: str, status: str, **details: Any) -> dict[str, Any]:

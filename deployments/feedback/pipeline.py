@@ -4,7 +4,7 @@
 network call:
 
 1. check the request (known config id, bytes input, a classification list or a
-   detection dict, metadata that S3 can carry);
+   detection dict, metadata that S3 can carry: each key an HTTP token);
 2. apply the config's sampling strategy; a dropped sample gets a
    ``sample_dropped_by_strategy`` status and a ``SampleNotUsed`` metric;
 3. admit it under ``RequestLimit``: at most that many samples may be accepted
@@ -21,8 +21,13 @@ prediction message with QoS 1 and, once the broker acknowledged both, removes
 the sample from the spool (``SampleAndPredictionPublished``). While the store
 or the broker is away, the sample goes to the back of the queue and the worker
 backs off exponentially (``Backoff``), so a broken bucket slows other configs
-but does not block them. A pipeline opened on a spool that holds samples
-(after a crash or a restart) delivers them first.
+but does not block them. An upload the store refuses for the sample itself
+(``store.permanent_failure``: no such bucket, metadata it cannot carry) is
+tried ``SET_ASIDE_AFTER`` times in all, across restarts; then the sample is
+moved to the spool's ``set-aside/`` folder with the reason, a ``fail`` status
+and a ``SampleSetAside`` metric, and leaves ``RequestLimit``: one sample never
+blocks the others. A pipeline opened on a spool that holds samples (after a
+crash or a restart) delivers them first.
 
 Delivery guarantees. Every accepted sample is uploaded and announced at least
 once. Duplicates are possible: a message the broker received but whose PUBACK
@@ -65,9 +70,16 @@ from deployments.feedback.mqtt import (
 )
 from deployments.feedback.sampling import keep_sample
 from deployments.feedback.spool import Destination, Spool, SpoolRecord
-from deployments.feedback.store import SampleStore, object_key, open_store, s3_metadata
+from deployments.feedback.store import (
+    SampleStore,
+    object_key,
+    open_store,
+    permanent_failure,
+    s3_metadata,
+)
 from vocabulary.errors import InvalidArgument, ServiceUnavailable, SpoolFull
 from vocabulary.feedback_specs import FeedbackConfig, FeedbackConnectorSpec
+from vocabulary.wire import METADATA_KEY, is_metadata_key
 
 __all__ = [
     "ACCEPTED",
@@ -77,6 +89,7 @@ __all__ = [
     "DROPPED",
     "FAIL",
     "QUEUE_FULL",
+    "SET_ASIDE_AFTER",
     "SUCCESS",
     "Backoff",
     "FeedbackPipeline",
@@ -89,6 +102,9 @@ FAIL = "fail"
 QUEUE_FULL = "Queue.Full"  # the error name the connector reported (Python 2's Queue.Full)
 DEFAULT_ACK_TIMEOUT_S = 10.0
 DEFAULT_CLOSE_TIMEOUT_S = 60.0
+# Uploads of one sample the store refuses for good before it is set aside: a
+# few, in case the refusal was the store's passing mistake.
+SET_ASIDE_AFTER = 5
 # S3 limits user-defined metadata to 2 KB, keys and values together.
 _MAX_METADATA_BYTES = 2048
 _ACK_POLL_S = 0.1
@@ -117,8 +133,10 @@ class FeedbackPipeline:
     def __init__(self, spec: FeedbackConnectorSpec, *, store: SampleStore | None = None,
                  publisher: MqttPublisher | None = None, rng: random.Random | None = None,
                  backoff: Backoff = DEFAULT_BACKOFF,
-                 ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S) -> None:
+                 ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+                 set_aside_after: int = SET_ASIDE_AFTER) -> None:
         self.spec = spec
+        self._set_aside_after = set_aside_after
         self._rng = rng or random.Random()
         self._backoff = backoff
         self._ack_timeout_s = ack_timeout_s
@@ -256,11 +274,11 @@ class FeedbackPipeline:
         failures = 0
         while (record := self._next()) is not None:
             try:
-                delivered, record = self._deliver(record)
+                done, record = self._deliver(record)
             except Exception:  # a bug must not kill the worker: the sample stays spooled
                 logger.exception("feedback sample %s: unexpected error", record.sample_id)
-                delivered = False
-            if delivered:
+                done = False
+            if done:
                 failures = 0
                 continue
             self._enqueue(record)  # to the back: one broken bucket must not block the rest
@@ -274,21 +292,46 @@ class FeedbackPipeline:
             return None if self._closing.is_set() else self._queue.popleft()
 
     def _deliver(self, record: SpoolRecord) -> tuple[bool, SpoolRecord]:
+        """Take a sample as far as it goes; whether it is done (delivered or set aside)."""
         if record.upload is None:
             try:
                 record = self._upload(record)
             except Exception as exc:
+                self._metric(Metric.UPLOAD_FAILURE)
+                if permanent_failure(exc):
+                    return self._refused(record, exc)
                 logger.warning("feedback sample %s: upload to %s/%s failed, will retry: %s",
                                record.sample_id, record.destination.bucket,
                                record.destination.key, exc)
-                self._metric(Metric.UPLOAD_FAILURE)
                 return False, record
         if not self._announce(record):
             return False, record
         self._finish(record)
         return True, record
 
+    def _refused(self, record: SpoolRecord, error: Exception) -> tuple[bool, SpoolRecord]:
+        """The store refused the sample itself: count it, and set it aside at the last try."""
+        record = self._spool.count_failure(record)
+        if record.failed_uploads < self._set_aside_after:
+            logger.warning("feedback sample %s: the store refused it (%d of %d tries before "
+                           "it is set aside): %s", record.sample_id, record.failed_uploads,
+                           self._set_aside_after, error)
+            return False, record
+        reason = f"{type(error).__name__}: {error}"
+        folder = self._spool.set_aside(record, reason)
+        message = (f"the store refused the sample {record.failed_uploads} times; "
+                   f"set aside in {folder}: {reason}")
+        logger.error("feedback sample %s: %s", record.sample_id, message)
+        self._publisher.publish_if_connected(STATUS_TOPIC, status_message(
+            record.sample_id, FAIL, error_message=message, error=type(error).__name__))
+        self._metric(Metric.SET_ASIDE)
+        self._deliveries.pop(record.sample_id, None)
+        self._release()
+        return True, record
+
     def _upload(self, record: SpoolRecord) -> SpoolRecord:
+        # Checked again: a sample an older lis accepted may carry a key S3 refuses.
+        _checked_metadata(record.metadata)
         destination = self._current_destination(record)
         body = self._spool.read_input(record)
         stored = self._store.put(destination.bucket, destination.key, body,
@@ -377,6 +420,9 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
     text = "".join(key + value for key, value in headers.items())
     if not text.isascii() or not text.isprintable() or len(text) > _MAX_METADATA_BYTES:
         raise InvalidArgument("Metadata", metadata, expected)
+    for key in plain:  # each becomes an HTTP header name (x-amz-meta-<key>)
+        if not is_metadata_key(key):
+            raise InvalidArgument("Metadata key", key, METADATA_KEY)
     return plain
 
 

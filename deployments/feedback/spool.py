@@ -13,6 +13,9 @@ out)::
     <directory>/samples/<id>.json   config id, prediction, metadata, upload state
     <directory>/tmp/                files being written (cleared on open)
     <directory>/corrupt/            records that could not be read back (kept, never deleted)
+    <directory>/set-aside/          samples the store refused for good (``set_aside``):
+                                    <id>.bin, <id>.json and <id>.reason.json (why, after how
+                                    many attempts); kept, never deleted, never replayed
 
 A record exists when its ``.json`` exists: the ``.bin`` is written and made
 durable first, the ``.json`` last, and removal goes in the opposite order. The
@@ -24,11 +27,14 @@ replay, to the same key (the sample id is fixed at acceptance): the object is
 overwritten with the same bytes, never duplicated.
 
 The spool has a size cap: a sample that would pass it is refused with
-``SpoolFull``; stored samples are never dropped to make room.
+``SpoolFull``; stored samples are never dropped to make room. A record counts
+the uploads the store refused (``count_failure``), so a restart does not give
+a sample the store will never take a fresh set of attempts.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -44,10 +50,12 @@ from typing import Any
 from deployments.feedback.store import StoredObject
 from vocabulary.errors import LisError, SpoolFull
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT_S", "Destination", "Spool", "SpoolFull", "SpoolRecord"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT_S", "SET_ASIDE_FOLDER", "Destination", "Spool", "SpoolFull",
+           "SpoolRecord"]
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 _FORMAT_VERSION = 1
+SET_ASIDE_FOLDER = "set-aside"
 _LOCK_POLL_S = 0.05
 
 logger = logging.getLogger(__name__)
@@ -74,6 +82,7 @@ class SpoolRecord:
     accepted_ns: int
     input_size: int
     upload: StoredObject | None = None
+    failed_uploads: int = 0  # uploads the store refused for good (``store.permanent_failure``)
 
     def to_json(self) -> bytes:
         document = {"version": _FORMAT_VERSION, "sample_id": self.sample_id,
@@ -81,7 +90,8 @@ class SpoolRecord:
                     "metadata": self.metadata, "destination": asdict(self.destination),
                     "accepted_ns": self.accepted_ns,
                     "input_size": self.input_size,
-                    "upload": None if self.upload is None else self.upload.to_dict()}
+                    "upload": None if self.upload is None else self.upload.to_dict(),
+                    "failed_uploads": self.failed_uploads}
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
@@ -92,7 +102,8 @@ class SpoolRecord:
                    prediction=document["prediction"], metadata=document["metadata"],
                    destination=Destination(**document["destination"]),
                    accepted_ns=document["accepted_ns"], input_size=document["input_size"],
-                   upload=None if upload is None else StoredObject.from_dict(upload))
+                   upload=None if upload is None else StoredObject.from_dict(upload),
+                   failed_uploads=document.get("failed_uploads", 0))  # an older lis kept none
 
 
 class Spool:
@@ -162,16 +173,37 @@ class Spool:
 
     def mark_uploaded(self, record: SpoolRecord, stored: StoredObject) -> SpoolRecord:
         """Record durably that the sample's object is stored, so a replay skips the upload."""
-        updated = replace(record, upload=stored)
-        header = updated.to_json()
         # No directory sync: if a crash loses this rename, the previous header
         # (durable, complete) comes back and the replay uploads the sample again,
         # to the same key: the same object, not a second one.
-        os.replace(self._stage(self._header_path(record.sample_id), header),
-                   self._header_path(record.sample_id))
-        with self._mutex:
-            self._used += len(header) - len(record.to_json())
-        return updated
+        return self._rewrite(record, replace(record, upload=stored))
+
+    def count_failure(self, record: SpoolRecord) -> SpoolRecord:
+        """Record durably one more upload the store refused for good."""
+        return self._rewrite(record, replace(record, failed_uploads=record.failed_uploads + 1))
+
+    def set_aside(self, record: SpoolRecord, reason: str) -> Path:
+        """Move a sample out of the spool into ``set-aside/``, with ``reason``; that folder.
+
+        The input goes first and the header last: a crash in between leaves a
+        header without input, which the next open moves to ``corrupt/``; no byte
+        of the sample is deleted either way.
+        """
+        aside = self.directory / SET_ASIDE_FOLDER
+        aside.mkdir(exist_ok=True)
+        note = {"sample_id": record.sample_id, "reason": reason,
+                "attempts": record.failed_uploads,
+                "set_aside_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        os.replace(self._stage(aside / f"{record.sample_id}.reason.json",
+                               json.dumps(note).encode()),
+                   aside / f"{record.sample_id}.reason.json")
+        os.replace(self._input_path(record.sample_id), aside / f"{record.sample_id}.bin")
+        _fsync_dir(aside)
+        os.replace(self._header_path(record.sample_id), aside / f"{record.sample_id}.json")
+        _fsync_dir(aside)
+        _fsync_dir(self._samples)
+        self._release(self._size(record))
+        return aside
 
     def remove(self, record: SpoolRecord) -> None:
         """Forget a delivered sample (header first: a record without header does not exist)."""
@@ -199,6 +231,14 @@ class Spool:
         with self._mutex:
             self._used -= size
             self._count -= 1
+
+    def _rewrite(self, record: SpoolRecord, updated: SpoolRecord) -> SpoolRecord:
+        header = updated.to_json()
+        os.replace(self._stage(self._header_path(record.sample_id), header),
+                   self._header_path(record.sample_id))
+        with self._mutex:
+            self._used += len(header) - len(record.to_json())
+        return updated
 
     def _size(self, record: SpoolRecord) -> int:
         return record.input_size + len(record.to_json())

@@ -13,7 +13,8 @@ caller's metadata:
   fsync'd, so a stored sample survives a power cut.
 
 Putting the same key twice stores the same bytes twice: re-uploading a sample
-after a crash overwrites, never duplicates.
+after a crash overwrites, never duplicates. ``permanent_failure`` tells an
+upload the store refused (retrying cannot help) from an outage.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vocabulary.errors import LisError
+from vocabulary.errors import InvalidArgument, LisError, RequestError
 from vocabulary.feedback_specs import StorageSpec
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "StoredObject",
     "object_key",
     "open_store",
+    "permanent_failure",
     "s3_metadata",
 ]
 
@@ -47,6 +49,12 @@ METADATA_SUFFIX = ".metadata.json"
 _S3_CONNECT_TIMEOUT_S = 5
 _S3_READ_TIMEOUT_S = 30
 _S3_ATTEMPTS = 2
+# 4xx answers that say nothing of the sample: credentials, the clock, throttling,
+# a slow request. They fail every sample alike and pass; the sample is kept.
+_PASSING_STATUSES = frozenset({401, 403, 408, 429})
+_PASSING_CODES = frozenset({"ExpiredToken", "RequestTimeout", "RequestTimeTooSkewed",
+                            "SlowDown", "Throttling", "ThrottlingException",
+                            "TokenRefreshRequired"})
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,33 @@ def s3_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
     """The caller's metadata as S3 user metadata: strings as they are, others as JSON."""
     return {str(key): value if isinstance(value, str) else json.dumps(value)
             for key, value in metadata.items()}
+
+
+def permanent_failure(error: Exception) -> bool:
+    """Whether a failed ``put`` would fail again however often it is retried.
+
+    So it is when the store answered 4xx for the sample itself (no such bucket,
+    a key or metadata it refuses) or the request could not even be made (lis's
+    own ``RequestError``, botocore's parameter validation). A connection error,
+    a 5xx, throttling, credentials or the clock are an outage: they pass.
+    """
+    if isinstance(error, RequestError):
+        return True
+    response = getattr(error, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = response.get("Error", {}).get("Code", "")
+        return (400 <= status < 500 and status not in _PASSING_STATUSES
+                and code not in _PASSING_CODES)
+    return _invalid_parameters(error)
+
+
+def _invalid_parameters(error: Exception) -> bool:
+    try:
+        from botocore.exceptions import ParamValidationError
+    except ImportError:  # no boto3: not an S3 store's error
+        return False
+    return isinstance(error, ParamValidationError)
 
 
 def open_store(spec: StorageSpec) -> SampleStore:
@@ -152,7 +187,8 @@ class LocalFolderStore(SampleStore):
         bucket_dir = (self.root / bucket).resolve()
         path = (bucket_dir / key).resolve()
         if bucket_dir.parent != self.root.resolve() or bucket_dir not in path.parents:
-            raise LisError(f"object {bucket}/{key} would be outside the local store {self.root}")
+            raise InvalidArgument("object", f"{bucket}/{key}",
+                                  f"a path inside the local store {self.root}")
         return path
 
 

@@ -65,3 +65,13 @@ def test_a_full_file_is_rotated_keeping_the_backups(tmp_path: Path) -> None:
     newest_first = [int(m.group(3)) for name in kept for m in _lines(tmp_path / name)]
     # The current file is empty (just rotated); .1 holds the last batch, .2 the one before.
     assert newest_first == list(range(400, 430)) + list(range(300, 330))
+
+
+def test_an_image_sent_as_the_other_format_is_counted_in_its_line(tmp_path: Path) -> None:
+    log = AccessLog(tmp_path / "serve" / "access_lis_svc_r1.log", "lis_svc", "r1", "svc")
+    log.write(200, 3.0, "prepare_ms=1.0", 10, mislabelled=True)
+    log.write(200, 3.0, "prepare_ms=1.0", 11)
+    log.close()
+    lines = log.path.read_text().splitlines()
+    assert [line.endswith("bytes=10 content_type_mismatch=1") for line in lines] == [True, False]
+    assert lines[1].endswith("bytes=11")

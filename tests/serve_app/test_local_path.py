@@ -57,6 +57,13 @@ def node() -> Iterator[str]:
     shutil.rmtree(socket_path(name, SERVICE, "any").parent, ignore_errors=True)
 
 
+def _folders(path: Path) -> Path:
+    """The root and node folders of a socket at ``path``, as lis makes them (0700); ``path``."""
+    for folder in (path.parent.parent, path.parent):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def _echo(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
     if body == b"mismatch":
         raise AlgorithmMismatch(SERVICE, algo_type or "", "image-classification")
@@ -113,8 +120,7 @@ def test_a_stopping_replica_refuses_and_is_forgotten(node: str) -> None:
 
 def test_a_stale_socket_sends_the_request_through_ray(node: str) -> None:
     async def scenario() -> None:
-        path = socket_path(node, SERVICE, "dead")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _folders(socket_path(node, SERVICE, "dead"))
         with socket.socket(socket.AF_UNIX) as left_behind:  # bound, nobody listening
             left_behind.bind(str(path))
         route = _route(node)
@@ -307,8 +313,7 @@ def test_a_request_running_ten_timeouts_long_makes_the_replica_unhealthy() -> No
 
 def test_a_replica_that_dies_mid_request_is_an_inference_failure(node: str) -> None:
     async def scenario() -> None:
-        path = socket_path(node, SERVICE, "dying")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = _folders(socket_path(node, SERVICE, "dying"))
 
         async def die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(1)  # takes the request, then its process "dies"
@@ -361,7 +366,7 @@ def test_autoscaling_counts_local_requests_with_rays() -> None:
 
 def _left_behind(path: Path, age_s: float) -> Path:
     """A socket bound and never listened on, as a killed replica leaves it, ``age_s`` old."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _folders(path)
     with socket.socket(socket.AF_UNIX) as dead:
         dead.bind(str(path))
     _age(path, age_s)
