@@ -21,7 +21,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/lint-imports --config .importlinter
 	$(BIN)/python -m pytest
 
-## bench: serving figures, written to docs/benchmarks.md (not a test)
+## bench: serving figures and the demo stack's footprint, written to docs/benchmarks.md (not a test)
 bench: $(VENV)/.installed-dev
 	$(BIN)/lis models build
 	$(BIN)/python -m benchmarks.serving

@@ -10,7 +10,8 @@ HTTP load comes from ``benchmarks.http_load`` (one thread, all connections).
 The verdicts compare paths measured in alternating blocks; in raw's throughput
 blocks lis is stopped (``ray_paused``). The table, the verdicts and the machine
 they were measured on make ``docs/benchmarks.md``, a page this script writes
-whole. Not a test: nothing here asserts a time.
+whole, with the demo stack's memory per process and time to ready
+(``benchmarks.footprint``), measured first. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -410,8 +411,10 @@ blocks) and give both figures. How the bench measures, and what the figures deci
 [performance.md](performance.md)."""
 
 
-def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: str) -> str:
-    """``docs/benchmarks.md``: the latest figures, headed by the machine they come from."""
+def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: str,
+                    footprint: str = "") -> str:
+    """``docs/benchmarks.md``: the latest figures, headed by the machine they come from,
+    then the footprint section (``benchmarks.footprint.footprint_section``) if given."""
     machine_rows = "\n".join(f"| {name} | {value} |" for name, value in
                               [*facts.items(), ("date", date)])
     return (f"# Benchmarks\n\n"
@@ -420,13 +423,13 @@ def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: st
             f"The latest `make bench` run, on this machine:\n\n"
             f"| machine | |\n|---|---|\n{machine_rows}\n\n"
             f"{requests} requests per row, a 1280x720 JPEG camera frame.\n\n"
-            f"{results}\n\n{PATHS_MEANING}\n")
+            f"{results}\n\n{PATHS_MEANING}\n" + (f"\n{footprint}" if footprint else ""))
 
 
-def write_benchmarks_page(requests: int, results: str) -> None:
+def write_benchmarks_page(requests: int, results: str, footprint: str = "") -> None:
     BENCHMARKS_PAGE.parent.mkdir(exist_ok=True)
     BENCHMARKS_PAGE.write_text(benchmarks_page(machine_facts(), time.strftime("%Y-%m-%d"),
-                                               requests, results))
+                                               requests, results, footprint))
     print(f"written: {BENCHMARKS_PAGE.relative_to(ROOT)}")
 
 
@@ -437,6 +440,8 @@ def main() -> int:
                         help="print only; leave docs/benchmarks.md as it is")
     parser.add_argument("--config", type=Path, default=BENCH_CONFIG,
                         help="services to measure (default: the demo detector and classifier)")
+    parser.add_argument("--no-footprint", action="store_true",
+                        help="skip the demo stack's memory and time-to-ready section")
     args = parser.parse_args()
 
     from serve_app.config import load_config
@@ -446,6 +451,12 @@ def main() -> int:
 
         demo_models()  # builds the demo artifacts if they are missing
         build_reference_detector()
+    footprint = ""
+    if not args.no_footprint:  # first: its own `lis up`, before any of this bench's work
+        from benchmarks.footprint import footprint_section, measure_footprint
+
+        footprint = footprint_section(measure_footprint())
+        print(footprint, flush=True)
     config = load_config([args.config])
     empty_feedback_folders(config.feedback)
     body = camera_frame()
@@ -501,7 +512,7 @@ def main() -> int:
     print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
           f"a 1280x720 JPEG camera frame.\n\n{results}")
     if not args.no_write:
-        write_benchmarks_page(args.requests, results)
+        write_benchmarks_page(args.requests, results, footprint)
     return 0
 
 
