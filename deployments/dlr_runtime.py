@@ -39,10 +39,13 @@ from typing import Any
 import numpy as np
 
 from deployments._dlr import import_dlr, installed_libdlr
-from deployments.neo import NeoArtifact, host_machine, read_neo_artifact
+from deployments.compiled_runtime import (
+    CompiledModelRuntime,
+    first_line,
+)
+from deployments.neo import NeoArtifact
 from deployments.runtime import (
     DEFAULT_THREADS,
-    ModelRuntime,
     refuse_mixed_tvm_runtimes,
     select_device,
     set_thread_count,
@@ -72,7 +75,7 @@ class _Libdlr:
     bundled: bool
 
 
-class DLRRuntime(ModelRuntime):
+class DLRRuntime(CompiledModelRuntime):
     """A Neo/DLR-compiled model; ``predict`` returns the model's raw outputs.
 
     For GluonCV detectors those are ``[class_ids (1,N,1), scores (1,N,1),
@@ -82,33 +85,14 @@ class DLRRuntime(ModelRuntime):
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
                  device: str = "cpu", prefer_bundled_libdlr: bool = False,
                  allow_cpu_fallback: bool = False) -> None:
-        super().__init__(artifact_dir, threads=threads, device=device)
-        self.allow_cpu_fallback = allow_cpu_fallback
+        super().__init__(artifact_dir, threads=threads, device=device,
+                         allow_cpu_fallback=allow_cpu_fallback)
         self.prefer_bundled_libdlr = prefer_bundled_libdlr
-        self.artifact: NeoArtifact | None = None
         self._model: Any = None
-        self._input_name = "data"
-        self._input_shape: tuple[int, ...] | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self._input_shape is None:  # read once: the graph JSON can be megabytes
-            self._input_shape = self._artifact().input_shape(self._input_name)
-        return self._input_shape
-
-    @property
-    def labels(self) -> tuple[str, ...] | None:
-        return self._artifact().labels
-
-    def _artifact(self) -> NeoArtifact:
-        if self.artifact is None:
-            self.artifact = read_neo_artifact(self.artifact_dir)
-        return self.artifact
 
     def load(self) -> None:
         refuse_mixed_tvm_runtimes("dlr")
-        artifact = self.artifact = read_neo_artifact(self.artifact_dir)
-        _check_machine(artifact)
+        artifact = self._read_for_this_machine()
         if self.device not in _DEVICES:
             raise LisError(f"unknown device {self.device!r}: expected 'cpu' or 'gpu'")
         set_thread_count(self.threads)
@@ -145,7 +129,7 @@ class DLRRuntime(ModelRuntime):
                                 use_default_dlr=not use_bundled)
         except Exception as error:  # DLR raises bare Exception/DLRError subclasses
             raise ArtifactError(str(artifact.directory),
-                                f"DLR could not load the model: {_first_line(error)}") from error
+                                f"DLR could not load the model: {first_line(error)}") from error
         finally:
             # The library is mapped and the weights are copied in: the folder can go.
             shutil.rmtree(staging, ignore_errors=True)
@@ -158,12 +142,6 @@ class DLRRuntime(ModelRuntime):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return list(self._model.run({self._input_name: batch}))
 
-
-def _check_machine(artifact: NeoArtifact) -> None:
-    built_for, host = artifact.machine, host_machine()
-    if built_for != host:
-        raise ArtifactError(str(artifact.library),
-                            f"compiled for {built_for}, but this machine is {host}")
 
 
 def _candidates(installed: Path | None, bundled: Path | None,
@@ -195,7 +173,3 @@ def _has_cuda(libdlr: Path) -> bool:
     with open(libdlr, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return any(data.find(marker) >= 0 for marker in _CUDA_MARKERS)
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

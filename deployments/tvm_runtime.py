@@ -32,10 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from deployments.neo import NeoArtifact, host_machine, read_neo_artifact
+from deployments.compiled_runtime import (
+    DEFAULT_INPUT_NAME,
+    CompiledModelRuntime,
+    first_line,
+)
+from deployments.neo import NeoArtifact
 from deployments.runtime import (
     DEFAULT_THREADS,
-    ModelRuntime,
     refuse_mixed_tvm_runtimes,
     select_device,
     set_thread_count,
@@ -45,7 +49,6 @@ from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 __all__ = ["TVMGraphRuntime"]
 
 _RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
-_DEFAULT_INPUT = "data"
 _INSTALL_TVM = ("install the TVM runtime: pip install xtc-tvm-python-bindings==0.19.0.12 "
                 "(the pin in requirements-compile.txt)")
 # `lis compile` builds LLVM code for a CPU (x86_64 or aarch64), never for CUDA.
@@ -72,12 +75,12 @@ def _import_tvm_runtime() -> tuple[ModuleType, ModuleType]:
             import tvm  # noqa: PLC0415 - only here, after the guard and the thread count
             from tvm.contrib import graph_executor  # noqa: PLC0415
     except (ImportError, OSError, RuntimeError) as error:
-        raise LisError(f"the TVM runtime cannot load ({_first_line(error)}): "
+        raise LisError(f"the TVM runtime cannot load ({first_line(error)}): "
                        f"{_INSTALL_TVM}") from error
     return tvm, graph_executor
 
 
-class TVMGraphRuntime(ModelRuntime):
+class TVMGraphRuntime(CompiledModelRuntime):
     """A ``lis compile`` artifact run by TVM's graph executor, on the CPU.
 
     ``predict`` returns the same raw outputs as ``DLRRuntime`` on that artifact.
@@ -85,32 +88,13 @@ class TVMGraphRuntime(ModelRuntime):
 
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
                  device: str = "cpu", allow_cpu_fallback: bool = False) -> None:
-        super().__init__(artifact_dir, threads=threads, device=device)
-        self.allow_cpu_fallback = allow_cpu_fallback
-        self.artifact: NeoArtifact | None = None
+        super().__init__(artifact_dir, threads=threads, device=device,
+                         allow_cpu_fallback=allow_cpu_fallback)
         self._executor: Any = None
-        self._input_name = _DEFAULT_INPUT
-        self._input_shape: tuple[int, ...] | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self._input_shape is None:  # read once: the graph JSON can be megabytes
-            self._input_shape = self._artifact().input_shape(self._input_name)
-        return self._input_shape
-
-    @property
-    def labels(self) -> tuple[str, ...] | None:
-        return self._artifact().labels
-
-    def _artifact(self) -> NeoArtifact:
-        if self.artifact is None:
-            self.artifact = read_neo_artifact(self.artifact_dir)
-        return self.artifact
 
     def load(self) -> None:
         refuse_mixed_tvm_runtimes("tvm")
-        artifact = self.artifact = read_neo_artifact(self.artifact_dir)
-        _check_machine(artifact)
+        artifact = self._read_for_this_machine()
         self.device = select_device(self.device, False, allow_cpu_fallback=self.allow_cpu_fallback,
                                     unsupported=_CPU_ONLY)
         set_thread_count(self.threads)
@@ -139,7 +123,7 @@ def _create(tvm: ModuleType, graph_executor: ModuleType, artifact: NeoArtifact) 
         executor.set_input(**params)
     except (tvm.TVMError, OSError, ValueError) as error:
         raise ArtifactError(str(artifact.directory),
-                            f"TVM could not load the model: {_first_line(error)}") from error
+                            f"TVM could not load the model: {first_line(error)}") from error
     return executor, _input_name(json.loads(graph), params)
 
 
@@ -147,16 +131,6 @@ def _input_name(graph: dict[str, Any], params: dict[str, Any]) -> str:
     # The graph's arguments are its inputs and its weights; DLR names the first
     # argument that is not a weight, and so do we.
     names = [graph["nodes"][i]["name"] for i in graph["arg_nodes"]]
-    return next((name for name in names if name not in params), _DEFAULT_INPUT)
+    return next((name for name in names if name not in params), DEFAULT_INPUT_NAME)
 
 
-def _check_machine(artifact: NeoArtifact) -> None:
-    built_for, host = artifact.machine, host_machine()
-    if built_for != host:
-        raise ArtifactError(str(artifact.library),
-                            f"compiled for {built_for}, but this machine is {host}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
