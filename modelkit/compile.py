@@ -24,16 +24,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import queue
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +50,7 @@ from deployments.neo import (
     write_neo_artifact,
 )
 from deployments.sagemaker_ic import read_classifier_artifact, read_input_shape
+from modelkit._child import Clock, Progress, run_child
 from vocabulary.errors import ArtifactError, CompileError
 from vocabulary.names import COMPILE_INFO_FILE, SHAPES_FILE
 
@@ -82,10 +78,6 @@ VERIFY_SEED = 0
 # Verification fails above this difference, relative to each output's scale
 # (max(1, largest value)): 1e-3 on probabilities, half a pixel on 512-px boxes.
 VERIFY_TOLERANCE = 1e-3
-# How often a long stage reports that it is still working.
-_HEARTBEAT_SECONDS = 15.0
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -146,7 +138,7 @@ def compile_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     # The work folder sits beside the output and is kept, with its log, on failure.
     work = Path(tempfile.mkdtemp(prefix=f".lis-compile-{output.name}-", dir=output.parent))
-    clock = _Clock(started, progress or (lambda _line: None))
+    clock = Clock(started, progress or (lambda _line: None))
     try:
         resolved_target, max_diff = _compile_in(work, job, output, verify, clock)
     except ArtifactError as error:
@@ -165,7 +157,7 @@ class _Job:
 
 
 def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
-                clock: _Clock) -> tuple[str, float | None]:
+                clock: Clock) -> tuple[str, float | None]:
     clock.say(f"compiling {job.source.symbol.name} + {job.source.params.name}, "
               f"input {job.shape}, target {job.target}")
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
@@ -301,65 +293,6 @@ def _record_difference(artifact: Path, max_diff: float) -> None:
     path.write_text(json.dumps(info, indent=2))
 
 
-# --- child processes -------------------------------------------------------------
-
-class _Clock:
-    """Prints progress lines prefixed with the seconds since the start."""
-
-    def __init__(self, started: float, say: Progress) -> None:
-        self.started = started
-        self._say = say
-
-    def say(self, text: str) -> None:
-        self._say(f"[{time.monotonic() - self.started:6.1f}s] {text}")
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ, TOPHUB_LOCATION="NONE")
-    # The children import lis from wherever this process did.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
-def _run_child(module: str, arguments: list[str], log: Path, clock: _Clock) -> int:
-    """Run ``python -m module``, relaying its STAGE lines; everything goes to ``log``."""
-    lines: queue.Queue[str | None] = queue.Queue()
-    with open(log, "a", encoding="utf-8") as log_file:
-        log_file.write(f"$ {sys.executable} -m {module} {' '.join(arguments)}\n")
-        log_file.flush()
-        child = subprocess.Popen([sys.executable, "-m", module, *arguments],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=_child_env(), errors="replace")
-        reader = threading.Thread(target=_pump, args=(child, log_file, lines), daemon=True)
-        reader.start()
-        _relay(lines, clock)
-        reader.join()
-        return child.wait()
-
-
-def _pump(child: subprocess.Popen[str], log_file: object, lines: queue.Queue[str | None]) -> None:
-    assert child.stdout is not None
-    for line in child.stdout:
-        log_file.write(line)  # type: ignore[attr-defined]
-        log_file.flush()  # type: ignore[attr-defined]
-        if line.startswith("STAGE "):
-            lines.put(line[6:].rstrip())
-    lines.put(None)
-
-
-def _relay(lines: queue.Queue[str | None], clock: _Clock) -> None:
-    while True:
-        try:
-            line = lines.get(timeout=_HEARTBEAT_SECONDS)
-        except queue.Empty:
-            clock.say("  ... still working")
-            continue
-        if line is None:
-            return
-        clock.say(line)
-
-
 def _failure(work: Path, error_file: str, what: str, returncode: int) -> CompileError:
     path = work / error_file
     summary = path.read_text().strip() if path.is_file() else ""
@@ -370,24 +303,24 @@ def _failure(work: Path, error_file: str, what: str, returncode: int) -> Compile
 
 
 def _build(source: _Source, shape: tuple[int, ...], target: str, work: Path,
-           clock: _Clock) -> str:
+           clock: Clock) -> str:
     arguments = ["--symbol", str(source.symbol), "--params", str(source.params),
                  "--input-shape", ",".join(map(str, shape)), "--target", target,
                  "--work", str(work)]
-    returncode = _run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
+    returncode = run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
     return str(json.loads((work / "result.json").read_text())["target"])
 
 
-def _verify(artifact: Path, work: Path, clock: _Clock) -> float | None:
+def _verify(artifact: Path, work: Path, clock: Clock) -> float | None:
     built_for = library_machine(read_neo_artifact(artifact).library)
     if built_for != host_machine():
         clock.say(f"not verified: the artifact is for {built_for}, this machine is "
                   f"{host_machine()}")
         return None
     clock.say("verifying: loading the artifact with DLR in a fresh process")
-    returncode = _run_child("modelkit._verify", ["--artifact", str(artifact), "--work", str(work)],
+    returncode = run_child("modelkit._verify", ["--artifact", str(artifact), "--work", str(work)],
                             work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "verify-error.txt", "verification", returncode)
