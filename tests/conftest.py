@@ -13,12 +13,22 @@ concurrent session never sees half of one.
 - ``ssd_artifact`` / ``yolo_artifact``: GluonCV ``ssd_512_mobilenet1.0_voc`` and
   ``yolo3_mobilenet1.0_voc`` (``pretrained=False``), deterministically
   initialised, exported, and compiled by the real ``lis compile`` command line.
+
+Real peers for ML Feedback (``tests/peers.py``):
+
+- ``mqtt_broker``: amqtt in its own process on a free loopback port; it records
+  every message it receives (see ``_mqtt_broker.py``), can be stopped and
+  started again on the same port, and is killed at the end of the test.
+- ``s3_server``: moto's S3 in server mode on a free loopback port, reached by
+  boto3 over HTTP; it can be stopped and started again (moto keeps its buckets
+  in this process, so objects survive the restart like a real store's would).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -26,12 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from peers import MqttBroker, S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CACHE = REPO / "build" / "test-cache"
@@ -269,3 +280,20 @@ def ssd_artifact() -> dict[str, Any]:
 def yolo_artifact() -> dict[str, Any]:
     """GluonCV YOLOv3 MobileNet (VOC), compiled by ``lis compile``; keys as ``ssd_artifact``."""
     return _detector("yolo3_mobilenet1.0_voc")
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
+    broker = MqttBroker(tmp_path / "broker-record.jsonl")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()

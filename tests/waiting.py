@@ -14,11 +14,13 @@ is an ``AssertionError``, a test failure under pytest and a traceback in a scrip
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
-__all__ = ["DEFAULT_INTERVAL_S", "WaitTimeout", "wait_until", "wait_until_async"]
+__all__ = ["DEFAULT_INTERVAL_S", "WaitTimeout", "wait_for_line", "wait_until", "wait_until_async"]
 
 T = TypeVar("T")
 
@@ -91,3 +93,23 @@ async def wait_until_async(condition: Callable[[], T], *, timeout_s: float, mess
         poll.check_deadline()
         await asyncio.sleep(interval_s)  # the polling interval: other tasks run meanwhile
     return poll.last  # type: ignore[return-value]
+
+
+def wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str, *,
+                  timeout_s: float, what: str) -> None:
+    """Wait until ``process`` (``what``, e.g. "lis up") has written ``line`` to ``log``.
+
+    Fails at once if the process exits first; either failure shows the log's tail.
+    """
+    def printed() -> bool:
+        if line in log.read_text(errors="replace"):
+            return True
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}")
+        return False
+
+    try:
+        wait_until(printed, timeout_s=timeout_s, interval_s=0.5,
+                   message=f"{what} to print {line!r}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}:\n{log.read_text(errors='replace')[-3000:]}") from None

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from waiting import wait_until
+from waiting import wait_for_line
 
 from cluster import _token
 
@@ -48,19 +48,11 @@ def start_node(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Po
         process = subprocess.Popen([LIS, "node", *args, "--block"], stdout=out,
                                    stderr=subprocess.STDOUT, env=env)
 
-    def started() -> bool:
-        if STARTED in log.read_text(errors="replace"):
-            return True
-        if process.poll() is not None:
-            raise AssertionError(f"lis node exited with {process.returncode}")
-        return False
-
     try:
-        wait_until(started, timeout_s=START_TIMEOUT_S, interval_s=0.5,
-                   message=f"lis node to print {STARTED!r}")
-    except AssertionError as error:
+        wait_for_line(process, log, STARTED, timeout_s=START_TIMEOUT_S, what="lis node")
+    except AssertionError:
         stop(process)
-        pytest.fail(f"{error}:\n{log.read_text(errors='replace')[-3000:]}")
+        raise
     return process
 
 

@@ -9,7 +9,6 @@ Against a real broker (amqtt) and a real S3-compatible server (moto, over HTTP).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,22 +42,11 @@ BUCKET = "feedback-poison"
 SET_ASIDE = "set-aside"
 
 
-@pytest.fixture
-def mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
-    broker = MqttBroker(tmp_path / "broker-record.jsonl")
-    broker.start()
-    yield broker
-    broker.stop()
-
 
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = S3Server()
-    server.start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+def bucket(s3_server: S3Server) -> str:
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    return BUCKET
 
 
 def _config(bucket: str) -> FeedbackConfig:
@@ -66,10 +54,11 @@ def _config(bucket: str) -> FeedbackConfig:
 
 
 @pytest.fixture
-def spec(tmp_path: Path, mqtt_broker: MqttBroker, s3_server: S3Server) -> FeedbackConnectorSpec:
+def spec(tmp_path: Path, mqtt_broker: MqttBroker, s3_server: S3Server,
+         bucket: str) -> FeedbackConnectorSpec:
     """Two configs on the real S3 server: one whose bucket exists, one whose bucket does not."""
     return FeedbackConnectorSpec(
-        configs={"cfg": _config(BUCKET), "nowhere": _config("no-such-bucket")},
+        configs={"cfg": _config(bucket), "nowhere": _config("no-such-bucket")},
         request_limit=2, storage=s3_server.storage(),
         mqtt=MqttSpec(port=mqtt_broker.port, client_id=f"lis-poison-{time.monotonic_ns()}"),
         spool=SpoolSpec(directory=tmp_path / "spool", max_bytes=1 << 30))

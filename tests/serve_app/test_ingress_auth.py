@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from waiting import wait_until
+from waiting import wait_for_line
 
 import greengrass_machine_learning_sdk as ml
 from serve_app import http_token as token_module
@@ -62,7 +62,7 @@ def guarded(tiny_classifier_artifact: Path, tmp_path_factory: pytest.TempPathFac
             [str(Path(sys.executable).with_name("lis")), "up", str(config), "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_for_line(process, log, "lis: serving on")
+        wait_for_line(process, log, "lis: serving on", timeout_s=START_TIMEOUT_S, what="lis up")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGINT)  # lis up shuts Serve down on Ctrl-C
@@ -71,21 +71,6 @@ def guarded(tiny_classifier_artifact: Path, tmp_path_factory: pytest.TempPathFac
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str) -> None:
-    def printed() -> bool:
-        if line in log.read_text(errors="replace"):
-            return True
-        if process.poll() is not None:
-            raise AssertionError(f"lis up exited with {process.returncode}")
-        return False
-
-    try:
-        wait_until(printed, timeout_s=START_TIMEOUT_S, interval_s=0.5,
-                   message=f"lis up to print {line!r}")
-    except AssertionError as error:
-        pytest.fail(f"{error}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def _post(endpoint: str, **headers: str) -> requests.Response:
