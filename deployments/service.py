@@ -133,7 +133,7 @@ def _fetch_model(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:
     from deployments.model_source import fetch_model
 
     return fetch_model(spec.model_source, destination=spec.model_destination, store=store,
-                       cache_dir=cache_dir() / "models")
+                       cache_dir=cache_dir() / "models", sha256=spec.model_sha256)
 
 
 def _pipeline_options(spec: ServiceSpec) -> PipelineOptions:
@@ -333,6 +333,8 @@ class InferenceService:
             "rss_kb": self._process.memory_info().rss // 1024,
             "labels": list(self.pipeline.labels or ()),
             "local_requests": self._local.answered if self._local else 0,
+            # Requests past decoding's start, on either path: accepted and being worked on.
+            "running": len(self._running),
         }
 
 

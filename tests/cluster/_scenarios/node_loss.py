@@ -100,6 +100,12 @@ def main() -> None:
         wait_until(lambda: in_flight(site, "x86Slow") == IN_FLIGHT_REQUESTS,
                    timeout_s=IN_FLIGHT_TIMEOUT_S, interval_s=0.1,
                    message=f"{IN_FLIGHT_REQUESTS} requests of x86Slow in flight")
+        # In flight at the ingress is not yet accepted by the replica: Ray Serve
+        # sends a request the replica has not accepted to another replica, so a
+        # node killed that early loses nothing. Wait until the replica works on one.
+        wait_until(lambda: site.describe("x86Slow")["running"] >= 1,
+                   timeout_s=IN_FLIGHT_TIMEOUT_S, interval_s=0.1,
+                   message="x86Slow's replica running a request")
         site.remove(victim)
         seen["others_right_after_x86_loss"] = {s: site.post(s).status_code for s in others}
         for sender in senders:
