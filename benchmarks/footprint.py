@@ -49,8 +49,9 @@ MB = 2**20
 
 # (role, what it is for): the rows' order and the notes under the table.
 ROLES: dict[str, str] = {
-    "lis up (driver)": "lis's CLI: starts Ray, deploys, waits for Ctrl-C; a Ray driver "
-                       "(core worker) itself",
+    "lis up": "lis's CLI: starts Ray and deploys as a Ray driver, then replaces itself "
+              "(exec) with a small watcher that waits for Ctrl-C or SIGTERM and stops "
+              "the stack",
     "gcs_server": "Ray's Global Control Service: cluster metadata, actor and node "
                   "tables, the key-value store",
     "raylet": "Ray's node manager: schedules tasks and actors, starts workers, hosts "
@@ -115,7 +116,7 @@ def role_of(process: psutil.Process, driver_pid: int) -> str:
     worker with nothing to run, ``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``.
     """
     if process.pid == driver_pid:
-        return "lis up (driver)"
+        return "lis up"
     try:
         name = process.name()
         cmdline = " ".join(process.cmdline())

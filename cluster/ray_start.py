@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 
-from cluster._token import cluster_auth_environment
+from cluster._token import LOCAL_TOKEN_FILE, cluster_auth_environment, local_ray_token
 from cluster.platform import detect_platform
-from deployments.ray_internals import kv_get, kv_put
+from deployments.ray_internals import kv_get, kv_put, reread_ray_environment, start_lean_head
 from vocabulary.connectors import PLATFORMS
 from vocabulary.names import RAY_NAMESPACE, platform_resource
 
 __all__ = [
+    "LOOPBACK_ONLY_ENVIRONMENT",
     "PLATFORM_UNITS",
     "SERVE_THROUGHPUT_ENVIRONMENT",
     "connect_ray",
@@ -47,6 +48,10 @@ SERVE_THROUGHPUT_ENVIRONMENT = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
+# Ray's switch for a one-machine Ray (its default on macOS and Windows): every
+# process binds and advertises 127.0.0.1, so nothing of a box's Ray listens
+# on the LAN. A driver needs it too, to reach that Ray by "auto".
+LOOPBACK_ONLY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 _DIRECT_INGRESS_KEY = b"lis:direct-ingress-port"
 
 
@@ -71,32 +76,59 @@ def local_platform() -> str:
 
 def connect_ray(address: str | None, *, any_platform: bool = False,
                 num_cpus: int | None = None, log_to_driver: bool = False,
-                http_port: int | None = None) -> None:
-    """Join ``address`` (``auto``, ``ray://...``) or start a local Ray for this box.
+                http_port: int | None = None, outlive_caller: bool = False,
+                joined: bool = True) -> str:
+    """Join ``address`` (``auto``, ``ray://...``, ``HOST:PORT``) or start a Ray for this box.
 
-    A local Ray given ``http_port`` serves HTTP from the ingress replica on that
-    port (see ``direct_ingress_port``); a joined cluster keeps Ray Serve's
-    proxy on the nodes that run replicas, so a device reaches the ingress
-    through its own node. Replica logs stay in Ray's log files
-    (``<ray session>/logs/serve/``) unless ``log_to_driver``: streaming every
-    line to the driver costs CPU per request that a 2-core box cannot spare.
+    Returns the address of the Ray connected to. A local Ray given
+    ``http_port`` serves HTTP from the ingress replica on that port (see
+    ``direct_ingress_port``); a joined cluster keeps Ray Serve's proxy on the
+    nodes that run replicas, so a device reaches the ingress through its own
+    node. Replica logs stay in Ray's log files (``<ray session>/logs/serve/``)
+    unless ``log_to_driver``: streaming every line to the driver costs CPU per
+    request that a 2-core box cannot spare.
+
+    A local Ray is started without the processes a box does not use
+    (``start_lean_head``); with ``outlive_caller`` it keeps running when this
+    process ends, for ``lis up`` to stop it. ``joined=False`` connects to such
+    a Ray again (lis's cluster token is for ``lis node`` clusters only).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if ray.is_initialized():
-        return
+        return str(ray.get_runtime_context().gcs_address)
     if address:
-        # A lis cluster runs with Ray's token authentication (`lis node`).
-        os.environ.update(cluster_auth_environment())
+        # A lis cluster runs with Ray's token authentication (`lis node`), and
+        # so does a box's own Ray (below), whose token is used when there is
+        # no cluster token here.
+        os.environ.update(_driver_auth_environment(joined))
+        reread_ray_environment()
         ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
-        return
+        return address
     os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
+    os.environ.update(_box_auth_environment())
+    reread_ray_environment()
     if log_to_driver:  # replicas write their lines to stderr too, which Ray streams here
         os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
     platforms = PLATFORMS if any_platform else (local_platform(),)
-    ray.init(namespace=RAY_NAMESPACE, include_dashboard=False, num_cpus=num_cpus,
-             log_to_driver=log_to_driver,
-             resources={platform_resource(p): PLATFORM_UNITS for p in platforms})
+    address = start_lean_head(
+        num_cpus=num_cpus, log_monitor=log_to_driver, outlive_caller=outlive_caller,
+        resources={platform_resource(p): PLATFORM_UNITS for p in platforms})
+    ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
     if http_port is not None:
         kv_put(_DIRECT_INGRESS_KEY, str(http_port).encode())
+    return address
+
+
+def _driver_auth_environment(joined: bool) -> dict[str, str]:
+    """What a driver needs to join: lis's cluster token, else this box's own Ray's."""
+    environment = cluster_auth_environment() if joined else {}
+    if not environment and LOCAL_TOKEN_FILE.is_file():
+        environment = _box_auth_environment()
+    return environment
+
+
+def _box_auth_environment() -> dict[str, str]:
+    """A box's own Ray: on loopback only, every call checked against lis's local token."""
+    return {**LOOPBACK_ONLY_ENVIRONMENT, **local_ray_token().environment()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["kv_get", "kv_put", "serve_details", "serve_logs_dir", "versioned"]
+__all__ = ["kv_get", "kv_put", "reread_ray_environment", "serve_details", "serve_logs_dir", "start_lean_head", "versioned"]
 
 
 def versioned(deployment: Any, version: str, **options: Any) -> Any:
@@ -40,6 +40,22 @@ def kv_put(key: bytes, value: bytes) -> None:
     internal_kv._internal_kv_put(key, value)
 
 
+def reread_ray_environment() -> None:
+    """Make this process's Ray read its ``RAY_*`` environment variables again.
+
+    Ray reads them once, when its configuration is first used (the C++
+    settings) or when ``ray`` is imported (``ray_constants``); lis sets the
+    token-authentication and loopback ones later, just before starting or
+    joining a Ray. Ray's own ``_enable_token_auth`` refreshes the same way.
+    """
+    from ray._private import ray_constants
+    from ray._raylet import Config
+
+    Config.initialize("")
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX)
+
+
 def serve_details() -> dict[str, Any] | None:
     """Ray Serve's controller's details as plain data; None when no controller runs.
 
@@ -63,3 +79,36 @@ def serve_logs_dir() -> str:
     from ray.serve._private.logging_utils import get_serve_logs_dir
 
     return get_serve_logs_dir()
+
+
+def start_lean_head(*, num_cpus: int | None, resources: dict[str, float],
+                    log_monitor: bool, outlive_caller: bool) -> str:
+    """Start a one-box Ray head without the processes lis has no use for; its GCS address.
+
+    ``ray.init()`` always starts three processes a lis box never uses: the
+    autoscaler's monitor (no node provider to ask), the dashboard head (with
+    ``include_dashboard=False`` it only hosts the usage-stats module, and
+    usage statistics are off) and, unless asked, the log monitor (lis keeps
+    replica logs in their files). Together about 170 MB PSS and two seconds
+    of start-up CPU on the 2-core reference box. ``ray start`` can leave out
+    the monitors (``--no-monitor``, ``--include-log-monitor``) but not the
+    dashboard head, and ``ray.init`` none of them, so lis builds the node
+    itself, as ``ray.init`` does.
+
+    With ``outlive_caller`` the head keeps running after this process exits
+    or execs (``lis up`` does, to wait for Ctrl-C without Ray loaded) and
+    whoever remains stops it; otherwise Ray's reaper ends it with this process.
+    """
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    class _HeadWithoutApiServer(Node):
+        def start_api_server(self, *, include_dashboard: bool | None,
+                             raise_on_failure: bool) -> None:
+            return None  # the usage-stats host: nothing to host with usage statistics off
+
+    params = RayParams(num_cpus=num_cpus, resources=resources, include_dashboard=False,
+                       include_log_monitor=log_monitor, no_monitor=True)
+    node = _HeadWithoutApiServer(params, head=True, shutdown_at_exit=False,
+                                 spawn_reaper=not outlive_caller)
+    return str(node.address)

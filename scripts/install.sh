@@ -33,13 +33,16 @@ echo "lis install ($level) into $VENV"
 
 if [ "$level" = dev ] && ! "$py" -c "import gluoncv" 2>/dev/null; then
   # gluoncv's wheel requires the GUI build opencv-python, which would clash
-  # with opencv-python-headless (both own cv2). Rewrite that one requirement
-  # to the headless build and repack; everything else is the released wheel.
+  # with opencv-python-headless (both own cv2): that requirement becomes the
+  # headless build. It also requires pandas, for its gluoncv.auto package
+  # only, which lis does not use; Ray Serve imports pandas in every Serve
+  # process when it is installed (27 MB each, 150 MB for the demo stack), so
+  # that requirement goes. Everything else is the released wheel.
   tmp=$(mktemp -d)
   "${pip[@]}" download --no-deps -d "$tmp" gluoncv==0.10.5.post0
   "$py" -m wheel unpack -d "$tmp/src" "$tmp"/gluoncv-*.whl >/dev/null
-  sed -i 's/^Requires-Dist: opencv-python$/Requires-Dist: opencv-python-headless/' \
-    "$tmp"/src/gluoncv-*/gluoncv-*.dist-info/METADATA
+  sed -i -e 's/^Requires-Dist: opencv-python$/Requires-Dist: opencv-python-headless/' \
+    -e '/^Requires-Dist: pandas$/d' "$tmp"/src/gluoncv-*/gluoncv-*.dist-info/METADATA
   mkdir -p "$tmp/out"
   "$py" -m wheel pack -d "$tmp/out" "$tmp"/src/gluoncv-* >/dev/null
   "${pip[@]}" install -c constraints.txt "$tmp"/out/gluoncv-*.whl

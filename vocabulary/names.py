@@ -14,6 +14,7 @@ __all__ = [
     "APP_NAME",
     "AUXILIARY_JSON_FILES",
     "CACHE_DIR_ENV",
+    "CA_FILE_ENV",
     "CLUSTER_TOKEN_FILE",
     "COMPILE_INFO_FILE",
     "CONFIG_DIR",
@@ -29,6 +30,7 @@ __all__ = [
     "INGRESS_DEPLOYMENT",
     "LABELS_FILE",
     "LIBDLR_FILE",
+    "LOCAL_RAY_TOKEN_FILE",
     "LIBRARY_FILE",
     "PARAMS_FILE",
     "PLATFORM_RESOURCE_PREFIX",
@@ -67,6 +69,7 @@ DEFAULT_ENDPOINT = f"http://{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
 
 TOKEN_ENV = "LIS_TOKEN"  # the bearer token (server: default source; clients: sent)
 ENDPOINT_ENV = "LIS_ENDPOINT"  # where HTTP clients find lis
+CA_FILE_ENV = "LIS_CA_FILE"  # the CA (PEM) an https:// LIS_ENDPOINT's certificate is checked against
 TRANSPORT_ENV = "LIS_TRANSPORT"  # the SDK's transport: auto, http or handle
 CACHE_DIR_ENV = "LIS_CACHE_DIR"  # lis's cache root (fetched models, extracted artifacts)
 # Tests only: pretend the runtime was built with GPU support (no Jetson in CI).
@@ -78,6 +81,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/lis")  # $LIS_CACHE_DIR overrides it
 CONFIG_DIR = Path("~/.config/lis")
 HTTP_TOKEN_FILE = CONFIG_DIR / "http-token"
 CLUSTER_TOKEN_FILE = CONFIG_DIR / "cluster-token"
+# The token of the Ray that `lis up` starts for one box (cluster/_token.py).
+LOCAL_RAY_TOKEN_FILE = CONFIG_DIR / "local-ray-token"
 
 # --- artifact files --------------------------------------------------------------------
 

@@ -1,27 +1,22 @@
 """``lis up``: start or join Ray, deploy the services, serve until Ctrl-C or SIGTERM.
 
-Boards are power-cycled and their services restarted by systemd, so a stop
-always stops: the first SIGINT or SIGTERM shuts Ray Serve and Ray down, a
-second one, or ``STOP_DEADLINE_S`` passing, kills whatever of the stack is
-left (this process and every process it started) and exits.
+Once the services are ready, this process becomes a small watcher
+(``serve_app.cli._watch``) that waits for the stop without Ray in memory;
+the stop itself, and what a signal during start-up does, are described
+there.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import signal
-import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import cv2
-import psutil
 
 from cluster.ray_start import connect_ray
+from serve_app.cli._watch import Stopper, become_watcher, shut_down
 from serve_app.config import demo_config_path, load_config
 from serve_app.deploy import deploy, wait_for_services
 from serve_app.http_token import bound_http_host, http_token
@@ -32,11 +27,6 @@ from vocabulary.names import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 SERVE_LOG_DIR = "/tmp/ray/session_latest/logs/serve/"
 # First start includes Ray itself and every model's load.
 READY_TIMEOUT_S = 300.0
-# From the first signal to the end of the whole stack, come what may: within
-# the 30 s a board's service manager is promised, and well within systemd's 90.
-STOP_DEADLINE_S = 25.0
-# How often the main thread wakes to run a signal handler (see ``_Stopper``).
-_WAKE_S = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,24 +79,35 @@ def _example(config: Any, host: str, port: int, token: str | None,
 
 
 def run(args: argparse.Namespace) -> int:
-    stopper = _Stopper()
+    stopper = Stopper()
+    started = _Started(own_ray=not args.address)
     try:
-        served = _start(args, stopper)
-        if args.detach:
-            return 0
-        stopper.serving = True
-        stopper.wait()
+        _start(args, stopper, started)
     except KeyboardInterrupt:
         if not stopper.requested.is_set():
             raise  # not one of our signals: leave as the CLI does
-        served = True
-    if served:
-        stopper.shut_down()
-    return 0
+        shut_down(started.address, own_ray=started.own_ray)
+        return 0
+    if args.detach:
+        return 0
+    if args.log_to_console:  # the replicas' lines stream to this process, Ray's driver: it stays
+        stopper.serving = True
+        stopper.wait()
+        shut_down(started.address, own_ray=started.own_ray)
+        return 0
+    become_watcher(started.address or "", own_ray=started.own_ray)
 
 
-def _start(args: argparse.Namespace, stopper: _Stopper) -> bool:
-    """Start or join Ray and deploy; True once there is something to shut down."""
+class _Started:
+    """What start-up got to: the Ray connected to, and whether this process started it."""
+
+    def __init__(self, *, own_ray: bool) -> None:
+        self.own_ray = own_ray
+        self.address: str | None = None
+
+
+def _start(args: argparse.Namespace, stopper: Stopper, started: _Started) -> None:
+    """Start or join Ray and deploy."""
     sources = args.configs or [demo_config_path()]
     config = load_config(sources)
     if not config.services:
@@ -115,8 +116,10 @@ def _start(args: argparse.Namespace, stopper: _Stopper) -> bool:
     args.host = args.host or config.http.host
     args.port = args.port or config.http.port
     token = http_token(args.host, config.http.token_env)  # a bad token refused before Ray starts
-    connect_ray(args.address, any_platform=args.any_platform, log_to_driver=args.log_to_console,
-                http_port=args.port)
+    # A Ray started here outlives this process's exec into the watcher, which stops it.
+    started.address = connect_ray(args.address, any_platform=args.any_platform,
+                                  log_to_driver=args.log_to_console, http_port=args.port,
+                                  outlive_caller=not args.detach)
     # A Serve already running keeps the host it was first started with, whatever --host says.
     token = http_token(args.host, config.http.token_env, bound_host=bound_http_host())
     stopper.install()  # again: Ray's core worker put its own SIGTERM handler in
@@ -135,74 +138,3 @@ def _start(args: argparse.Namespace, stopper: _Stopper) -> bool:
         print(f"logs (one access line per request): {SERVE_LOG_DIR} on each node", flush=True)
     if token and not args.detach:
         print("the ingress requires 'Authorization: Bearer <token>' (LIS_TOKEN)", flush=True)
-    return True
-
-
-class _Stopper:
-    """SIGINT and SIGTERM, handled so that a stop always ends the stack in time.
-
-    Python runs signal handlers on the main thread only, between bytecodes;
-    the kernel may hand a process-directed signal to any of Ray's threads, and
-    an untimed wait on the main thread is then never woken to run the handler
-    (seen: ``lis up`` still serving minutes after a SIGINT). So the main
-    thread waits in short steps. Ray Serve's controller can retry its graceful
-    shutdown forever (seen: 20 minutes), so a watchdog thread started by the
-    first signal ends everything at the deadline, and a second signal at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self.serving = False  # False: a signal interrupts start-up where it is
-        self._signals = 0
-        self.install()
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            _kill_the_stack(f"a second {signal.Signals(signum).name}")
-        self.requested.set()
-        threading.Thread(target=self._watchdog, name="lis-stop-watchdog", daemon=True).start()
-        if not self.serving:
-            raise KeyboardInterrupt
-
-    def _watchdog(self) -> None:
-        threading.Event().wait(STOP_DEADLINE_S)  # a deadline: time passes on purpose
-        _kill_the_stack(f"the stop took over {STOP_DEADLINE_S:g} s")
-
-    def wait(self) -> None:
-        while not self.requested.wait(_WAKE_S):
-            pass
-
-    def shut_down(self) -> None:
-        print("lis: shutting down", flush=True)
-        import ray
-        from ray import serve
-
-        if not ray.is_initialized():
-            return  # stopped before Ray was started or joined
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()  # a Ray this process started stops with it
-
-
-def _kill_the_stack(reason: str) -> None:
-    """SIGKILL every process this one started (Ray's included), then exit at once."""
-    print(f"lis: {reason}: killing what is left of the stack", file=sys.stderr, flush=True)
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        children = []
-    for child in children:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass  # already gone
-    psutil.wait_procs(children, timeout=5)
-    os._exit(1)
-
-

@@ -31,7 +31,7 @@ import pytest
 import requests
 from waiting import wait_until
 
-from serve_app.cli.up import STOP_DEADLINE_S
+from serve_app.cli._watch import STOP_DEADLINE_S
 
 START_TIMEOUT_S = 240
 # The deadline is lis's own; the margin covers the kernel reaping what was killed.

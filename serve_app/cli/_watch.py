@@ -1,0 +1,166 @@
+"""What ``lis up`` becomes once its services are ready: a small process that waits for the stop.
+
+``lis up`` needs Ray, Ray Serve and lis's configuration code to start the
+stack, about 110 MB of a board's memory that waiting for Ctrl-C does not use.
+So once the services are ready it replaces itself (``exec``, same process id,
+so systemd and the shell still see the same ``lis up``) with this module,
+which imports only the standard library and psutil until a signal comes.
+
+Boards are power-cycled and their services restarted by systemd, so a stop
+always stops: the first SIGINT or SIGTERM shuts Ray Serve down, then the
+Ray this process started; a second one, or ``STOP_DEADLINE_S`` passing, kills
+whatever of the stack is left (every process under this one) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
+
+import psutil
+
+__all__ = ["STOP_DEADLINE_S", "Stopper", "become_watcher", "main"]
+
+# From the first signal to the end of the whole stack, come what may: within
+# the 30 s a board's service manager is promised, and well within systemd's 90.
+STOP_DEADLINE_S = 25.0
+# How long Ray's processes get to exit on SIGTERM once Ray Serve is down.
+_RAY_EXIT_S = 5.0
+# How often the main thread wakes to run a signal handler (see ``Stopper``).
+_WAKE_S = 0.5
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Stopper:
+    """SIGINT and SIGTERM, handled so that a stop always ends the stack in time.
+
+    Python runs signal handlers on the main thread only, between bytecodes;
+    the kernel may hand a process-directed signal to any of Ray's threads, and
+    an untimed wait on the main thread is then never woken to run the handler
+    (seen: ``lis up`` still serving minutes after a SIGINT). So the main
+    thread waits in short steps. Ray Serve's controller can retry its graceful
+    shutdown forever (seen: 20 minutes), so a watchdog thread started by the
+    first signal ends everything at the deadline, and a second signal at once.
+    """
+
+    def __init__(self, *, serving: bool = False) -> None:
+        self.requested = threading.Event()
+        self.serving = serving  # False: a signal interrupts start-up where it is
+        self._signals = 0
+        self.install()
+
+    def install(self) -> None:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            kill_the_stack(f"a second {signal.Signals(signum).name}")
+        self.requested.set()
+        threading.Thread(target=self._watchdog, name="lis-stop-watchdog", daemon=True).start()
+        if not self.serving:
+            raise KeyboardInterrupt
+
+    def _watchdog(self) -> None:
+        threading.Event().wait(STOP_DEADLINE_S)  # a deadline: time passes on purpose
+        kill_the_stack(f"the stop took over {STOP_DEADLINE_S:g} s")
+
+    def wait(self) -> None:
+        while not self.requested.wait(_WAKE_S):
+            pass
+
+
+def shut_down(address: str | None, *, own_ray: bool) -> None:
+    """Ray Serve's applications down, then the Ray this process started (if it did).
+
+    ``address`` is None when the stop came before Ray was started or joined.
+    """
+    print("lis: shutting down", flush=True)
+    try:
+        if address is not None:
+            import ray
+            from ray import serve
+
+            from cluster.ray_start import connect_ray
+
+            connect_ray(address, joined=not own_ray)
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    finally:
+        if own_ray:
+            _end_children(_RAY_EXIT_S)
+
+
+def _end_children(grace_s: float) -> None:
+    """SIGTERM every process under this one (its Ray), SIGKILL what outlives ``grace_s``."""
+    children = _children()
+    for child in children:
+        _signal(child, signal.SIGTERM)
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        _signal(child, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def kill_the_stack(reason: str) -> NoReturn:
+    """SIGKILL every process this one started (Ray's included), then exit at once."""
+    print(f"lis: {reason}: killing what is left of the stack", file=sys.stderr, flush=True)
+    children = _children()
+    for child in children:
+        _signal(child, signal.SIGKILL)
+    psutil.wait_procs(children, timeout=5)
+    os._exit(1)
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal(process: psutil.Process, signum: signal.Signals) -> None:
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
+        pass  # already gone
+
+
+def become_watcher(address: str, *, own_ray: bool) -> NoReturn:
+    """Replace this process with ``main``: Ray and lis's serving code leave its memory.
+
+    The stop signals are blocked first: the mask survives ``exec``, so a
+    signal sent while the new program starts waits for its handler instead of
+    killing it with the default action. ``os.execv`` does not return.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    argv = [sys.executable, "-m", "serve_app.cli._watch", "--address", address]
+    os.execv(sys.executable, argv + (["--own-ray"] if own_ray else []))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lis up", description=__doc__)
+    parser.add_argument("--address", required=True, help="the Ray the services run on")
+    parser.add_argument("--own-ray", action="store_true",
+                        help="this process started that Ray: stop it too")
+    args = parser.parse_args(argv)
+    stopper = Stopper(serving=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # one sent during exec runs now
+    stopper.wait()
+    shut_down(args.address, own_ray=args.own_ray)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
