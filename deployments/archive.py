@@ -13,9 +13,9 @@ written:
   model artifacts never need one, and refusing them all is the only policy
   with no corner cases (a link to a folder inside, written through later);
 - device files, FIFOs and other special entries are refused;
-- the total size and the number of files are capped (``MAX_ARCHIVE_BYTES``,
-  ``MAX_ARCHIVE_FILES``; both can be overridden per call). Sizes are counted while
-  writing, so an archive whose headers lie is still stopped.
+- the total size and the number of entries (files and folders) are capped
+  (``MAX_ARCHIVE_BYTES``, ``MAX_ARCHIVE_FILES``; both can be overridden per call).
+  Sizes are counted while writing, so an archive whose headers lie is still stopped.
 
 Extraction happens in a temporary folder beside the destination, which is
 renamed into place only when complete: the cache folder
@@ -54,6 +54,7 @@ __all__ = [
     "extract_archive",
     "is_archive",
     "materialize",
+    "model_digest",
     "pack_folder",
     "store_artifact",
 ]
@@ -99,6 +100,41 @@ def archive_sha256(path: Path) -> str:
         for chunk in iter(lambda: stream.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def model_digest(source: Path) -> str:
+    """The digest a service pins its model with (``model_sha256``), as 64 hex digits.
+
+    A file (an archive, a single model file): its sha256, what ``sha256sum`` prints.
+    A folder: the sha256 of what ``sha256sum`` prints for each regular file in
+    it, one line each (``<hex>  <relative path>``), sorted by path bytes:
+
+        (cd FOLDER && find . -type f -printf '%P\\0' | LC_ALL=C sort -z \\
+             | xargs -0 sha256sum) | sha256sum
+
+    A folder holding a symbolic link is refused: the digest could not cover
+    what the link points at, which may change under it.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        return archive_sha256(source)
+    lines = [f"{archive_sha256(source / name)}  {name}\n".encode()
+             for name in sorted(_folder_files(source), key=os.fsencode)]
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def _folder_files(folder: Path) -> Iterator[str]:
+    """Relative POSIX paths of the regular files under ``folder``; links refused."""
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                raise ArtifactError(str(folder), f"{path.relative_to(folder)} is a symbolic "
+                                                 "link: a pinned model folder may hold none")
+        for name in files:
+            path = Path(root) / name
+            if stat.S_ISREG(path.lstat().st_mode):
+                yield path.relative_to(folder).as_posix()
 
 
 def artifact_version(source: Path) -> str:
@@ -184,14 +220,15 @@ def _extract_entries(archive: Path, staging: Path, max_bytes: int, max_files: in
     files, written = 0, 0
     with _Entries(archive) as entries:
         for entry in entries:
-            if entry.is_dir:
-                _make_folder(archive, entry, staging)
-                continue
+            # Folders count too: a million empty folders cost inodes as files do.
             files += 1
             if files > max_files:
                 raise UnsafeArchive(
-                    str(archive), f"too many files: more than the limit of {max_files} "
+                    str(archive), f"too many entries: more than the limit of {max_files} "
                                   f"(at entry {entry.name!r})")
+            if entry.is_dir:
+                _make_folder(archive, entry, staging)
+                continue
             if written + entry.size > max_bytes:
                 raise _oversize(archive, entry.name, max_bytes)
             written += _write_file(archive, entry, staging, max_bytes - written, max_bytes)

@@ -8,6 +8,13 @@ downloads again only when it changed, as a Greengrass redeploy refreshed an ML
 resource whose source changed. When the store cannot be reached, a copy fetched
 earlier is used (an edge device must restart without its network).
 
+A service may pin its model (``ServiceSpec.model_sha256``): the fetched file or
+folder must then have that digest (``deployments.archive.model_digest``), checked
+on every start, the copy fetched earlier included, or the fetch fails naming
+both digests. A store reached over plain ``http://`` is refused unless its
+spec says ``allow_insecure_store`` (a compiled detector is native code that
+runs in the replica; the store's credentials travel with each request).
+
 Archives are not extracted here: ``deployments.archive.materialize`` does that.
 boto3 is imported only when an ``s3://`` source is fetched.
 """
@@ -24,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
+from deployments.archive import model_digest
 from vocabulary.errors import ArtifactError
+from vocabulary.specs import insecure_store
 
 if TYPE_CHECKING:
     from vocabulary.specs import ModelStoreSpec
 
-__all__ = ["MARKER_SUFFIX", "fetch_model"]
+__all__ = ["MARKER_SUFFIX", "check_pin", "fetch_model"]
 
 # Written next to a downloaded object: which source and ETag the file holds.
 MARKER_SUFFIX = ".lis-source.json"
@@ -40,19 +49,33 @@ log = logging.getLogger("lis.model_source")
 
 
 def fetch_model(source: str, *, destination: Path | None, store: ModelStoreSpec | None,
-                cache_dir: Path) -> Path:
+                cache_dir: Path, sha256: str | None = None) -> Path:
     """The model ``source`` as a local file or folder, downloading it if it is remote.
 
     ``destination`` (a folder, e.g. MLModelDestinationPath) receives a downloaded
     object; without one (or when it cannot be written) it goes under ``cache_dir``.
-    Raises ``ArtifactError`` naming the source when it cannot be had.
+    With ``sha256`` the result must have that digest (``model_digest``).
+    Raises ``ArtifactError`` naming the source when it cannot be had or does not match.
     """
     if source.startswith("s3://"):
-        return _fetch_s3(source, destination, store, Path(cache_dir))
-    path = _local_path(source)
-    if not path.exists():
-        raise ArtifactError(source, f"no such file or folder: {path}")
+        path = _fetch_s3(source, destination, store, Path(cache_dir))
+    else:
+        path = _local_path(source)
+        if not path.exists():
+            raise ArtifactError(source, f"no such file or folder: {path}")
+    if sha256 is not None:
+        check_pin(source, path, sha256)
     return path
+
+
+def check_pin(source: str, path: Path, expected: str) -> None:
+    """``ArtifactError`` unless the model at ``path`` has the pinned digest ``expected``."""
+    actual = model_digest(path)
+    if actual != expected.lower():
+        fetched = "" if str(path) == source else f" of {path}"
+        raise ArtifactError(source, f"sha256 {actual}{fetched} does not match the pinned "
+                                    f"model_sha256 {expected.lower()}: the model was changed "
+                                    "or replaced; refusing to load it")
 
 
 def _local_path(source: str) -> Path:
@@ -96,6 +119,10 @@ def _target_folder(source: str, destination: Path | None, store: ModelStoreSpec 
 
 
 def _s3_client(store: ModelStoreSpec | None) -> Any:
+    if store is not None and insecure_store(store):
+        # Also refused when the config is read; this holds for specs built in code.
+        raise ArtifactError("s3://", f"model_store endpoint_url {store.endpoint_url!r} is plain "
+                                     "HTTP: use https://, or set allow_insecure_store")
     try:
         import boto3
         from botocore.config import Config
@@ -118,7 +145,8 @@ def _store_kwargs(store: ModelStoreSpec) -> dict[str, Any]:
         kwargs["endpoint_url"] = store.endpoint_url
     if store.region:
         kwargs["region_name"] = store.region
-    key_id, secret = store.access_key_id, store.secret_access_key
+    key_id = store.access_key_id
+    secret = store.secret_access_key.get_secret_value() if store.secret_access_key else None
     if store.access_key_id_env and store.secret_access_key_env:
         key_id = _env(store.access_key_id_env)
         secret = _env(store.secret_access_key_env)

@@ -26,13 +26,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from serve_app.http_token import is_loopback
 from serve_app.ingress import LoopbackHostGuard
+from vocabulary.errors import LisError
+
+if TYPE_CHECKING:
+    from vocabulary.specs import TlsSpec
 
 __all__ = ["IngressHttpServer"]
 
@@ -41,20 +46,41 @@ log = logging.getLogger("ray.serve.lis")
 # Keep-alive connections idle longer than this are closed: past the 5 s of
 # uvicorn's default, so a camera sending a frame every few seconds keeps its one.
 KEEP_ALIVE_S = 90
+# Connections (and requests under way) beyond this are answered 503 at once: a
+# cap on what slow or idle clients can hold (sockets, buffers), far above what
+# the services' own queues admit.
+MAX_CONNECTIONS = 2048
 _BIND_WAIT_S = 30.0
 _BIND_POLL_S = 0.2
+
+
+def _load_certificate(config: uvicorn.Config, tls: TlsSpec) -> None:
+    """Read the files now: a missing or mismatched key fails the replica's constructor
+    with the reason and the files' names, not the first handshake."""
+    try:
+        config.load()
+    except OSError as error:  # a missing file, or ssl.SSLError: a bad or mismatched key
+        reason = str(error) if isinstance(error, ssl.SSLError) else error.strerror or str(error)
+        raise LisError(f"cannot serve HTTPS with certificate {tls.cert_file} and key "
+                       f"{tls.key_file}: {reason}") from error
 
 
 class IngressHttpServer:
     """uvicorn on the replica's own event loop, serving ``app`` on ``host:port``."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, tls: TlsSpec | None = None) -> None:
         self.host, self.port = host, port
         self.app = LoopbackHostGuard(app) if is_loopback(host) else app
-        self._server = uvicorn.Server(uvicorn.Config(
+        config = uvicorn.Config(
             self.app, host=host, port=port, loop="none", http="httptools", lifespan="off",
             access_log=False, log_config=None, proxy_headers=False,
-            timeout_keep_alive=KEEP_ALIVE_S))
+            timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
+            ssl_certfile=str(tls.cert_file) if tls else None,
+            ssl_keyfile=str(tls.key_file) if tls else None)
+        if tls is not None:
+            _load_certificate(config, tls)
+        self.scheme = "https" if tls else "http"
+        self._server = uvicorn.Server(config)
         # The replica's process is Ray's: its signals stay Ray's.
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self._task: asyncio.Task[None] | None = None
@@ -68,7 +94,7 @@ class IngressHttpServer:
         listener.listen(2048)
         self._task = asyncio.get_running_loop().create_task(
             self._server.serve(sockets=[listener]))
-        log.info("serving HTTP on %s:%d", self.host, self.port)
+        log.info("serving %s on %s:%d", self.scheme.upper(), self.host, self.port)
 
     def check(self) -> None:
         """Raises if the server stopped on its own (the replica is then replaced)."""

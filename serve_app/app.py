@@ -28,6 +28,7 @@ from deployments.ray_internals import versioned
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
 from serve_app._local import LocalLimits, local_aware_policy
+from serve_app.http_token import bound_http_host, is_loopback
 from serve_app.ingress import ServiceInfo
 from serve_app.ingress_deployment import LisIngress
 from vocabulary.limits import DEFAULT_TIMEOUT_S, MAX_ONGOING_REQUESTS
@@ -170,6 +171,17 @@ def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
     ).bind(spec, config.model_store, feedback, model_version)
 
 
+def _proxies_on_loopback() -> bool:
+    """Whether the running Ray Serve's proxies listen on loopback (Serve keeps the host of
+    its first start, so this asks it); False when this process has not joined a Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    host = bound_http_host()
+    return host is not None and is_loopback(host)
+
+
 def build_app(config: LisConfig, *, token: str | None = None,
               model_versions: Mapping[str, str | None] | None = None,
               restart: Mapping[str, str] | None = None,
@@ -198,13 +210,18 @@ def build_app(config: LisConfig, *, token: str | None = None,
              for spec in config.services} if config.http.local_socket else {}
     token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None
     longest = max((spec.timeout_s for spec in config.services), default=DEFAULT_TIMEOUT_S)
+    # On one box the ingress serves HTTPS itself with these files; on a cluster
+    # Ray Serve's proxies do (serve_app.deploy).
+    tls = config.http.tls if http else None
+    # On one box lis's own server checks Host; behind Ray Serve's proxies the app does.
+    host_guard = http is None and _proxies_on_loopback()
     version = _digest([asdict(info) for info in infos], demands, token_hash,
                       config.feedback is not None, [asdict(v) for v in local.values()],
-                      http, _code_fingerprint())
+                      http, tls and tls.model_dump(), host_guard, _code_fingerprint())
     return versioned(
         LisIngress, version,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         max_surge_percent=0 if http else MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
-    ).bind(infos, services, feedback, token, demands, local, http)
+    ).bind(infos, services, feedback, token, demands, local, http, tls, host_guard)

@@ -6,7 +6,9 @@
 (``ValueError``), same return shape, same exceptions. Inside the Ray cluster
 that runs lis a call goes through a Ray Serve handle; elsewhere over HTTP to
 ``LIS_ENDPOINT`` (default ``http://127.0.0.1:8000``), with ``LIS_TOKEN`` as the
-bearer token when set. ``LIS_TRANSPORT=http|handle`` forces one.
+bearer token when set. ``LIS_TRANSPORT=http|handle`` forces one. An
+``https://`` endpoint's certificate is always verified: against ``LIS_CA_FILE``
+when set (a site's own CA), else against the system's CAs.
 
 lis errors become SDK exceptions in ``_sdk_exception`` and nowhere else.
 This module imports no model runtime and no deployment.
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -34,6 +37,7 @@ from vocabulary.errors import (
 )
 from vocabulary.names import (
     APP_NAME,
+    CA_FILE_ENV,
     DEFAULT_ENDPOINT,
     ENDPOINT_ENV,
     FEEDBACK_DEPLOYMENT,
@@ -167,22 +171,30 @@ class _Transport(Protocol):
 class _HttpTransport:
     """HTTP to a lis ingress; one kept-alive connection per thread."""
 
-    def __init__(self, endpoint: str, token: str | None) -> None:
+    def __init__(self, endpoint: str, token: str | None, ca_file: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"LIS_ENDPOINT {endpoint!r} is not an http(s) URL")
+        if ca_file and parsed.scheme != "https":
+            # The CA says the caller expects TLS: never send the token in clear instead.
+            raise ValueError(f"{CA_FILE_ENV} is set but LIS_ENDPOINT {endpoint!r} is not "
+                             "https://")
         self.endpoint = endpoint
         self._parsed = parsed
         self._token = token
+        self._tls = _tls_context(ca_file) if parsed.scheme == "https" else None
         self._local = threading.local()
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            kind = (http.client.HTTPSConnection if self._parsed.scheme == "https"
-                    else http.client.HTTPConnection)
-            connection = kind(self._parsed.hostname, self._parsed.port,
-                              timeout=DEFAULT_CALL_TIMEOUT_S)
+            if self._tls is not None:
+                connection = http.client.HTTPSConnection(
+                    self._parsed.hostname, self._parsed.port, timeout=DEFAULT_CALL_TIMEOUT_S,
+                    context=self._tls)
+            else:
+                connection = http.client.HTTPConnection(
+                    self._parsed.hostname, self._parsed.port, timeout=DEFAULT_CALL_TIMEOUT_S)
             self._local.connection = connection
         return connection
 
@@ -195,6 +207,10 @@ class _HttpTransport:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 return response.status, response.read(), response.getheader("content-type", "")
+            except ssl.SSLCertVerificationError as error:
+                connection.close()
+                self._local.connection = None
+                raise ServiceUnavailable(path, _untrusted(self.endpoint, error)) from error
             except (ConnectionError, http.client.HTTPException, OSError) as error:
                 connection.close()
                 self._local.connection = None
@@ -233,6 +249,19 @@ class _HttpTransport:
         if status != 200:
             raise self._error(status, data)
         return json.loads(data)
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificate and host name verified, always: the site's CA, else the system's."""
+    if ca_file and not os.path.isfile(ca_file):
+        raise ValueError(f"{CA_FILE_ENV} {ca_file!r} is not a file")
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def _untrusted(endpoint: str, error: ssl.SSLCertVerificationError) -> str:
+    reason = error.verify_message or str(error)
+    return (f"the TLS certificate of {endpoint} was refused ({reason}): set {CA_FILE_ENV} to "
+            "the CA that signed it, and call lis by a name the certificate lists")
 
 
 class _HandleTransport:
@@ -274,7 +303,8 @@ def _transport() -> _Transport:
     if mode == "handle" or (mode == "auto" and _inside_lis_cluster()):
         return _HandleTransport()
     return _HttpTransport(os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
-                          os.environ.get(TOKEN_ENV) or None)
+                          os.environ.get(TOKEN_ENV) or None,
+                          os.environ.get(CA_FILE_ENV) or None)
 
 
 # --- the SDK's clients ----------------------------------------------------------------

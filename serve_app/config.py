@@ -50,6 +50,7 @@ from serve_app.connector_services import (
     collect_resources,
     issues_from,
     list_of_mappings,
+    local_path,
     shown,
     suggest,
 )
@@ -61,7 +62,7 @@ from vocabulary.connectors import (
     parse_connector_arn,
 )
 from vocabulary.errors import ConfigError
-from vocabulary.specs import HttpSpec, LisConfig, ModelStoreSpec, ServiceSpec
+from vocabulary.specs import HttpSpec, LisConfig, ModelStoreSpec, ServiceSpec, TlsSpec
 
 __all__ = ["demo_config_path", "load_config"]
 
@@ -350,6 +351,23 @@ def _setting(found: Collected, key: str, model: type[BaseModel]) -> Any:
         return model()
 
 
+def _with_tls_files(http: HttpSpec, found: Collected) -> HttpSpec:
+    """``http.tls`` with its paths made absolute (relative to their file) and checked."""
+    if http.tls is None:
+        return http
+    where = found.settings["http"][0]
+    base = Path(where).parent
+    cert, key = (local_path(str(p), base) for p in (http.tls.cert_file, http.tls.key_file))
+    for name, path in (("http.tls.cert_file", cert), ("http.tls.key_file", key)):
+        if not path.is_file():
+            found.issue(where, name, f"no such file: {path}")
+    if key.is_file() and key.stat().st_mode & 0o077:
+        # The key is the server's identity: as with the token file, others may not read it.
+        found.issue(where, "http.tls.key_file", f"{key} is readable by group or others: "
+                                                "chmod 600 it")
+    return http.model_copy(update={"tls": TlsSpec(cert_file=cert, key_file=key)})
+
+
 def load_config(paths: Sequence[Path | str]) -> LisConfig:
     """Read and validate configuration files into one ``LisConfig``.
 
@@ -369,7 +387,7 @@ def load_config(paths: Sequence[Path | str]) -> LisConfig:
     built = [(c, build_service(c, found.resources, found)) for c in inference]
     services = [(c, spec) for c, spec in built if spec is not None]
     _check_feedback_ids(services, feedback, found)
-    http = _setting(found, "http", HttpSpec)
+    http = _with_tls_files(_setting(found, "http", HttpSpec), found)
     model_store = _setting(found, "model_store", ModelStoreSpec)
     if found.issues:
         raise ConfigError(", ".join(sources) or "lis", found.issues)

@@ -34,6 +34,7 @@ from vocabulary.specs import (
     ModelStoreSpec,
     PreprocessingOverrides,
     ServiceSpec,
+    TlsSpec,
     service_problems,
 )
 
@@ -366,6 +367,7 @@ _NESTED_KEYS: dict[str, Sequence[str]] = {
     "preprocessing": list(PreprocessingOverrides.__annotations__),
     "autoscaling": list(AutoscalingSpec.model_fields),
     "http": list(HttpSpec.model_fields),
+    "tls": list(TlsSpec.model_fields),
     "model_store": list(ModelStoreSpec.model_fields),
 }
 

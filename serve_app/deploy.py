@@ -17,6 +17,7 @@ from typing import Any
 from cluster.ray_start import direct_ingress_port
 from deployments.archive import artifact_version
 from deployments.model_source import fetch_model
+from deployments.ray_internals import serve_details
 from vocabulary.errors import LisError
 from vocabulary.names import (
     APP_NAME,
@@ -72,10 +73,16 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HTTP_HOST, port: int = DEFA
     if direct_port is not None and direct_port != port:
         raise LisError(f"this Ray serves HTTP from its ingress on port {direct_port}, "
                        f"not {port}: restart lis to change the port")
-    # One box: the ingress replica serves HTTP itself, so no proxy runs.
-    serve.start(http_options=HTTPOptions(host=host, port=port),
+    # One box: the ingress replica serves HTTP itself, so no proxy runs. On a
+    # cluster Ray Serve's proxies serve it, with the certificate when there is one.
+    tls = config.http.tls if direct_port is None else None
+    certificate = {} if tls is None else {"ssl_certfile": str(tls.cert_file),
+                                          "ssl_keyfile": str(tls.key_file)}
+    serve.start(http_options=HTTPOptions(host=host, port=port, **certificate),
                 proxy_location=ProxyLocation.Disabled if direct_port else ProxyLocation.EveryNode,
                 logging_config=quiet)
+    if tls is not None:
+        _require_proxies_with(certificate)
     if direct_port is not None and APP_NAME not in serve.status().applications:
         wait_until_free(host, port)
     app = build_app(config, token=token, model_versions=versions,
@@ -84,6 +91,21 @@ def deploy(config: LisConfig, *, host: str = DEFAULT_HTTP_HOST, port: int = DEFA
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", logging_config=quiet)],
                    wait_for_applications_running=False)
     return versions
+
+
+def _require_proxies_with(certificate: dict[str, str]) -> None:
+    """Refuse to deploy behind proxies that serve plain HTTP where TLS was asked for.
+
+    Ray Serve keeps the HTTP options of its first start: a Serve started
+    without the certificate (or with another) ignores this one.
+    """
+    details = serve_details() or {}
+    running = details.get("http_options") or {}
+    if any(running.get(key) != value for key, value in certificate.items()):
+        raise LisError("http.tls is set, but Ray Serve's proxies already run with other TLS "
+                       f"settings (certificate {running.get('ssl_certfile')!r}): they keep "
+                       "those of their first start; run `serve shutdown` or restart the "
+                       "cluster's lis to serve HTTPS")
 
 
 # A lis stopped a moment ago may still hold its port while Ray winds down.

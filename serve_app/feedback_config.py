@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -90,6 +91,8 @@ def parse_feedback_connector(
     configs = _parse_configuration_map(where, parameters.get("FeedbackConfigurationMap"), issues)
     request_limit = _parse_request_limit(where, parameters.get("RequestLimit", ""), issues)
     keys = _parse_lis_keys(lis_keys or {}, issues)
+    if keys is not None:
+        _check_spool_directory(keys.spool, issues)
     if configs is not None and keys is not None:
         _check_local_prefixes(where, configs, keys.storage, issues)
     if issues or configs is None or keys is None:
@@ -172,6 +175,15 @@ def _parse_lis_keys(raw: Mapping[str, Any], issues: list[ConfigIssue]) -> _LisKe
         return None
 
 
+def _check_spool_directory(spool: SpoolSpec, issues: list[ConfigIssue]) -> None:
+    # The spool keeps tmp/, samples/ and a lock in its folder: never a home or the root.
+    folder = spool.directory.expanduser().resolve()
+    if folder in (Path.home().resolve(), Path(folder.anchor)):
+        issues.append(ConfigIssue("feedback.spool", "directory",
+                                  f"{str(spool.directory)!r} is {folder}: give the spool a folder "
+                                  "of its own, e.g. ~/.local/state/lis/feedback-spool"))
+
+
 def _check_local_prefixes(where: str, configs: Mapping[str, FeedbackConfig],
                           storage: StorageSpec, issues: list[ConfigIssue]) -> None:
     # In a local store the key becomes a path: it must stay inside the bucket folder.
@@ -218,7 +230,8 @@ def _problem(item: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        return f"unknown key (value {_shown(value)})"
+        # Not its value: a misspelt "password" would print the password.
+        return "unknown key"
     if kind == "union_tag_invalid":
         tag = item.get("ctx", {}).get("tag")
         return f"strategy-name {tag!r} is not one of {', '.join(STRATEGY_NAMES)}"

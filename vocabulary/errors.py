@@ -174,8 +174,9 @@ class MisdirectedRequest(RequestError):
 class PayloadTooLarge(RequestError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
-    def __init__(self, what: str, size: int, limit: int) -> None:
-        super().__init__(f"{what} {size} is over the limit of {limit}")
+    def __init__(self, what: str, size: int, limit: int, limit_name: str | None = None) -> None:
+        named = f" ({limit_name})" if limit_name else ""
+        super().__init__(f"{what} {size} is over the limit of {limit}{named}")
 
 
 class UnsupportedMediaType(RequestError):

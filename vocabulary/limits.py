@@ -7,6 +7,7 @@ services file may override; the rest hold for every service.
 from __future__ import annotations
 
 __all__ = [
+    "DECODE_BYTES_PER_PIXEL",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_QUEUED_REQUESTS",
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -28,6 +29,13 @@ DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 # 50 MP: a 12 MP camera frame fits four times over; beyond it a decoded image
 # (3 bytes a pixel, then float32 input) costs more memory than a small board has.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Decoding one image may take at most this many bytes of memory per pixel of the
+# service's max_pixels (400 MB at 50 MP), estimated from the image's header
+# before any pixel is decoded (``deployments.imaging``). OpenCV holds two frames
+# at once: a 50 MP 8-bit RGB image needs 6 bytes a pixel, an RGBA PNG 8, a
+# 16-bit RGBA PNG 16 (so one is refused above 25 MP). A replica runs up to 10
+# local requests at once; a service that must stay smaller lowers max_pixels.
+DECODE_BYTES_PER_PIXEL = 8
 # Beyond this many waiting requests a service answers 503 instead of queueing forever.
 DEFAULT_MAX_QUEUED_REQUESTS = 64
 DEFAULT_TARGET_ONGOING_REQUESTS = 2.0  # Ray Serve's own default

@@ -19,6 +19,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -50,6 +51,8 @@ __all__ = [
     "ModelStoreSpec",
     "PreprocessingOverrides",
     "ServiceSpec",
+    "TlsSpec",
+    "insecure_store",
     "service_problems",
 ]
 
@@ -114,6 +117,11 @@ class ServiceSpec(BaseModel):
     model_destination: Path | None = Field(
         None, description="MLModelDestinationPath: where a fetched model is put (None: the cache).")
     model_resource_id: str | None = Field(None, description="MLModelResourceId, as given.")
+    model_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$",
+        description="The model's pinned digest: sha256 of the archive or file, or lis's folder "
+                    "digest (deployments.archive.model_digest); the replica refuses any other "
+                    "model (None: not pinned).")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0,
                              description="LocalInferenceServiceTimeoutSeconds.")
     memory_limit_kb: int | None = Field(
@@ -146,6 +154,11 @@ class ServiceSpec(BaseModel):
                                     description="Largest image (width x height) decoded.")
     max_queued_requests: PositiveInt = Field(
         DEFAULT_MAX_QUEUED_REQUESTS, description="Waiting requests beyond which the service answers 503.")
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _lower_case(cls, value: str | None) -> str | None:
+        return value.lower() if value else None
 
     @field_validator("feedback_config_id")
     @classmethod
@@ -211,6 +224,15 @@ def service_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+class TlsSpec(BaseModel):
+    """The certificate the HTTP ingress serves HTTPS with (PEM files, read when it starts)."""
+
+    model_config = _FROZEN
+
+    cert_file: Path = Field(description="The server certificate, then any intermediates (PEM).")
+    key_file: Path = Field(description="Its private key (PEM, unencrypted; keep it mode 0600).")
+
+
 class HttpSpec(BaseModel):
     """Where the HTTP ingress listens."""
 
@@ -225,6 +247,8 @@ class HttpSpec(BaseModel):
     local_socket: bool = Field(
         True, description="Send requests to replicas on the ingress's node over Unix sockets "
                           "instead of Ray Serve handles (false: always through Ray Serve).")
+    tls: TlsSpec | None = Field(
+        None, description="Serve HTTPS with this certificate and key (None: plain HTTP).")
 
 
 class ModelStoreSpec(BaseModel):
@@ -237,11 +261,25 @@ class ModelStoreSpec(BaseModel):
     region: str | None = Field(None, description="Region name for the client (None: boto3's default).")
     access_key_id: str | None = Field(
         None, description="Access key id. Prefer access_key_id_env: config files get copied around.")
-    secret_access_key: str | None = Field(None, description="Secret key. Prefer secret_access_key_env.")
+    # SecretStr: shown as '**********' in reprs, logs and error messages.
+    secret_access_key: SecretStr | None = Field(
+        None, description="Secret key. Prefer secret_access_key_env.")
     access_key_id_env: str | None = Field(
         None, description="Environment variable holding the access key id.")
     secret_access_key_env: str | None = Field(
         None, description="Environment variable holding the secret key.")
+    allow_insecure_store: bool = Field(
+        False, description="Accept a plain http:// endpoint_url. Without TLS anyone on the path "
+                           "can swap the model (a compiled detector is native code) or read "
+                           "the credentials; for a store on this box or a trusted segment only.")
+
+    @model_validator(mode="after")
+    def _https_unless_allowed(self) -> ModelStoreSpec:
+        if insecure_store(self):
+            raise ValueError(f"endpoint_url {self.endpoint_url!r} is plain HTTP: models and "
+                             "credentials would cross the network unprotected; use https://, "
+                             "or set allow_insecure_store: true for a store you trust the path to")
+        return self
 
     @model_validator(mode="after")
     def _one_credential_source(self) -> ModelStoreSpec:
@@ -253,6 +291,12 @@ class ModelStoreSpec(BaseModel):
             raise ValueError("give both the access key id and the secret key, or neither "
                              "(neither: boto3's usual credential chain)")
         return self
+
+
+def insecure_store(store: ModelStoreSpec) -> bool:
+    """Whether ``store`` is reached over plain HTTP without ``allow_insecure_store``."""
+    endpoint = (store.endpoint_url or "").lower()
+    return endpoint.startswith("http://") and not store.allow_insecure_store
 
 
 class LisConfig(BaseModel):

@@ -226,8 +226,9 @@ class FeedbackPipeline:
     def _config(self, config_id: Any) -> FeedbackConfig:
         config = self.spec.configs.get(config_id) if isinstance(config_id, str) else None
         if config is None:
-            known = ", ".join(sorted(self.spec.configs)) or "none"
-            raise InvalidArgument("ConfigId", config_id, f"a configured feedback config ({known})")
+            # The configured ids are not listed: a caller need not learn the others.
+            raise InvalidArgument("ConfigId", config_id, "the id of a feedback config in lis's "
+                                                         "MLFeedback connector")
         return config
 
     def _drop(self, sample_id: str) -> dict[str, Any]:

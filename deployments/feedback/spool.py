@@ -30,6 +30,11 @@ The spool has a size cap: a sample that would pass it is refused with
 ``SpoolFull``; stored samples are never dropped to make room. A record counts
 the uploads the store refused (``count_failure``), so a restart does not give
 a sample the store will never take a fresh set of attempts.
+
+Samples are camera frames: the folders are made 0700 and the files 0600, and a
+spool folder owned by another user is refused. Recovery deletes only names lis
+writes (a sample id, a staged file's suffix), so a spool pointed at a folder
+that holds other files (``~``) cannot delete them.
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ import fcntl
 import json
 import logging
 import os
+import re
+import stat
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from deployments.feedback.store import StoredObject
 from vocabulary.errors import LisError, SpoolFull
@@ -57,6 +64,9 @@ DEFAULT_LOCK_TIMEOUT_S = 30.0
 _FORMAT_VERSION = 1
 SET_ASIDE_FOLDER = "set-aside"
 _LOCK_POLL_S = 0.05
+# The only names recovery deletes: a sample id (uuid4) and what _stage names a file.
+_SAMPLE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_STAGED_NAME = re.compile(_SAMPLE_ID.pattern + r"\.(bin|json|reason\.json)\.[0-9a-f]{32}")
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +125,9 @@ class Spool:
         self.max_bytes = max_bytes
         self._samples = self.directory / "samples"
         self._tmp = self.directory / "tmp"
+        _private_folder(self.directory)
         for folder in (self._samples, self._tmp):
-            folder.mkdir(parents=True, exist_ok=True)
+            _private_folder(folder)
         self._lock_file = _acquire_lock(self.directory / ".lock", lock_timeout_s)
         self._mutex = threading.Lock()
         self._found = self._recover()
@@ -190,7 +201,7 @@ class Spool:
         of the sample is deleted either way.
         """
         aside = self.directory / SET_ASIDE_FOLDER
-        aside.mkdir(exist_ok=True)
+        _private_folder(aside)
         note = {"sample_id": record.sample_id, "reason": reason,
                 "attempts": record.failed_uploads,
                 "set_aside_at": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -246,7 +257,7 @@ class Spool:
     def _stage(self, final: Path, data: bytes) -> Path:
         """Write ``data`` durably to a new file under tmp/ that will become ``final``."""
         temporary = self._tmp / f"{final.name}.{uuid.uuid4().hex}"
-        with open(temporary, "wb") as stream:
+        with _private_file(temporary) as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
@@ -258,7 +269,8 @@ class Spool:
 
     def _recover(self) -> list[SpoolRecord]:
         for leftover in self._tmp.iterdir():
-            leftover.unlink()  # never renamed into place: never accepted
+            if _STAGED_NAME.fullmatch(leftover.name) and leftover.is_file():
+                leftover.unlink()  # never renamed into place: never accepted
         records = []
         for header in self._samples.glob("*.json"):
             record = self._read_record(header)
@@ -266,7 +278,8 @@ class Spool:
                 records.append(record)
         known = {record.sample_id for record in records}
         for orphan in self._samples.glob("*.bin"):
-            if orphan.stem not in known and not self._header_path(orphan.stem).exists():
+            if orphan.stem not in known and _SAMPLE_ID.fullmatch(orphan.stem) \
+                    and not self._header_path(orphan.stem).exists():
                 orphan.unlink()  # its header never landed: add() had not returned
         records.sort(key=lambda record: record.accepted_ns)
         if records:
@@ -285,7 +298,7 @@ class Spool:
 
     def _quarantine(self, header: Path, reason: Exception) -> None:
         corrupt = self.directory / "corrupt"
-        corrupt.mkdir(exist_ok=True)
+        _private_folder(corrupt)
         for path in (header, header.with_suffix(".bin")):
             if path.exists():
                 os.replace(path, corrupt / path.name)
@@ -297,6 +310,22 @@ class Spool:
 
     def _header_path(self, sample_id: str) -> Path:
         return self._samples / f"{sample_id}.json"
+
+
+def _private_folder(folder: Path) -> None:
+    """``folder`` made (0700) or checked: ours, a real folder, closed to others."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise LisError(f"feedback spool folder {folder} is not a folder owned by this user "
+                       f"(uid {os.getuid()}); refusing to keep samples there")
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)  # made by an older lis, or by hand
+
+
+def _private_file(path: Path) -> IO[bytes]:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(descriptor, "wb")
 
 
 def _acquire_lock(path: Path, timeout_s: float) -> Any:

@@ -177,7 +177,8 @@ class LocalFolderStore(SampleStore):
     def put(self, bucket: str, key: str, body: bytes, *, content_type: str,
             metadata: Mapping[str, Any]) -> StoredObject:
         path = self._path(bucket, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Camera frames: readable by lis's user only, as on the spool.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sidecar = {"ContentType": content_type, "Metadata": s3_metadata(metadata)}
         _write_durably(path.with_name(path.name + METADATA_SUFFIX), json.dumps(sidecar).encode())
         _write_durably(path, body)
@@ -194,7 +195,8 @@ class LocalFolderStore(SampleStore):
 
 def _write_durably(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as stream:
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
         stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())

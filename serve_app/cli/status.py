@@ -9,8 +9,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from serve_app.client import _tls_context
 from vocabulary.errors import LisError, ServiceUnavailable, from_wire
-from vocabulary.names import DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
+from vocabulary.names import CA_FILE_ENV, DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,11 @@ def fetch_services(endpoint: str) -> list[dict[str, Any]]:
     token = os.environ.get(TOKEN_ENV)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    # An https:// endpoint's certificate is verified as the SDK does: LIS_CA_FILE, else system CAs.
+    tls = _tls_context(os.environ.get(CA_FILE_ENV) or None) \
+        if endpoint.lower().startswith("https://") else None
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=tls) as response:
             return json.load(response)["services"]
     except urllib.error.HTTPError as error:
         raise _answered_error(error) from error

@@ -235,7 +235,18 @@ def test_zip_bomb_is_stopped_while_writing(tmp_path: Path, monkeypatch: pytest.M
 def test_too_many_files_is_rejected(tmp_path: Path) -> None:
     packed = _zip(tmp_path / "many.zip", {f"f{i}.txt": b"" for i in range(6)})
     message = _rejected(packed, tmp_path / "cache", max_files=5)
-    assert "too many files" in message and "limit of 5" in message
+    assert "too many entries" in message and "limit of 5" in message
+
+
+def test_folders_count_against_the_entry_limit(tmp_path: Path) -> None:
+    """Issue #17 (low): folder entries were not counted, so an archive of a million empty
+    folders passed the file cap (old code: extracted, no error)."""
+    folders = [(tarfile.TarInfo(f"d{i}"), None) for i in range(6)]
+    for info, _ in folders:
+        info.type = tarfile.DIRTYPE
+    packed = _tar(tmp_path / "folders.tar.gz", folders)
+    message = _rejected(packed, tmp_path / "cache", max_files=5)
+    assert "too many entries" in message and "at entry 'd5'" in message
 
 
 def test_default_limits_are_named_constants() -> None:

@@ -181,3 +181,69 @@ def test_preprocessing_round_trips_through_dict() -> None:
     spec = DETECTOR_PREPROCESSING.with_overrides(width=320, color="BGR")
     assert Preprocessing.from_dict(spec.to_dict()) == spec
     assert spec.width == 320 and spec.height == 512 and spec.color == "BGR"
+
+
+# --- the decode-memory bound (issue #17, door 8) ------------------------------
+
+def test_16_bit_alpha_is_composited_in_integers_exactly() -> None:
+    """c*a/255 + 255*(1 - a/255) on the high bytes, floored: the float formula, exactly."""
+    from deployments.imaging import _composite_on_white
+
+    bgra = np.random.default_rng(3).integers(0, 65536, (33, 47, 4), dtype=np.uint16)
+    high = (bgra >> 8).astype(np.int64)
+    expected = (high[:, :, :3] * high[:, :, 3:] + 255 * (255 - high[:, :, 3:])) // 255
+    np.testing.assert_array_equal(_composite_on_white(bgra), expected.astype(np.uint8))
+
+
+def test_the_header_says_what_decoding_will_hold() -> None:
+    from deployments.imaging import _jpeg_header, _png_header
+
+    rgba16 = _png_header(_encode(np.zeros((10, 12, 4), np.uint16), ".png"))
+    assert (rgba16.channels, rgba16.sample_bytes, rgba16.alpha) == (4, 2, True)
+    assert rgba16.decode_bytes() == 2 * 120 * 4 * 2  # the frame twice: OpenCV's, then the copy
+    gray16 = _png_header(_encode(np.zeros((10, 12), np.uint16), ".png"))
+    assert (gray16.channels, gray16.sample_bytes, gray16.alpha) == (3, 1, False)  # 8-bit BGR
+    palette = Image.new("P", (12, 10))
+    palette.putpalette([255, 0, 0, 0, 255, 0])
+    with_transparency = _png_header(_pil(palette, "PNG", transparency=1))
+    assert with_transparency.alpha and with_transparency.channels == 4
+
+    frame = np.zeros((64, 96, 3), np.uint8)
+    baseline = _jpeg_header(_encode(frame, ".jpg"))
+    assert baseline.coefficient_bytes == 0 and baseline.decode_bytes() == 2 * 64 * 96 * 3
+    progressive = _jpeg_header(_encode_with(frame, ".jpg", [
+        cv2.IMWRITE_JPEG_PROGRESSIVE, 1,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]))
+    # Y at full size, Cb and Cr at half each way: 1.5 samples a pixel, 2 bytes each.
+    assert progressive.coefficient_bytes == 2 * (64 * 96 + 2 * 32 * 48)
+    assert "progressive" in progressive.describe()
+
+
+def test_an_image_past_the_decode_bound_is_413_before_decoding() -> None:
+    body = _encode(np.zeros((100, 100, 4), np.uint16), ".png")  # 16 bytes a pixel
+    with pytest.raises(LisError) as refused:
+        decode_image(body, "image/png", max_pixels=15_000)  # the bound: 8 x 15000 bytes
+    assert refused.value.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert refused.value.message == (
+        "decode memory bytes for this 100x100 PNG (4 channels of 16 bits) 160000 is over the "
+        "limit of 120000 (max_pixels 15000 x 8 bytes a pixel)")
+    assert decode_image(body, "image/png", max_pixels=20_000).shape == (100, 100, 3)
+
+
+def _encode_with(image_bgr: np.ndarray, ext: str, params: list[int]) -> bytes:
+    ok, data = cv2.imencode(ext, image_bgr, params)
+    assert ok
+    return data.tobytes()
+
+
+def test_padding_before_the_jpeg_frame_header_is_refused_cheaply() -> None:
+    """A body of empty segments was walked one by one (old code: 0.6 s of the replica's CPU
+    for 10 MiB, then 'truncated'); now at most 1024 are looked at, then 400 saying so."""
+    body = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 5000 + _encode(np.zeros((8, 8, 3), np.uint8),
+                                                              ".jpg")[2:]
+    with pytest.raises(LisError) as refused:
+        decode_image(body, "image/jpeg")
+    assert refused.value.status == HTTPStatus.BAD_REQUEST
+    assert "more than 1024 segments before its frame header" in refused.value.message
+    padded = b"\xff\xd8" + b"\xff" * 1000 + _encode(np.zeros((8, 8, 3), np.uint8), ".jpg")[2:]
+    assert decode_image(padded, "image/jpeg").shape == (8, 8, 3)  # fill bytes are allowed

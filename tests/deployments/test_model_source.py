@@ -31,7 +31,8 @@ def s3_endpoint() -> Iterator[str]:
 def store(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> ModelStoreSpec:
     monkeypatch.setenv("STORE_KEY", "testing")
     monkeypatch.setenv("STORE_SECRET", "testing")
-    return ModelStoreSpec(endpoint_url=s3_endpoint, region="us-east-1",
+    # moto serves plain HTTP on loopback.
+    return ModelStoreSpec(endpoint_url=s3_endpoint, region="us-east-1", allow_insecure_store=True,
                           access_key_id_env="STORE_KEY", secret_access_key_env="STORE_SECRET")
 
 

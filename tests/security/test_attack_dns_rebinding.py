@@ -5,13 +5,18 @@ A page at ``http://evil.example:8000`` makes its name resolve to 127.0.0.1
 as same-origin ones, with ``Host: evil.example:8000``. On the code before
 this change lis answered them (200 with the services listing, and any
 inference). A lis served on loopback now answers 421 ``MisdirectedRequest``
-unless the ``Host`` header names loopback.
+unless the ``Host`` header names loopback: lis's own server on one box, and
+lis's app behind Ray Serve's proxies when they listen on loopback.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +70,26 @@ def test_beyond_loopback_the_host_is_not_checked() -> None:
     # There the token guards the door; names and addresses of the box are many.
     app = build_http_app(FakeRouter())
     assert IngressHttpServer(app, "0.0.0.0", free_port()).app is app
+
+
+def test_behind_ray_serves_proxies_on_loopback_a_rebound_page_gets_421(
+        tiny_classifier_artifact: Path, tmp_path: Path) -> None:
+    """The cluster path: Ray Serve's proxies (Ray's code) serve the app, which now checks
+    ``Host`` itself when they listen on loopback. Old code: 200 for ``evil.example``."""
+    services = tmp_path / "services.yaml"
+    services.write_text(f"""\
+services:
+  - LocalInferenceServiceName: imageClassification
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: {tiny_classifier_artifact}
+    num_cpus: 0.5
+""")
+    here = Path(__file__).resolve().parent
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)])}
+    run = subprocess.run([sys.executable, str(here / "_proxied_lis.py"), str(services),
+                          REBOUND, "localhost:8000", "127.0.0.1"],
+                         env=environment, capture_output=True, text=True, timeout=600)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert lines, run.stdout[-2000:] + run.stderr[-3000:]
+    assert json.loads(lines[-1]) == {REBOUND: [421, "MisdirectedRequest"],
+                                     "localhost:8000": [200, None], "127.0.0.1": [200, None]}

@@ -73,7 +73,7 @@ def test_a_second_up_without_host_keeps_the_token_of_a_lan_bound_serve(
     """Old code: deploy(token=None), as for reload."""
     args = argparse.Namespace(configs=[Path("services.yaml")], address="auto", host=None,
                               port=None, any_platform=False, log_to_console=False, detach=True)
-    assert up_cli._start(args, SimpleNamespace(install=lambda: None)) is True
+    up_cli._start(args, SimpleNamespace(install=lambda: None), up_cli._Started(own_ray=False))
     [deployed] = serve_bound_to_the_lan
     assert deployed["token"] is not None and len(deployed["token"]) >= 32
 

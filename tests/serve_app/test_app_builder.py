@@ -70,3 +70,33 @@ def test_ray_status_messages_lose_their_traceback() -> None:
     assert service_state.short_message(message) == (
         "The deployment failed to start 3 times in a row: "
         "ModuleNotFoundError: No module named 'x'")
+
+
+def _tls_config(tmp_path: Path):
+    for name in ("lis.crt", "lis.key"):
+        (tmp_path / name).write_text(name)
+        (tmp_path / name).chmod(0o600)
+    path = tmp_path / "services.yaml"
+    path.write_text(SERVICES + "http: {tls: {cert_file: lis.crt, key_file: lis.key}}\n")
+    return load_config([path])
+
+
+def test_on_one_box_the_ingress_gets_the_certificate(tmp_path: Path) -> None:
+    config = _tls_config(tmp_path)
+    plain = app_builder.build_app(config.model_copy(update={"http": config.http.model_copy(
+        update={"tls": None})}), http=("127.0.0.1", 8000))
+    app = app_builder.build_app(config, http=("127.0.0.1", 8000))
+    ingress = app._bound_deployment
+    *_, tls, host_guard = ingress.init_args
+    assert tls == config.http.tls and tls.cert_file == tmp_path / "lis.crt"
+    assert host_guard is False  # lis's own server checks Host on one box
+    # A certificate set or changed replaces the ingress (it is in the version).
+    assert ingress.version != plain._bound_deployment.version
+
+
+def test_on_a_cluster_the_ingress_serves_no_tls_itself(tmp_path: Path) -> None:
+    # Ray Serve's proxies hold the certificate there (serve_app.deploy; shown end to end by
+    # tests/security/test_attack_plaintext_ingress.py).
+    ingress = app_builder.build_app(_tls_config(tmp_path), http=None)._bound_deployment
+    *_, tls, _host_guard = ingress.init_args
+    assert tls is None

@@ -14,6 +14,7 @@ from vocabulary.limits import DEFAULT_TIMEOUT_S
 from vocabulary.specs import (
     AutoscalingSpec,
     LisConfig,
+    ModelStoreSpec,
     PreprocessingOverrides,
     ServiceSpec,
 )
@@ -196,6 +197,7 @@ SERVICES_YAML = """
 http: {host: 0.0.0.0, port: 8080, token_env: LIS_TOKEN}
 model_store:
   endpoint_url: http://127.0.0.1:9000
+  allow_insecure_store: true
   region: us-east-1
   access_key_id_env: STORE_KEY
   secret_access_key_env: STORE_SECRET
@@ -780,3 +782,34 @@ def test_reading_the_config_loads_no_heavy_dependency() -> None:
             "'boto3', 'deployments') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_model_stores_secret_key_is_hidden_in_reprs() -> None:
+    """Issue #17 (low): old code kept ``secret_access_key`` a plain string, printed whole by
+    any repr of the spec (logs, tracebacks, Ray's dashboard)."""
+    store = ModelStoreSpec(endpoint_url="https://s3.example", access_key_id="AKIAEXAMPLE",
+                           secret_access_key="s3cr3t-value")
+    assert "s3cr3t-value" not in repr(store) and "s3cr3t-value" not in str(store)
+    assert store.secret_access_key is not None
+    assert store.secret_access_key.get_secret_value() == "s3cr3t-value"
+
+
+def test_http_tls_paths_are_relative_to_their_file_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "lis.crt").write_text("certificate")
+    key = tmp_path / "tls" / "lis.key"
+    key.write_text("key")
+    key.chmod(0o600)
+    services = tmp_path / "lis.yaml"
+    services.write_text("http: {tls: {cert_file: tls/lis.crt, key_file: tls/lis.key}}\n"
+                        "services: []\n")
+    tls = load_config([services]).http.tls
+    assert tls is not None and (tls.cert_file, tls.key_file) == (tmp_path / "tls" / "lis.crt", key)
+    key.chmod(0o644)
+    services.write_text("http: {tls: {cert_file: tls/missing.crt, key_file: tls/lis.key}}\n"
+                        "services: []\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config([services])
+    assert [str(issue) for issue in refused.value.issues] == [
+        f"{services}: http.tls.cert_file: no such file: {tmp_path / 'tls' / 'missing.crt'}",
+        f"{services}: http.tls.key_file: {key} is readable by group or others: chmod 600 it"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from deployments.feedback.store import StoredObject
 from vocabulary.errors import LisError, SpoolFull
 
 TO = Destination(bucket="bucket", key="prefix/id.jpg", content_type="image/jpeg")
+ORPHAN_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
 def test_records_survive_reopening_oldest_first_with_their_upload_state(tmp_path: Path) -> None:
@@ -50,18 +52,41 @@ def test_recovery_drops_half_written_samples_and_quarantines_unreadable_ones(
     spool.add("good", "cfg", b"ok", [1.0], {}, TO)
     spool.close()
     samples = tmp_path / "samples"
-    (samples / "orphan.bin").write_bytes(b"header never written")  # add() had not returned
-    (tmp_path / "tmp" / "partial.json.123").write_bytes(b"{")
+    orphan = samples / f"{ORPHAN_ID}.bin"  # a sample id lis makes (uuid4)
+    orphan.write_bytes(b"header never written")  # add() had not returned
+    (tmp_path / "tmp" / f"{ORPHAN_ID}.json.{'0' * 32}").write_bytes(b"{")  # as _stage names it
     (samples / "broken.json").write_bytes(b"{not json")
     (samples / "broken.bin").write_bytes(b"data")
 
     reopened = Spool(tmp_path, max_bytes=10_000)
 
     assert [record.sample_id for record in reopened.records()] == ["good"]
-    assert not (samples / "orphan.bin").exists()
+    assert not orphan.exists()
     assert list((tmp_path / "tmp").iterdir()) == []
     assert sorted(path.name for path in (tmp_path / "corrupt").iterdir()) == [
         "broken.bin", "broken.json"]
+
+
+def test_recovery_deletes_only_names_lis_writes(tmp_path: Path) -> None:
+    """Issue #17 (low): a spool pointed at a folder of other files (``~``) deleted every file
+    in its ``tmp/`` and every ``samples/*.bin`` without a header on open (old code)."""
+    for folder in ("tmp", "samples"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "tmp" / "thesis.txt").write_bytes(b"a user's file")
+    (tmp_path / "samples" / "holiday.bin").write_bytes(b"a user's file")
+    Spool(tmp_path, max_bytes=10_000).close()
+    assert (tmp_path / "tmp" / "thesis.txt").exists()
+    assert (tmp_path / "samples" / "holiday.bin").exists()
+
+
+def test_samples_are_private_to_lis_user(tmp_path: Path) -> None:
+    """Issue #17 (low): old code wrote samples (camera frames) 0644 in 0755 folders."""
+    spool = Spool(tmp_path / "spool", max_bytes=10_000)
+    spool.add("good", "cfg", b"frame", [1.0], {}, TO)
+    for folder in ("", "samples", "tmp"):
+        assert stat.S_IMODE((tmp_path / "spool" / folder).stat().st_mode) == 0o700
+    for sample in (tmp_path / "spool" / "samples").iterdir():
+        assert stat.S_IMODE(sample.stat().st_mode) == 0o600, sample
 
 
 def test_one_process_owns_a_spool_folder(tmp_path: Path) -> None:
@@ -70,3 +95,15 @@ def test_one_process_owns_a_spool_folder(tmp_path: Path) -> None:
         Spool(tmp_path, max_bytes=100, lock_timeout_s=0.1)
     owner.close()
     Spool(tmp_path, max_bytes=100, lock_timeout_s=0.1).close()
+
+
+def test_the_local_store_keeps_samples_private(tmp_path: Path) -> None:
+    """Issue #17 (low): old code wrote the local store's objects 0644 in 0755 folders."""
+    from deployments.feedback.store import LocalFolderStore
+
+    stored = LocalFolderStore(tmp_path / "store").put(
+        "bucket", "prefix/id.jpg", b"frame", content_type="image/jpeg", metadata={})
+    folder = tmp_path / "store" / "bucket" / "prefix"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()) == [0o600] * 2
+    assert stored.url.endswith("/bucket/prefix/id.jpg")
