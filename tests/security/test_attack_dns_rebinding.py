@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _proxied import classifier_services, run_proxied_lis
 from _security_fakes import FakeRouter, free_port, serving
 from starlette.testclient import TestClient
 
@@ -76,20 +74,7 @@ def test_behind_ray_serves_proxies_on_loopback_a_rebound_page_gets_421(
         tiny_classifier_artifact: Path, tmp_path: Path) -> None:
     """The cluster path: Ray Serve's proxies (Ray's code) serve the app, which now checks
     ``Host`` itself when they listen on loopback. Old code: 200 for ``evil.example``."""
-    services = tmp_path / "services.yaml"
-    services.write_text(f"""\
-services:
-  - LocalInferenceServiceName: imageClassification
-    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
-    model: {tiny_classifier_artifact}
-    num_cpus: 0.5
-""")
-    here = Path(__file__).resolve().parent
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)])}
-    run = subprocess.run([sys.executable, str(here / "_proxied_lis.py"), str(services),
-                          REBOUND, "localhost:8000", "127.0.0.1"],
-                         env=environment, capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert lines, run.stdout[-2000:] + run.stderr[-3000:]
-    assert json.loads(lines[-1]) == {REBOUND: [421, "MisdirectedRequest"],
-                                     "localhost:8000": [200, None], "127.0.0.1": [200, None]}
+    services = classifier_services(tmp_path, tiny_classifier_artifact)
+    seen = run_proxied_lis(services, [REBOUND, "localhost:8000", "127.0.0.1"])
+    assert seen == {REBOUND: [421, "MisdirectedRequest"],
+                    "localhost:8000": [200, None], "127.0.0.1": [200, None]}

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from _proxied import classifier_services, run_proxied_lis
 from _serving_process import SERVICE, ServingProcess
 
 import greengrass_machine_learning_sdk as ml
@@ -177,24 +176,9 @@ def test_on_a_cluster_ray_serves_proxies_serve_https_with_the_certificate(
         certificates: Path, tiny_classifier_artifact: Path, tmp_path: Path) -> None:
     """The cluster path: Ray Serve's proxies (Ray's code) get the certificate from
     ``deploy``. Old code: no ``tls`` key; then, for a while, ``build_app`` refused it."""
-    services = tmp_path / "services.yaml"
-    services.write_text(f"""\
-services:
-  - LocalInferenceServiceName: imageClassification
-    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
-    model: {tiny_classifier_artifact}
-    num_cpus: 0.5
-http:
-  tls: {{cert_file: {certificates / "server.crt"}, key_file: {certificates / "server.key"}}}
-""")
-    here = Path(__file__).resolve().parent
-    environment = {**os.environ, "LIS_CA_FILE": str(certificates / "ca.crt"),
-                   "PYTHONPATH": os.pathsep.join([str(here.parents[1]), str(here)])}
-    run = subprocess.run([sys.executable, str(here / "_proxied_lis.py"), str(services),
-                          "127.0.0.1"], env=environment, capture_output=True, text=True,
-                         timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    assert lines, run.stdout[-2000:] + run.stderr[-3000:]
-    seen = json.loads(lines[-1])
+    tls = (f"http:\n  tls: {{cert_file: {certificates / 'server.crt'}, "
+           f"key_file: {certificates / 'server.key'}}}\n")
+    services = classifier_services(tmp_path, tiny_classifier_artifact, tls)
+    seen = run_proxied_lis(services, ["127.0.0.1"], LIS_CA_FILE=str(certificates / "ca.crt"))
     assert seen["127.0.0.1"] == [200, None]
     assert seen["plain http"] in ("RemoteDisconnected", "ConnectionResetError", "BadStatusLine"), seen
