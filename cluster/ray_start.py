@@ -6,11 +6,18 @@ starts Ray's own processes with the same ``SERVE_THROUGHPUT_ENVIRONMENT``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from cluster._token import LOCAL_TOKEN_FILE, cluster_auth_environment, local_ray_token
 from cluster.platform import detect_platform
-from deployments.ray_internals import kv_get, kv_put, reread_ray_environment, start_lean_head
+from deployments.ray_internals import (
+    kv_get,
+    kv_put,
+    reread_ray_environment,
+    start_lean_head,
+)
 from vocabulary.connectors import PLATFORMS
 from vocabulary.names import RAY_NAMESPACE, platform_resource
 
@@ -107,18 +114,38 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
         ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
         return address
     os.environ.update(SERVE_THROUGHPUT_ENVIRONMENT)
-    os.environ.update(_box_auth_environment())
+    os.environ.update(local_ray_token().environment())
     reread_ray_environment()
     if log_to_driver:  # replicas write their lines to stderr too, which Ray streams here
         os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
     platforms = PLATFORMS if any_platform else (local_platform(),)
-    address = start_lean_head(
-        num_cpus=num_cpus, log_monitor=log_to_driver, outlive_caller=outlive_caller,
-        resources={platform_resource(p): PLATFORM_UNITS for p in platforms})
-    ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
+    # Only the Ray started here and this process's connection to it are one-box:
+    # a `ray start` run later from this process (a test's own cluster) must not be.
+    with _loopback_only():
+        address = start_lean_head(
+            num_cpus=num_cpus, log_monitor=log_to_driver, outlive_caller=outlive_caller,
+            resources={platform_resource(p): PLATFORM_UNITS for p in platforms})
+        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
     if http_port is not None:
         kv_put(_DIRECT_INGRESS_KEY, str(http_port).encode())
     return address
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """``LOOPBACK_ONLY_ENVIRONMENT`` for the processes started, and the calls made, meanwhile."""
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ONLY_ENVIRONMENT}
+    os.environ.update(LOOPBACK_ONLY_ENVIRONMENT)
+    reread_ray_environment()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reread_ray_environment()
 
 
 def _driver_auth_environment(joined: bool) -> dict[str, str]:
@@ -130,5 +157,5 @@ def _driver_auth_environment(joined: bool) -> dict[str, str]:
 
 
 def _box_auth_environment() -> dict[str, str]:
-    """A box's own Ray: on loopback only, every call checked against lis's local token."""
+    """A driver of a box's own Ray: on loopback only, with lis's local token."""
     return {**LOOPBACK_ONLY_ENVIRONMENT, **local_ray_token().environment()}
