@@ -9,7 +9,7 @@ export TOPHUB_LOCATION := NONE
 # Ray's usage statistics reporting is off for every command run from here.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench models eval-models train-models install install-dev clean
+.PHONY: run test test-aarch64 bench models eval-models train-models install install-dev clean
 
 ## run: install, build the demo models if missing, serve the demo services
 run: $(VENV)/.installed-compile
@@ -20,6 +20,10 @@ run: $(VENV)/.installed-compile
 test: $(VENV)/.installed-dev
 	$(BIN)/lint-imports --config .importlinter
 	$(BIN)/python -m pytest
+
+## test-aarch64: the emulated aarch64 board (root on x86_64 Debian 12; cached in build/aarch64/): docs/devices.md
+test-aarch64: $(VENV)/.installed-dev
+	VENV=$(VENV) scripts/aarch64/test.sh
 
 ## bench: serving figures and the demo stack's footprint, written to docs/benchmarks.md (not a test)
 bench: $(VENV)/.installed-dev

@@ -14,6 +14,13 @@ rebuilt only when it is missing or when the committed weights changed: the
 build records the SHA-256 of the source folder in ``build/models/.<name>.source``.
 Builds go to a temporary folder renamed into place, so an interrupted build
 leaves no half artifact behind.
+
+On aarch64, where MXNet cannot load and so nothing can be compiled from the
+committed checkpoints, ``lis models build`` installs the artifacts an x86_64
+machine cross-compiled for it and the repository commits under
+``models/aarch64/`` (all three compiled, the classifier too: see
+``modelkit.prebuilt``). ``lis models build --target aarch64`` on x86_64
+rebuilds that bundle.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployments.neo import host_machine
+from modelkit import prebuilt
 from vocabulary.names import LABELS_FILE, PREPROCESSING_FILE
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "MODELS_DIR",
     "DemoModel",
     "add_arguments",
+    "build_bundle",
     "build_model",
     "demo_models",
     "model_state",
@@ -85,14 +95,29 @@ def source_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _prebuilt_bundle() -> Path | None:
+    """The committed artifacts this machine installs instead of compiling; None on x86_64."""
+    machine = host_machine()
+    return prebuilt.bundle_dir(MODELS_DIR, machine) if machine in prebuilt.PREBUILT_MACHINES \
+        else None
+
+
+def _built_from(model: DemoModel) -> Path:
+    # What a build copies or compiles: the committed weights, or on a machine that
+    # cannot compile them, the committed artifact built for it.
+    bundle = _prebuilt_bundle()
+    return bundle / model.name if bundle is not None else model.source
+
+
 def model_state(model: DemoModel, build_dir: Path = BUILD_DIR) -> str:
     """``ready``, ``stale`` (weights changed since the build), ``missing`` or ``no weights``."""
-    if not model.source.is_dir():
+    source = _built_from(model)
+    if not source.is_dir():
         return "no weights"
     stamp = model.stamp(build_dir)
     if not model.target(build_dir).is_dir() or not stamp.is_file():
         return "missing"
-    return "ready" if stamp.read_text().strip() == source_digest(model.source) else "stale"
+    return "ready" if stamp.read_text().strip() == source_digest(source) else "stale"
 
 
 def _print(line: str) -> None:
@@ -109,11 +134,14 @@ def build_model(model: DemoModel, build_dir: Path = BUILD_DIR,
         raise ArtifactError(str(model.source), "the committed weights are missing "
                             "(retrain them with `make train-models`)")
     build_dir.mkdir(parents=True, exist_ok=True)
-    digest = source_digest(model.source)
+    digest = source_digest(_built_from(model))
     scratch = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=build_dir))
     try:
         staged = scratch / model.name
-        if model.kind == "classifier":
+        if _prebuilt_bundle() is not None:
+            say(f"{model.name}: installing the artifact prebuilt for {host_machine()}")
+            prebuilt.install(_built_from(model), staged)
+        elif model.kind == "classifier":
             say(f"{model.name}: writing the SageMaker IC artifact")
             _copy_classifier(model.source, staged)
         else:
@@ -134,13 +162,25 @@ def _copy_classifier(source: Path, staged: Path) -> None:
     shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_NOT_WEIGHTS))
 
 
-def _compile_detector(model: DemoModel, staged: Path, progress: Progress | None) -> None:
-    from modelkit.compile import compile_model
+def _compile_detector(model: DemoModel, staged: Path, progress: Progress | None,
+                      target: str | None = None, verify: bool = True) -> float | None:
+    from modelkit.compile import DEFAULT_TARGET, compile_model
 
     source = model.source
-    compile_model(source / f"{model.name}-symbol.json", source / f"{model.name}-0000.params",
-                  staged, input_shape=DETECTOR_INPUT_SHAPE, labels=source / LABELS_FILE,
-                  preprocessing=source / PREPROCESSING_FILE, progress=progress)
+    return compile_model(
+        source / f"{model.name}-symbol.json", source / f"{model.name}-0000.params", staged,
+        input_shape=DETECTOR_INPUT_SHAPE, labels=source / LABELS_FILE,
+        preprocessing=source / PREPROCESSING_FILE, target=target or DEFAULT_TARGET,
+        verify=verify, progress=progress).max_abs_diff
+
+
+def _compile_classifier(model: DemoModel, staged: Path, progress: Progress | None,
+                        target: str | None = None, verify: bool = True) -> float | None:
+    # The SageMaker IC layout as it is: shape, labels and preprocessing come from it.
+    from modelkit.compile import DEFAULT_TARGET, compile_model
+
+    return compile_model(model.source, None, staged, target=target or DEFAULT_TARGET,
+                         verify=verify, progress=progress).max_abs_diff
 
 
 def _replace(staged: Path, target: Path) -> None:
@@ -156,6 +196,9 @@ def demo_models(build_dir: Path = BUILD_DIR, *, force: bool = False,
                 progress: Progress | None = _print) -> dict[str, Path]:
     """Every demo model ready to serve: name -> artifact folder (built if missing or stale)."""
     say = progress or (lambda _line: None)
+    bundle = _prebuilt_bundle()
+    if bundle is not None:  # never serve artifacts built from other weights than these
+        prebuilt.require_current(bundle, _weights_digests())
     ready = {}
     for model in DEMO_MODELS:
         state = model_state(model, build_dir)
@@ -167,20 +210,74 @@ def demo_models(build_dir: Path = BUILD_DIR, *, force: bool = False,
     return ready
 
 
+def _weights_digests() -> dict[str, str]:
+    return {model.name: source_digest(model.source) for model in DEMO_MODELS}
+
+
+# --- the prebuilt bundle for a machine that cannot compile ------------------------------
+
+def build_bundle(machine: str, out: Path, progress: Progress | None = _print) -> Path:
+    """Cross-compile every demo model for ``machine`` into ``out``, with its manifest.
+
+    Each model is also compiled for this machine and that twin verified against
+    MXNet here; the manifest records the difference. Returns the manifest's path.
+    """
+    from vocabulary.errors import InvalidArgument, LisError
+
+    if machine not in prebuilt.PREBUILT_MACHINES:
+        raise InvalidArgument("--target", machine, " or ".join(prebuilt.PREBUILT_MACHINES))
+    if host_machine() in prebuilt.PREBUILT_MACHINES:
+        raise LisError(f"this {host_machine()} machine cannot compile the demo models (no "
+                       f"MXNet here): build the {machine} bundle on an x86_64 machine")
+    say = progress or (lambda _line: None)
+    out.mkdir(parents=True, exist_ok=True)
+    facts = {}
+    for model in DEMO_MODELS:
+        say(f"{model.name}: compiling for {machine}, and for {host_machine()} to verify it")
+        facts[model.name] = _build_for(model, machine, out, progress)
+    path = prebuilt.write_manifest(out, machine, facts)
+    say(f"prebuilt demo models for {machine}: {path}")
+    return path
+
+
+def _build_for(model: DemoModel, machine: str, out: Path,
+               progress: Progress | None) -> dict[str, object]:
+    compile_one = _compile_classifier if model.kind == "classifier" else _compile_detector
+    scratch = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=out))
+    try:
+        twin_diff = compile_one(model, scratch / "twin", progress)  # this machine, verified
+        compile_one(model, scratch / model.name, progress,
+                    target=prebuilt.PREBUILT_MACHINES[machine], verify=False)
+        _replace(scratch / model.name, out / model.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"kind": model.kind, "source_sha256": source_digest(model.source),
+            "verified": {"twin_target": host_machine(), "reference": "MXNet",
+                         "max_abs_diff": twin_diff}}
+
+
 # --- lis models ----------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser("build", help="build the demo artifacts that are missing or stale")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    build.add_argument("--build-dir", type=Path, default=BUILD_DIR, help="where to build")
+    build.add_argument("--build-dir", type=Path, default=None,
+                       help=f"where to build (default: {BUILD_DIR}; with --target, "
+                            f"{MODELS_DIR}/<target>, the committed bundle)")
+    build.add_argument("--target", choices=sorted(prebuilt.PREBUILT_MACHINES),
+                       help="cross-compile the bundle a machine that cannot compile installs "
+                            "(run on x86_64; see docs/devices.md)")
     listing = sub.add_parser("list", help="show each demo model and whether it is built")
     listing.add_argument("--build-dir", type=Path, default=BUILD_DIR, help="where to look")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "build" and args.target:
+        build_bundle(args.target, args.build_dir or prebuilt.bundle_dir(MODELS_DIR, args.target))
+        return 0
     if args.action == "build":
-        demo_models(args.build_dir, force=args.force)
+        demo_models(args.build_dir or BUILD_DIR, force=args.force)
         return 0
     for model in DEMO_MODELS:
         print(f"{model.name:<18} {model_state(model, args.build_dir):<10} "

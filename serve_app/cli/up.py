@@ -109,6 +109,9 @@ class _Started:
 def _start(args: argparse.Namespace, stopper: Stopper, started: _Started) -> None:
     """Start or join Ray and deploy."""
     sources = args.configs or [demo_config_path()]
+    # The demo declares the x86-64 connectors; its services are meant to run on
+    # whatever box `make run` is on (an aarch64 board serves them compiled).
+    args.any_platform = args.any_platform or not args.configs
     config = load_config(sources)
     if not config.services:
         raise ConfigError(", ".join(map(str, sources)), [ConfigIssue("services", None,
