@@ -9,10 +9,14 @@ export TOPHUB_LOCATION := NONE
 # Ray's usage statistics reporting is off for every command run from here.
 export RAY_USAGE_STATS_ENABLED := 0
 
+# What serving needs installed: the runtimes, and on x86_64 TVM's compiler for the demo
+# detectors. An aarch64 board gets the demo models prebuilt (models/aarch64, docs/devices.md).
+SERVE_LEVEL := $(if $(filter aarch64,$(shell uname -m)),runtime,compile)
+
 .PHONY: run test test-aarch64 bench models eval-models train-models install install-dev clean
 
 ## run: install, build the demo models if missing, serve the demo services
-run: $(VENV)/.installed-compile
+run: $(VENV)/.installed-$(SERVE_LEVEL)
 	$(BIN)/lis models build
 	$(BIN)/lis up
 
@@ -31,7 +35,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.serving
 
 ## models: build the demo model artifacts (compiled DLR detectors) if missing
-models: $(VENV)/.installed-compile
+models: $(VENV)/.installed-$(SERVE_LEVEL)
 	$(BIN)/lis models build
 
 ## eval-models: accuracy/mAP of the demo models on held-out generated data, through DLR
@@ -46,13 +50,17 @@ train-models: $(VENV)/.installed-dev
 install: $(VENV)/.installed-compile
 install-dev: $(VENV)/.installed-dev
 
+$(VENV)/.installed-runtime: $(INSTALL_INPUTS)
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh runtime
+	touch $@
+
 $(VENV)/.installed-compile: $(INSTALL_INPUTS)
 	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh compile
-	touch $@
+	touch $@ $(VENV)/.installed-runtime
 
 $(VENV)/.installed-dev: $(INSTALL_INPUTS)
 	VENV=$(VENV) PYTHON=$(PYTHON) scripts/install.sh dev
-	touch $@ $(VENV)/.installed-compile
+	touch $@ $(VENV)/.installed-compile $(VENV)/.installed-runtime
 
 clean:
 	rm -rf build .pytest_cache
