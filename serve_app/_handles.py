@@ -20,7 +20,15 @@ from vocabulary.errors import (
     ServiceUnavailable,
 )
 
-__all__ = ["GUARD_SECONDS", "REPLICA_DIED", "call_service", "call_service_sync", "to_lis_error"]
+__all__ = [
+    "GUARD_SECONDS",
+    "REPLICA_DIED",
+    "call_service",
+    "call_service_sync",
+    "describe_service",
+    "describe_service_sync",
+    "to_lis_error",
+]
 
 # The replica enforces the service's timeout itself; the caller waits a little
 # longer so a replica that died or never got the request still ends in 504.
@@ -75,5 +83,23 @@ def call_service_sync(handle: DeploymentHandle, service: str, body: bytes,
     try:
         response = handle.infer.remote(body, content_type, algo_type)
         return response.result(timeout_s=timeout_s + GUARD_SECONDS)
+    except Exception as error:  # noqa: BLE001
+        raise to_lis_error(error, service, timeout_s) from error
+
+
+async def describe_service(handle: DeploymentHandle, service: str,
+                           timeout_s: float) -> dict[str, Any]:
+    """A replica's ``describe()`` (version, labels, ...); raises only ``LisError``."""
+    try:
+        return await asyncio.wait_for(handle.describe.remote(), timeout_s)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a LisError
+        raise to_lis_error(error, service, timeout_s) from error
+
+
+def describe_service_sync(handle: DeploymentHandle, service: str,
+                          timeout_s: float) -> dict[str, Any]:
+    """Blocking twin of ``describe_service`` for code outside an event loop."""
+    try:
+        return handle.describe.remote().result(timeout_s=timeout_s)
     except Exception as error:  # noqa: BLE001
         raise to_lis_error(error, service, timeout_s) from error

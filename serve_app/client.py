@@ -10,12 +10,25 @@ bearer token when set. ``LIS_TRANSPORT=http|handle`` forces one. An
 ``https://`` endpoint's certificate is always verified: against ``LIS_CA_FILE``
 when set (a site's own CA), else against the system's CAs.
 
+``await client('inference').invoke_inference_service_async(...)`` is the same
+call for code on an event loop (a Ray Serve deployment, an async actor): same
+arguments, checks, answer and exceptions. The sync call also works on a running
+loop: it makes the call from a worker thread and blocks its caller until the
+answer comes, as the original SDK's blocking call did (see ``_off_the_loop``).
+
+Beside the drop-in API, a typed one for composing lis in Python:
+``ObjectDetector(name)`` and ``ImageClassifier(name)`` are called with
+``infer(image, content_type)`` or awaited with ``infer_async(...)``, and answer
+``Detections`` / ``Classification``: the parsed result with the model's labels,
+and the connector's bytes. Their errors are lis's own (``vocabulary.errors``).
+
 lis errors become SDK exceptions in ``_sdk_exception`` and nowhere else.
 This module imports no model runtime and no deployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -25,11 +38,16 @@ import ssl
 import sys
 import threading
 import urllib.parse
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from vocabulary.connectors import SERVICE_NAME_PATTERN
 from vocabulary.errors import (
     AlgorithmMismatch,
+    InferenceFailed,
+    InvalidArgument,
     LisError,
     ServiceNotFound,
     ServiceUnavailable,
@@ -49,11 +67,18 @@ from vocabulary.wire import METADATA_KEY, is_metadata_key
 __all__ = [
     "DEFAULT_CALL_TIMEOUT_S",
     "DEFAULT_ENDPOINT",
+    "LABELS_TIMEOUT_S",
+    "ClassProbability",
+    "Classification",
+    "DetectedObject",
+    "Detections",
     "FeedbackClient",
     "GreengrassDependencyException",
     "GreengrassFeedbackException",
     "GreengrassInferenceException",
+    "ImageClassifier",
     "InferenceClient",
+    "ObjectDetector",
     "StreamingBody",
     "client",
 ]
@@ -61,7 +86,13 @@ __all__ = [
 # The replica enforces each service's own timeout; this only bounds a call
 # whose replica never answers at all.
 DEFAULT_CALL_TIMEOUT_S = 120.0
+# Asking a service for its labels (once per typed service object) waits this long.
+LABELS_TIMEOUT_S = 30.0
 _NAME_PATTERN = re.compile(f"^{SERVICE_NAME_PATTERN}$")
+# Worker threads for sync calls made on a running event loop: each blocks the
+# loop that made it, so a few cover every loop thread of a process.
+_SYNC_ON_LOOP_THREADS = 8
+_T = TypeVar("_T")
 
 
 class GreengrassInferenceException(Exception):
@@ -164,8 +195,41 @@ class _Transport(Protocol):
     def infer(self, algo_type: str, service: str, content_type: str | None,
               body: bytes, accept: str | None) -> tuple[bytes, str]: ...
 
+    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
+                          body: bytes, accept: str | None) -> tuple[bytes, str]: ...
+
+    def labels(self, service: str) -> tuple[str, ...] | None:
+        """The service's class names (empty: its model has none; None: not known now)."""
+
+    async def labels_async(self, service: str) -> tuple[str, ...] | None: ...
+
     def feedback(self, config_id: str, body: bytes, prediction: Any,
                  metadata: dict[str, str]) -> dict[str, Any]: ...
+
+
+_workers: ThreadPoolExecutor | None = None
+_workers_lock = threading.Lock()
+
+
+def _off_the_loop(call: Callable[[], _T]) -> _T:
+    """``call()``, made from a worker thread when this thread runs an event loop.
+
+    Ray Serve refuses a blocking handle call on a running loop, which the
+    call would stall (``RuntimeError: Sync methods should not be called from
+    within an asyncio event loop``). Lambda code calls the SDK
+    synchronously, and pasted into an async deployment it should still work:
+    the caller blocks until the answer comes, as over HTTP, and
+    ``invoke_inference_service_async`` is the form that does not block.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call()
+    global _workers
+    with _workers_lock:
+        if _workers is None:
+            _workers = ThreadPoolExecutor(_SYNC_ON_LOOP_THREADS, thread_name_prefix="lis-sdk")
+    return _workers.submit(call).result()
 
 
 class _HttpTransport:
@@ -198,13 +262,14 @@ class _HttpTransport:
             self._local.connection = connection
         return connection
 
-    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    def _request(self, method: str, path: str, body: bytes | None,
+                 headers: dict[str, str]) -> tuple[int, bytes, str]:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
             connection = self._connection()
             try:
-                connection.request("POST", path, body=body, headers=headers)
+                connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
                 return response.status, response.read(), response.getheader("content-type", "")
             except ssl.SSLCertVerificationError as error:
@@ -235,17 +300,39 @@ class _HttpTransport:
         if accept:
             headers["Accept"] = accept
         path = "/inference/" + urllib.parse.quote(service)
-        status, data, response_type = self._post(path, body, headers)
+        status, data, response_type = self._request("POST", path, body, headers)
         if status != 200:
             raise self._error(status, data)
         return data, response_type
+
+    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
+                          body: bytes, accept: str | None) -> tuple[bytes, str]:
+        # http.client blocks: the call runs in a worker thread, with its own
+        # kept-alive connection, and the loop runs on meanwhile.
+        return await asyncio.to_thread(self.infer, algo_type, service, content_type, body,
+                                       accept)
+
+    def labels(self, service: str) -> tuple[str, ...] | None:
+        status, data, _ = self._request("GET", "/services", None, {})
+        if status != 200:
+            raise self._error(status, data)
+        for listed in json.loads(data)["services"]:
+            if listed["name"] == service:
+                # Listed without labels while the service is not RUNNING.
+                labels = listed.get("labels")
+                return None if labels is None else tuple(labels)
+        raise ServiceNotFound(service)
+
+    async def labels_async(self, service: str) -> tuple[str, ...] | None:
+        return await asyncio.to_thread(self.labels, service)
 
     def feedback(self, config_id: str, body: bytes, prediction: Any,
                  metadata: dict[str, str]) -> dict[str, Any]:
         headers = {"X-Model-Prediction": json.dumps(prediction),
                    "X-Metadata": json.dumps(metadata),
                    "Content-Type": "application/octet-stream"}
-        status, data, _ = self._post("/feedback/" + urllib.parse.quote(config_id), body, headers)
+        status, data, _ = self._request("POST", "/feedback/" + urllib.parse.quote(config_id),
+                                        body, headers)
         if status != 200:
             raise self._error(status, data)
         return json.loads(data)
@@ -271,16 +358,39 @@ class _HandleTransport:
               body: bytes, accept: str | None) -> tuple[bytes, str]:
         from serve_app._handles import call_service_sync
 
-        handle = _deployment_handle(service)
-        result = call_service_sync(handle, service, body, content_type, algo_type,
-                                   DEFAULT_CALL_TIMEOUT_S)
+        def call() -> tuple[bytes, str]:
+            result = call_service_sync(_deployment_handle(service), service, body,
+                                       content_type, algo_type, DEFAULT_CALL_TIMEOUT_S)
+            return result.body.encode(), result.content_type
+
+        return _off_the_loop(call)
+
+    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
+                          body: bytes, accept: str | None) -> tuple[bytes, str]:
+        from serve_app._handles import call_service
+
+        # Ray caches a handle once found; only the first lookup of a name asks
+        # Serve's controller, briefly blocking the loop.
+        result = await call_service(_deployment_handle(service), service, body, content_type,
+                                    algo_type, DEFAULT_CALL_TIMEOUT_S)
         return result.body.encode(), result.content_type
+
+    def labels(self, service: str) -> tuple[str, ...] | None:
+        from serve_app._handles import describe_service_sync
+
+        return _off_the_loop(lambda: tuple(describe_service_sync(
+            _deployment_handle(service), service, LABELS_TIMEOUT_S)["labels"]))
+
+    async def labels_async(self, service: str) -> tuple[str, ...] | None:
+        from serve_app._handles import describe_service
+
+        found = await describe_service(_deployment_handle(service), service, LABELS_TIMEOUT_S)
+        return tuple(found["labels"])
 
     def feedback(self, config_id: str, body: bytes, prediction: Any,
                  metadata: dict[str, str]) -> dict[str, Any]:
-        handle = _deployment_handle(FEEDBACK_DEPLOYMENT)
-        return handle.publish.remote(config_id, body, prediction, metadata).result(
-            timeout_s=DEFAULT_CALL_TIMEOUT_S)
+        return _off_the_loop(lambda: _deployment_handle(FEEDBACK_DEPLOYMENT).publish.remote(
+            config_id, body, prediction, metadata).result(timeout_s=DEFAULT_CALL_TIMEOUT_S))
 
 
 def _deployment_handle(name: str) -> Any:
@@ -317,9 +427,12 @@ class InferenceClient:
         self._transport = transport
 
     def invoke_inference_service(self, **kwargs: Any) -> dict[str, Any]:
-        algo_type = _check_name(kwargs, "AlgoType")
-        service = _check_name(kwargs, "ServiceName")
-        body = _body_bytes(_require(kwargs, "Body"))
+        """The connector's answer: ``{"Body": StreamingBody, "ContentType": str}``.
+
+        On a running event loop this blocks the loop until the answer comes;
+        there, ``await invoke_inference_service_async(...)`` instead.
+        """
+        algo_type, service, body = _inference_arguments(kwargs)
         transport = self._transport or _transport()
         try:
             data, content_type = transport.infer(algo_type, service, kwargs.get("ContentType"),
@@ -327,6 +440,24 @@ class InferenceClient:
         except LisError as error:
             raise _sdk_exception(error) from error
         return {"Body": StreamingBody(data), "ContentType": content_type}
+
+    async def invoke_inference_service_async(self, **kwargs: Any) -> dict[str, Any]:
+        """``invoke_inference_service`` awaited: same arguments, answer and exceptions."""
+        algo_type, service, body = _inference_arguments(kwargs)
+        transport = self._transport or _transport()
+        try:
+            data, content_type = await transport.infer_async(
+                algo_type, service, kwargs.get("ContentType"), body, kwargs.get("Accept"))
+        except LisError as error:
+            raise _sdk_exception(error) from error
+        return {"Body": StreamingBody(data), "ContentType": content_type}
+
+
+def _inference_arguments(kwargs: dict[str, Any]) -> tuple[str, str, bytes]:
+    """(AlgoType, ServiceName, Body) checked as the original SDK does (``ValueError``)."""
+    algo_type = _check_name(kwargs, "AlgoType")
+    service = _check_name(kwargs, "ServiceName")
+    return algo_type, service, _body_bytes(_require(kwargs, "Body"))
 
 
 class FeedbackClient:
@@ -365,3 +496,148 @@ def client(client_type: str) -> InferenceClient | FeedbackClient:
     if client_type == "feedback":
         return FeedbackClient()
     raise Exception(f"Client type {client_type} is not recognized.")  # noqa: TRY002 - as the SDK
+
+
+# --- the typed API, for composing lis in Python ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassProbability:
+    """One class of an image classifier's answer."""
+
+    class_id: int
+    label: str | None  # the model's name for the class; None when it has no labels
+    probability: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """An image classifier's answer: each class's probability, and the connector's bytes."""
+
+    classes: tuple[ClassProbability, ...]  # in class id order
+    raw: bytes  # ``[p0,p1,...]``, byte for byte what the connector answers
+
+    @property
+    def top(self) -> ClassProbability:
+        """The most probable class."""
+        return max(self.classes, key=lambda c: c.probability)
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    """One row of an object detector's answer."""
+
+    class_id: int
+    label: str | None  # the model's name for the class; None when it has no labels
+    score: float
+    # (xmin, ymin, xmax, ymax) as fractions of the image's width and height, in [0, 1].
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """An object detector's answer: the objects found, and the connector's bytes."""
+
+    objects: tuple[DetectedObject, ...]  # highest score first
+    raw: bytes  # ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax], ...]}``
+
+
+_Answer = TypeVar("_Answer", Classification, Detections)
+
+
+class _Service(Generic[_Answer]):
+    """One lis service called from Python, by whichever transport the SDK would take.
+
+    Errors are lis's own (``vocabulary.errors``): ``ServiceNotFound``,
+    ``AlgorithmMismatch`` (the service runs the other algorithm),
+    ``InvalidImage``, ``InferenceTimeout``, ``ServiceUnavailable``... The
+    model's labels are asked once, after the first answer, and kept.
+    """
+
+    algorithm: ClassVar[str]
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+            raise InvalidArgument("service name", name,
+                                  f"a name matching {_NAME_PATTERN.pattern}")
+        self.name = name
+        self._labels: tuple[str, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to a task, an actor or a deployment as its name alone: the
+        # labels are asked again there, by the transport that process takes.
+        return (type(self), (self.name,))
+
+    def infer(self, image: bytes, content_type: str) -> _Answer:
+        """The service's answer to one image (``content_type`` ``image/jpeg`` or ``image/png``).
+
+        On a running event loop this blocks the loop; there, ``await infer_async``.
+        """
+        body = _image_bytes(image, content_type)
+        transport = _transport()
+        data, _ = transport.infer(self.algorithm, self.name, content_type, body, None)
+        if self._labels is None:
+            self._labels = transport.labels(self.name)
+        return self._answer(data)
+
+    async def infer_async(self, image: bytes, content_type: str) -> _Answer:
+        """``infer``, awaited."""
+        body = _image_bytes(image, content_type)
+        transport = _transport()
+        data, _ = await transport.infer_async(self.algorithm, self.name, content_type, body,
+                                              None)
+        if self._labels is None:
+            self._labels = await transport.labels_async(self.name)
+        return self._answer(data)
+
+    def _answer(self, data: bytes) -> _Answer:
+        try:
+            return self._parse(data, self._labels or ())
+        except (ValueError, KeyError, TypeError) as error:
+            # The connector's format is lis's own promise: not meeting it is lis's failure.
+            raise InferenceFailed(self.name, f"answered {data[:80]!r}, not the "
+                                             f"{self.algorithm} format: {error}") from error
+
+    def _parse(self, data: bytes, labels: Sequence[str]) -> _Answer:
+        raise NotImplementedError
+
+
+class ImageClassifier(_Service[Classification]):
+    """An image classification service: ``ImageClassifier('imageClassification')``."""
+
+    algorithm = "image-classification"
+
+    def _parse(self, data: bytes, labels: Sequence[str]) -> Classification:
+        probabilities = json.loads(data)
+        return Classification(tuple(
+            ClassProbability(class_id, _label(labels, class_id), float(probability))
+            for class_id, probability in enumerate(probabilities)), bytes(data))
+
+
+class ObjectDetector(_Service[Detections]):
+    """An object detection service: ``ObjectDetector('objectDetection')``."""
+
+    algorithm = "object-detection"
+
+    def _parse(self, data: bytes, labels: Sequence[str]) -> Detections:
+        objects = []
+        for class_id, score, xmin, ymin, xmax, ymax in json.loads(data)["prediction"]:
+            objects.append(DetectedObject(
+                int(class_id), _label(labels, int(class_id)), float(score),
+                (float(xmin), float(ymin), float(xmax), float(ymax))))
+        return Detections(tuple(objects), bytes(data))
+
+
+def _label(labels: Sequence[str], class_id: int) -> str | None:
+    return labels[class_id] if 0 <= class_id < len(labels) else None
+
+
+def _image_bytes(image: Any, content_type: Any) -> bytes:
+    if not isinstance(image, (bytes, bytearray, memoryview)):
+        raise InvalidArgument("image", type(image).__name__, "bytes, a bytearray or a memoryview")
+    if not isinstance(content_type, str):
+        raise InvalidArgument("content_type", content_type, "a string such as 'image/jpeg'")
+    return bytes(image)
