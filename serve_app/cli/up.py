@@ -74,7 +74,8 @@ def _example(config: Any, host: str, port: int, token: str | None,
     service = next((s for s in config.services if s.algorithm == "object-detection"),
                    config.services[0])
     auth = ' -H "Authorization: Bearer $LIS_TOKEN"' if token else ""
-    return (f"curl -s -X POST http://{url_host}:{port}/inference/{service.name}{auth} "
+    scheme = "https" if config.http.tls else "http"
+    return (f"curl -s -X POST {scheme}://{url_host}:{port}/inference/{service.name}{auth} "
             f"-H 'Content-Type: image/jpeg' --data-binary @{shlex.quote(str(image or 'image.jpg'))}")
 
 
@@ -132,7 +133,8 @@ def _start(args: argparse.Namespace, stopper: Stopper, started: _Started) -> Non
     states = wait_for_services(config, READY_TIMEOUT_S, on_change=_print_state)
     pending = [n for n in (s.name for s in config.services) if states[n]["state"] != "RUNNING"]
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"lis: serving on http://{url_host}:{args.port}"
+    scheme = "https" if config.http.tls else "http"
+    print(f"lis: serving on {scheme}://{url_host}:{args.port}"
           + (f" ({len(pending)} service(s) still pending: {', '.join(pending)})" if pending
              else " - all services ready"), flush=True)
     print(f"try: {_example(config, args.host, args.port, token, _sample_image(sources))}",

@@ -100,3 +100,13 @@ def test_on_a_cluster_the_ingress_serves_no_tls_itself(tmp_path: Path) -> None:
     ingress = app_builder.build_app(_tls_config(tmp_path), http=None)._bound_deployment
     *_, tls, _host_guard = ingress.init_args
     assert tls is None
+
+
+def test_lis_up_shows_an_https_example_when_tls_is_set(tmp_path: Path) -> None:
+    from serve_app.cli.up import _example
+
+    config = _tls_config(tmp_path)
+    assert _example(config, "127.0.0.1", 8443, None, None).startswith(
+        "curl -s -X POST https://127.0.0.1:8443/inference/")
+    plain = config.model_copy(update={"http": config.http.model_copy(update={"tls": None})})
+    assert _example(plain, "127.0.0.1", 8000, None, None).startswith("curl -s -X POST http://")
