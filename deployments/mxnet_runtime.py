@@ -17,8 +17,10 @@ command that turns the artifact into one the DLR or TVM runtime serves.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,7 +50,8 @@ def _import_mxnet(threads: int, source: Path) -> ModuleType:
     if not already_loaded:
         set_thread_count(threads)
     try:
-        import mxnet as mx  # noqa: PLC0415 - only after the thread count is fixed
+        with _scipy_hidden():
+            import mxnet as mx  # noqa: PLC0415 - only after the thread count is fixed
     except (ImportError, OSError) as error:
         raise ArtifactError(str(source), _NO_MXNET.format(reason=_first_line(error),
                                                           artifact=source)) from error
@@ -56,6 +59,25 @@ def _import_mxnet(threads: int, source: Path) -> ModuleType:
     if already_loaded:
         mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(threads))
     return mx
+
+
+@contextlib.contextmanager
+def _scipy_hidden() -> Iterator[None]:
+    """MXNet loads without SciPy, which stays importable afterwards.
+
+    MXNet imports SciPy when it is installed (TVM's compiler requires it, so a
+    compile-level install has it) only to accept SciPy's sparse matrices, which
+    lis never passes: 49 MB of a classifier replica's memory. A process that has
+    loaded SciPy already keeps it.
+    """
+    hidden = "scipy" not in sys.modules
+    if hidden:
+        sys.modules["scipy"] = None  # type: ignore[assignment]  # import fails: ImportError
+    try:
+        yield
+    finally:
+        if hidden:
+            sys.modules.pop("scipy", None)
 
 
 class MXNetClassifierRuntime(ModelRuntime):
