@@ -25,11 +25,12 @@ from serve_app import http_token as token_module
 from serve_app.cli import reload as reload_cli
 from serve_app.cli import up as up_cli
 from serve_app.http_token import http_token
+from vocabulary.specs import HttpSpec
 
 SERVICE = SimpleNamespace(name="svc", algorithm="image-classification")
 # The config of a site whose first `lis up` was given --host 0.0.0.0 on the command line.
 CONFIG = SimpleNamespace(services=[SERVICE], service=lambda name: SERVICE,
-                         http=SimpleNamespace(host="127.0.0.1", port=8000, token_env=None))
+                         http=HttpSpec(host="127.0.0.1", port=8000))
 RUNNING = {"svc": {"state": "RUNNING", "replicas": {"RUNNING": 1}, "message": ""}}
 
 
