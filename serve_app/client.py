@@ -3,18 +3,15 @@
 ``client('inference').invoke_inference_service(...)`` and
 ``client('feedback').publish(...)`` behave as in
 ``greengrass_machine_learning_sdk`` 1.1.0: same argument checks
-(``ValueError``), same return shape, same exceptions. Inside the Ray cluster
-that runs lis a call goes through a Ray Serve handle; elsewhere over HTTP to
-``LIS_ENDPOINT`` (default ``http://127.0.0.1:8000``), with ``LIS_TOKEN`` as the
-bearer token when set. ``LIS_TRANSPORT=http|handle`` forces one. An
-``https://`` endpoint's certificate is always verified: against ``LIS_CA_FILE``
-when set (a site's own CA), else against the system's CAs.
+(``ValueError``), same return shape, same exceptions. How a call travels (a Ray Serve handle
+inside the cluster that runs lis, HTTP to ``LIS_ENDPOINT`` elsewhere) is
+``serve_app.transport``'s.
 
 ``await client('inference').invoke_inference_service_async(...)`` is the same
 call for code on an event loop (a Ray Serve deployment, an async actor): same
 arguments, checks, answer and exceptions. The sync call also works on a running
 loop: it makes the call from a worker thread and blocks its caller until the
-answer comes, as the original SDK's blocking call did (see ``_off_the_loop``).
+answer comes, as the original SDK's blocking call did.
 
 Beside the drop-in API, a typed one for composing lis in Python:
 ``ObjectDetector(name)`` and ``ImageClassifier(name)`` are called with
@@ -28,21 +25,19 @@ This module imports no model runtime and no deployment.
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import io
 import json
-import os
 import re
-import ssl
-import sys
-import threading
-import urllib.parse
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from serve_app.transport import (
+    DEFAULT_CALL_TIMEOUT_S,
+    LABELS_TIMEOUT_S,
+    Transport,
+    from_environment,
+)
 from vocabulary.connectors import SERVICE_NAME_PATTERN
 from vocabulary.errors import (
     AlgorithmMismatch,
@@ -51,17 +46,8 @@ from vocabulary.errors import (
     LisError,
     ServiceNotFound,
     ServiceUnavailable,
-    from_wire,
 )
-from vocabulary.names import (
-    APP_NAME,
-    CA_FILE_ENV,
-    DEFAULT_ENDPOINT,
-    ENDPOINT_ENV,
-    FEEDBACK_DEPLOYMENT,
-    TOKEN_ENV,
-    TRANSPORT_ENV,
-)
+from vocabulary.names import DEFAULT_ENDPOINT
 from vocabulary.wire import METADATA_KEY, is_metadata_key
 
 __all__ = [
@@ -83,16 +69,7 @@ __all__ = [
     "client",
 ]
 
-# The replica enforces each service's own timeout; this only bounds a call
-# whose replica never answers at all.
-DEFAULT_CALL_TIMEOUT_S = 120.0
-# Asking a service for its labels (once per typed service object) waits this long.
-LABELS_TIMEOUT_S = 30.0
 _NAME_PATTERN = re.compile(f"^{SERVICE_NAME_PATTERN}$")
-# Worker threads for sync calls made on a running event loop: each blocks the
-# loop that made it, so a few cover every loop thread of a process.
-_SYNC_ON_LOOP_THREADS = 8
-_T = TypeVar("_T")
 
 
 class GreengrassInferenceException(Exception):
@@ -188,242 +165,13 @@ def _body_bytes(body: Any, name: str = "Body") -> bytes:
     raise ValueError(f"{name} must be bytes, a bytearray or a readable binary file object")
 
 
-# --- transports -----------------------------------------------------------------------
-
-
-class _Transport(Protocol):
-    def infer(self, algo_type: str, service: str, content_type: str | None,
-              body: bytes, accept: str | None) -> tuple[bytes, str]: ...
-
-    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
-                          body: bytes, accept: str | None) -> tuple[bytes, str]: ...
-
-    def labels(self, service: str) -> tuple[str, ...] | None:
-        """The service's class names (empty: its model has none; None: not known now)."""
-
-    async def labels_async(self, service: str) -> tuple[str, ...] | None: ...
-
-    def feedback(self, config_id: str, body: bytes, prediction: Any,
-                 metadata: dict[str, str]) -> dict[str, Any]: ...
-
-
-_workers: ThreadPoolExecutor | None = None
-_workers_lock = threading.Lock()
-
-
-def _off_the_loop(call: Callable[[], _T]) -> _T:
-    """``call()``, made from a worker thread when this thread runs an event loop.
-
-    Ray Serve refuses a blocking handle call on a running loop, which the
-    call would stall (``RuntimeError: Sync methods should not be called from
-    within an asyncio event loop``). Lambda code calls the SDK
-    synchronously, and pasted into an async deployment it should still work:
-    the caller blocks until the answer comes, as over HTTP, and
-    ``invoke_inference_service_async`` is the form that does not block.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return call()
-    global _workers
-    with _workers_lock:
-        if _workers is None:
-            _workers = ThreadPoolExecutor(_SYNC_ON_LOOP_THREADS, thread_name_prefix="lis-sdk")
-    return _workers.submit(call).result()
-
-
-class _HttpTransport:
-    """HTTP to a lis ingress; one kept-alive connection per thread."""
-
-    def __init__(self, endpoint: str, token: str | None, ca_file: str | None = None) -> None:
-        parsed = urllib.parse.urlsplit(endpoint)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"LIS_ENDPOINT {endpoint!r} is not an http(s) URL")
-        if ca_file and parsed.scheme != "https":
-            # The CA says the caller expects TLS: never send the token in clear instead.
-            raise ValueError(f"{CA_FILE_ENV} is set but LIS_ENDPOINT {endpoint!r} is not "
-                             "https://")
-        self.endpoint = endpoint
-        self._parsed = parsed
-        self._token = token
-        self._tls = _tls_context(ca_file) if parsed.scheme == "https" else None
-        self._local = threading.local()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            if self._tls is not None:
-                connection = http.client.HTTPSConnection(
-                    self._parsed.hostname, self._parsed.port, timeout=DEFAULT_CALL_TIMEOUT_S,
-                    context=self._tls)
-            else:
-                connection = http.client.HTTPConnection(
-                    self._parsed.hostname, self._parsed.port, timeout=DEFAULT_CALL_TIMEOUT_S)
-            self._local.connection = connection
-        return connection
-
-    def _request(self, method: str, path: str, body: bytes | None,
-                 headers: dict[str, str]) -> tuple[int, bytes, str]:
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        for attempt in (1, 2):  # a kept-alive connection the server closed: reconnect once
-            connection = self._connection()
-            try:
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-                return response.status, response.read(), response.getheader("content-type", "")
-            except ssl.SSLCertVerificationError as error:
-                connection.close()
-                self._local.connection = None
-                raise ServiceUnavailable(path, _untrusted(self.endpoint, error)) from error
-            except (ConnectionError, http.client.HTTPException, OSError) as error:
-                connection.close()
-                self._local.connection = None
-                if attempt == 2 or isinstance(error, (ConnectionRefusedError, TimeoutError)):
-                    raise ServiceUnavailable(
-                        path, f"lis is not reachable at {self.endpoint}: {error}") from error
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _error(status: int, data: bytes) -> LisError:
-        try:
-            detail = json.loads(data)["error"]
-            return from_wire(detail["type"], detail["message"])
-        except (ValueError, KeyError, TypeError):
-            return LisError(f"HTTP {status}: {data[:200]!r}")
-
-    def infer(self, algo_type: str, service: str, content_type: str | None,
-              body: bytes, accept: str | None) -> tuple[bytes, str]:
-        headers = {"X-Algo-Type": algo_type}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if accept:
-            headers["Accept"] = accept
-        path = "/inference/" + urllib.parse.quote(service)
-        status, data, response_type = self._request("POST", path, body, headers)
-        if status != 200:
-            raise self._error(status, data)
-        return data, response_type
-
-    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
-                          body: bytes, accept: str | None) -> tuple[bytes, str]:
-        # http.client blocks: the call runs in a worker thread, with its own
-        # kept-alive connection, and the loop runs on meanwhile.
-        return await asyncio.to_thread(self.infer, algo_type, service, content_type, body,
-                                       accept)
-
-    def labels(self, service: str) -> tuple[str, ...] | None:
-        status, data, _ = self._request("GET", "/services", None, {})
-        if status != 200:
-            raise self._error(status, data)
-        for listed in json.loads(data)["services"]:
-            if listed["name"] == service:
-                # Listed without labels while the service is not RUNNING.
-                labels = listed.get("labels")
-                return None if labels is None else tuple(labels)
-        raise ServiceNotFound(service)
-
-    async def labels_async(self, service: str) -> tuple[str, ...] | None:
-        return await asyncio.to_thread(self.labels, service)
-
-    def feedback(self, config_id: str, body: bytes, prediction: Any,
-                 metadata: dict[str, str]) -> dict[str, Any]:
-        headers = {"X-Model-Prediction": json.dumps(prediction),
-                   "X-Metadata": json.dumps(metadata),
-                   "Content-Type": "application/octet-stream"}
-        status, data, _ = self._request("POST", "/feedback/" + urllib.parse.quote(config_id),
-                                        body, headers)
-        if status != 200:
-            raise self._error(status, data)
-        return json.loads(data)
-
-
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Certificate and host name verified, always: the site's CA, else the system's."""
-    if ca_file and not os.path.isfile(ca_file):
-        raise ValueError(f"{CA_FILE_ENV} {ca_file!r} is not a file")
-    return ssl.create_default_context(cafile=ca_file or None)
-
-
-def _untrusted(endpoint: str, error: ssl.SSLCertVerificationError) -> str:
-    reason = error.verify_message or str(error)
-    return (f"the TLS certificate of {endpoint} was refused ({reason}): set {CA_FILE_ENV} to "
-            "the CA that signed it, and call lis by a name the certificate lists")
-
-
-class _HandleTransport:
-    """Ray Serve handles, for code running inside the cluster that runs lis."""
-
-    def infer(self, algo_type: str, service: str, content_type: str | None,
-              body: bytes, accept: str | None) -> tuple[bytes, str]:
-        from serve_app._handles import call_service_sync
-
-        def call() -> tuple[bytes, str]:
-            result = call_service_sync(_deployment_handle(service), service, body,
-                                       content_type, algo_type, DEFAULT_CALL_TIMEOUT_S)
-            return result.body.encode(), result.content_type
-
-        return _off_the_loop(call)
-
-    async def infer_async(self, algo_type: str, service: str, content_type: str | None,
-                          body: bytes, accept: str | None) -> tuple[bytes, str]:
-        from serve_app._handles import call_service
-
-        # Ray caches a handle once found; only the first lookup of a name asks
-        # Serve's controller, briefly blocking the loop.
-        result = await call_service(_deployment_handle(service), service, body, content_type,
-                                    algo_type, DEFAULT_CALL_TIMEOUT_S)
-        return result.body.encode(), result.content_type
-
-    def labels(self, service: str) -> tuple[str, ...] | None:
-        from serve_app._handles import describe_service_sync
-
-        return _off_the_loop(lambda: tuple(describe_service_sync(
-            _deployment_handle(service), service, LABELS_TIMEOUT_S)["labels"]))
-
-    async def labels_async(self, service: str) -> tuple[str, ...] | None:
-        from serve_app._handles import describe_service
-
-        found = await describe_service(_deployment_handle(service), service, LABELS_TIMEOUT_S)
-        return tuple(found["labels"])
-
-    def feedback(self, config_id: str, body: bytes, prediction: Any,
-                 metadata: dict[str, str]) -> dict[str, Any]:
-        return _off_the_loop(lambda: _deployment_handle(FEEDBACK_DEPLOYMENT).publish.remote(
-            config_id, body, prediction, metadata).result(timeout_s=DEFAULT_CALL_TIMEOUT_S))
-
-
-def _deployment_handle(name: str) -> Any:
-    from ray import serve
-
-    try:
-        return serve.get_deployment_handle(name, app_name=APP_NAME)
-    except Exception as error:  # noqa: BLE001 - Ray raises several types for "no such"
-        raise ServiceNotFound(name) from error
-
-
-def _inside_lis_cluster() -> bool:
-    # Only if the caller already joined Ray: the client never starts a cluster.
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
-
-
-def _transport() -> _Transport:
-    mode = os.environ.get(TRANSPORT_ENV, "auto")
-    if mode == "handle" or (mode == "auto" and _inside_lis_cluster()):
-        return _HandleTransport()
-    return _HttpTransport(os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
-                          os.environ.get(TOKEN_ENV) or None,
-                          os.environ.get(CA_FILE_ENV) or None)
-
-
 # --- the SDK's clients ----------------------------------------------------------------
 
 
 class InferenceClient:
     """``client('inference')``."""
 
-    def __init__(self, transport: _Transport | None = None) -> None:
+    def __init__(self, transport: Transport | None = None) -> None:
         self._transport = transport
 
     def invoke_inference_service(self, **kwargs: Any) -> dict[str, Any]:
@@ -433,7 +181,7 @@ class InferenceClient:
         there, ``await invoke_inference_service_async(...)`` instead.
         """
         algo_type, service, body = _inference_arguments(kwargs)
-        transport = self._transport or _transport()
+        transport = self._transport or from_environment()
         try:
             data, content_type = transport.infer(algo_type, service, kwargs.get("ContentType"),
                                                  body, kwargs.get("Accept"))
@@ -444,7 +192,7 @@ class InferenceClient:
     async def invoke_inference_service_async(self, **kwargs: Any) -> dict[str, Any]:
         """``invoke_inference_service`` awaited: same arguments, answer and exceptions."""
         algo_type, service, body = _inference_arguments(kwargs)
-        transport = self._transport or _transport()
+        transport = self._transport or from_environment()
         try:
             data, content_type = await transport.infer_async(
                 algo_type, service, kwargs.get("ContentType"), body, kwargs.get("Accept"))
@@ -463,7 +211,7 @@ def _inference_arguments(kwargs: dict[str, Any]) -> tuple[str, str, bytes]:
 class FeedbackClient:
     """``client('feedback')``."""
 
-    def __init__(self, transport: _Transport | None = None) -> None:
+    def __init__(self, transport: Transport | None = None) -> None:
         self._transport = transport
 
     def publish(self, **kwargs: Any) -> None:
@@ -479,7 +227,7 @@ class FeedbackClient:
         for key in metadata:
             if not is_metadata_key(str(key)):
                 raise ValueError(f"Metadata key {str(key)!r} is not {METADATA_KEY}")
-        transport = self._transport or _transport()
+        transport = self._transport or from_environment()
         try:
             status = transport.feedback(config_id, body, prediction,
                                         {str(k): str(v) for k, v in metadata.items()})
@@ -577,7 +325,7 @@ class _Service(Generic[_Answer]):
         On a running event loop this blocks the loop; there, ``await infer_async``.
         """
         body = _image_bytes(image, content_type)
-        transport = _transport()
+        transport = from_environment()
         data, _ = transport.infer(self.algorithm, self.name, content_type, body, None)
         if self._labels is None:
             self._labels = transport.labels(self.name)
@@ -586,7 +334,7 @@ class _Service(Generic[_Answer]):
     async def infer_async(self, image: bytes, content_type: str) -> _Answer:
         """``infer``, awaited."""
         body = _image_bytes(image, content_type)
-        transport = _transport()
+        transport = from_environment()
         data, _ = await transport.infer_async(self.algorithm, self.name, content_type, body,
                                               None)
         if self._labels is None:

@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from serve_app.client import InferenceClient, _HttpTransport
+from serve_app.client import InferenceClient
+from serve_app.transport import HttpTransport
 from vocabulary.errors import InvalidArgument
 from vocabulary.names import CA_FILE_ENV, DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if content_type is None:
         raise InvalidArgument("IMAGE", str(args.image), "a .jpg, .jpeg or .png file")
     body = args.image.read_bytes()
-    transport = _HttpTransport(args.endpoint, os.environ.get(TOKEN_ENV) or None,
+    transport = HttpTransport(args.endpoint, os.environ.get(TOKEN_ENV) or None,
                                os.environ.get(CA_FILE_ENV) or None)
     response = InferenceClient(transport).invoke_inference_service(
         AlgoType=algo, ServiceName=args.service, ContentType=content_type, Body=body)

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from serve_app.client import _tls_context
+from serve_app.transport import tls_context
 from vocabulary.errors import LisError, ServiceUnavailable, from_wire
 from vocabulary.names import CA_FILE_ENV, DEFAULT_ENDPOINT, ENDPOINT_ENV, TOKEN_ENV
 
@@ -26,7 +26,7 @@ def fetch_services(endpoint: str) -> list[dict[str, Any]]:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     # An https:// endpoint's certificate is verified as the SDK does: LIS_CA_FILE, else system CAs.
-    tls = _tls_context(os.environ.get(CA_FILE_ENV) or None) \
+    tls = tls_context(os.environ.get(CA_FILE_ENV) or None) \
         if endpoint.lower().startswith("https://") else None
     try:
         with urllib.request.urlopen(request, timeout=10, context=tls) as response:
