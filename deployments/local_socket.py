@@ -1,12 +1,12 @@
-"""The local path: the ingress reaches a replica on its own node over a Unix socket.
+"""The local path: a caller reaches a replica on its own node over a Unix socket.
 
 Ray Serve's handle call costs the 2-core reference box about 3.5 ms of CPU per
 request between the ingress and a replica (routing thread, gRPC, Ray's request
 bookkeeping on both sides), as much as a small model's whole run. Over a Unix
 socket the same hop costs about 0.5 ms. Ray Serve still runs everything else:
 it places, starts, health-checks, replaces and autoscales the replicas; only a
-request's bytes take the short road (see ``serve_app._local`` for the ingress's
-side and docs/architecture.md).
+request's bytes take the short road (see ``serve_app._local`` for the callers'
+side, the ingress's and the in-cluster client's, and docs/architecture.md).
 
 Each replica listens on ``<root>/<node>/<service key>-<replica id>.sock``. The
 root is ``lis-v<wire version>`` in the runtime directory systemd gives the
@@ -21,7 +21,7 @@ killed node left there is swept when a replica starts.
 
 Messages are frames of the fixed format of ``vocabulary.wire`` (a JSON header
 and raw bytes, bounded, never a pickle). The replica serves its socket with
-plain blocking threads (``_send``/``_receive``); the ingress, on its event
+plain blocking threads (``_send``/``_receive``); its callers, on an event
 loop, with asyncio streams (``write_request``/``read_answer``).
 """
 
@@ -54,6 +54,7 @@ from vocabulary.wire import (
     MAX_ANSWER_BYTES,
     WIRE_VERSION,
     Answer,
+    Busy,
     InferenceResult,
     LocalRequest,
     Refused,
@@ -260,26 +261,33 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
 
 
 class LocalServer:
-    """A replica's socket, served by plain threads: one per ingress connection.
+    """A replica's socket, served by plain threads: one per caller connection.
 
     No event loop on this path: each connection's thread reads a request,
     calls ``handler`` (the replica's synchronous ``answer_local``) and writes
-    the answer, as the raw pipeline's own threads would. The ingress holds at
-    most ``max_ongoing_requests`` connections to a replica, so in normal use
-    that is also the most threads this runs. A request the ingress gave up on
-    (its timeout) closes its connection, but its thread cannot be stopped and
-    runs on: with a model that hangs, one more thread and request would stay
-    for each timeout. So at most ``max_ongoing`` requests run here at once;
-    past that, a request is answered ``ServiceUnavailable`` (503) at once.
+    the answer, as the raw pipeline's own threads would.
+
+    Any process of lis's user on the node may call (the ingress, a user's
+    driver or deployment through the client), and each counts only its own
+    requests: so the replica keeps Ray Serve's per-replica limit itself. With
+    ``max_ongoing`` requests under way and within their timeout, the next is
+    answered ``Busy`` at once, unstarted: its caller tries another replica or
+    waits for a slot. A request its caller gave up on (its timeout) frees its
+    caller's slot, but its thread cannot be stopped and runs on: with a model
+    that hangs, one more thread would stay for each timeout. So at most
+    ``max_running`` requests run here at once, late ones included; past that,
+    a request is answered ``ServiceUnavailable`` (503) at once.
     A connection from another uid is closed unread; a malformed frame is
     answered with its error and the connection closed (the stream is out of step).
     """
 
-    def __init__(self, path: Path, handler: Handler, service: str, max_ongoing: int,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(self, path: Path, handler: Handler, service: str, max_running: int,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_ongoing: int | None = None) -> None:
         self.path = path
         self.service = service
-        self.max_ongoing = max_ongoing
+        self.max_running = max_running
+        self.max_ongoing = max_running if max_ongoing is None else max_ongoing
         self.max_request_bytes = max_request_bytes
         self._handler = handler
         self._listener: socket.socket | None = None
@@ -287,8 +295,12 @@ class LocalServer:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
-        self.ongoing = 0
+        # When each request now running here stops holding its caller's slot.
+        self._deadlines: dict[int, float] = {}
+        self.ongoing = 0  # running here now, late ones included
         self.answered = 0
+        self.busy = 0  # requests answered Busy
+        self.most_ongoing = 0  # the most requests running here at once within their timeout
 
     def start(self) -> None:
         """Listen; an ``OSError``, or a ``LisError`` for a refused folder, if it cannot."""
@@ -375,21 +387,42 @@ class LocalServer:
         if request.service != self.service:
             return InvalidArgument("service", request.service, f"{self.service!r}, this "
                                    f"socket's service")
+        key = threading.get_ident()
         with self._lock:
-            if self.ongoing >= self.max_ongoing:
-                return ServiceUnavailable(
-                    self.service, f"its replica is still running {self.ongoing} requests, "
-                                  f"the most it takes; those past their timeout run on")
+            refusal = self._refusal()
+            if refusal is not None:
+                return refusal
+            now = time.monotonic()
+            self._deadlines[key] = now + request.timeout_s
             self.ongoing += 1
+            self.most_ongoing = max(self.most_ongoing, self._on_time(now))
             self._idle.clear()
         try:
             return self._result(request)
         finally:
             with self._lock:
+                del self._deadlines[key]
                 self.ongoing -= 1
                 self.answered += 1
                 if not self.ongoing:
                     self._idle.set()
+
+    def _refusal(self) -> Answer | None:
+        """Why a new request is not started now (under ``_lock``); None if it is."""
+        if self.ongoing >= self.max_running:
+            return ServiceUnavailable(
+                self.service, f"its replica is still running {self.ongoing} requests, "
+                              f"the most it takes; those past their timeout run on")
+        if self._on_time(time.monotonic()) >= self.max_ongoing:
+            self.busy += 1
+            return Busy(f"the replica is running {self.max_ongoing} requests, the most it "
+                        f"takes at once")
+        return None
+
+    def _on_time(self, now: float) -> int:
+        # Past its timeout a request no longer holds its caller's slot (the
+        # caller gave up): only the others count against ``max_ongoing``.
+        return sum(deadline > now for deadline in self._deadlines.values())
 
     def _result(self, request: LocalRequest) -> Answer:
         try:

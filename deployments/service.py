@@ -61,9 +61,9 @@ __all__ = [
 # model itself runs one call at a time (DLR and MXNet executors are not
 # re-entrant), so two workers are enough to keep it busy.
 WORKER_THREADS = 2
-# Requests the local path runs at once, counting those the ingress gave up on
+# Requests the local path runs at once, counting those their callers gave up on
 # (past their timeout) that run on: room for one full set of them besides the
-# ingress's own, then 503 (``deployments.local_socket.LocalServer``).
+# MAX_ONGOING_REQUESTS on time, then 503 (``deployments.local_socket.LocalServer``).
 LOCAL_MAX_RUNNING = 2 * MAX_ONGOING_REQUESTS
 # A request still running after this many times its service's timeout is not
 # slow but stuck: the replica reports itself unhealthy and Ray Serve replaces
@@ -173,6 +173,7 @@ class InferenceService:
         self._model_lock = threading.Lock()
         # When each request now in decode or model began them, by thread (either path).
         self._running: dict[int, float] = {}
+        self._most_running = 0  # the most there were at once
         self._executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix=spec.name)
         self._process = psutil.Process()
         self._memory_exceeded: int | None = None
@@ -193,7 +194,7 @@ class InferenceService:
         replica = serve.get_replica_context().replica_id.unique_id
         server = LocalServer(socket_path(current_node_id(), self.spec.name, replica),
                              self.answer_local, self.spec.name, LOCAL_MAX_RUNNING,
-                             self.spec.max_request_bytes)
+                             self.spec.max_request_bytes, max_ongoing=MAX_ONGOING_REQUESTS)
         try:
             server.start()
         except (OSError, LisError) as error:  # a refused folder, a failed bind: through Ray
@@ -272,6 +273,7 @@ class InferenceService:
     def _predict(self, body: bytes, content_type: str | None, stages: _Stages) -> Prediction:
         thread = threading.get_ident()
         self._running[thread] = time.perf_counter()
+        self._most_running = max(self._most_running, len(self._running))
         try:
             # Decoding runs outside the lock, overlapping another request's model run.
             stages.start("prepare")
@@ -332,9 +334,18 @@ class InferenceService:
             "gpu_ids": _gpu_ids(),
             "rss_kb": self._process.memory_info().rss // 1024,
             "labels": list(self.pipeline.labels or ()),
+            # The model's input (width, height): pipelines give boxes in its pixels.
+            "input_size": [self.pipeline.preprocessing.width, self.pipeline.preprocessing.height],
             "local_requests": self._local.answered if self._local else 0,
+            # Local requests refused unstarted: the replica had its most at once.
+            "local_busy": self._local.busy if self._local else 0,
             # Requests past decoding's start, on either path: accepted and being worked on.
             "running": len(self._running),
+            "most_running": self._most_running,  # the most at once since the replica started
+            # What a caller on this node needs to call the socket as Ray Serve would.
+            "limits": {"timeout_s": self.spec.timeout_s,
+                       "max_ongoing_requests": MAX_ONGOING_REQUESTS,
+                       "max_queued_requests": self.spec.max_queued_requests},
         }
 
 

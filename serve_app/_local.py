@@ -1,14 +1,19 @@
-"""The ingress's side of the local path (``deployments.local_socket``).
+"""The callers' side of the local path (``deployments.local_socket``).
 
-A service whose running replicas all share the ingress's node gets its HTTP
-requests over the replicas' Unix sockets; otherwise, and whenever a replica's
-socket is gone or refuses, the request goes through Ray Serve's handle. The
-ingress keeps Ray Serve's contract for the requests it sends this way: at
-most ``max_ongoing`` per replica (the least busy one gets the next), at most
-``max_queued`` waiting for a slot, then 503; the replica has the service's
-timeout from when it takes the request, which the ingress enforces here (the
-replica's thread cannot be interrupted; its late answer is dropped). A
-queued request whose HTTP client hung up is dropped before it takes a slot.
+The ingress, and the client in a process of lis's Ray cluster
+(``serve_app._same_node``), send a service whose running replicas all share
+their node its requests over the replicas' Unix sockets; otherwise, and
+whenever a replica's socket is gone or refuses, the request goes through Ray
+Serve's handle. A caller keeps Ray Serve's contract for the requests it sends
+this way: at most ``max_ongoing`` per replica (the least busy one gets the
+next), at most ``max_queued`` waiting for a slot, then 503; the replica has
+the service's timeout from when it takes the request, which the caller
+enforces here (the replica's thread cannot be interrupted; its late answer is
+dropped). A queued request whose HTTP client hung up is dropped before it
+takes a slot. Each caller counts only its own requests; a replica whose slots
+other callers hold answers ``Busy``, unstarted, and the request waits for
+another slot: that replica is asked again every ``BUSY_RETRY_S``, by one
+request at a time, until it takes one.
 Ray Serve's autoscaler does not see these requests, so replicas report them
 (``record_autoscaling_stats``) and ``local_aware_policy`` adds them to Ray's count.
 The ingress talks only to a replica that runs as its own uid (``SO_PEERCRED``)
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -43,7 +49,7 @@ from vocabulary.errors import (
     LisError,
     ServiceUnavailable,
 )
-from vocabulary.wire import Answer, InferenceResult, LocalRequest, Refused
+from vocabulary.wire import Answer, Busy, InferenceResult, LocalRequest, Refused
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
@@ -52,6 +58,9 @@ __all__ = ["Gone", "LocalLimits", "LocalRoute", "LocalUnavailable", "local_aware
 
 # How often the ingress looks for replicas that started or stopped.
 RESCAN_PERIOD_S = 1.0
+# How soon a replica that answered Busy is asked again. It cannot tell the
+# callers it refused when a slot frees; a model run takes milliseconds.
+BUSY_RETRY_S = 0.003
 
 log = logging.getLogger("ray.serve.lis")
 
@@ -77,6 +86,12 @@ class _Replica:
     path: Path
     ongoing: int = 0
     idle: list[_Connection] = field(default_factory=list)
+    # Set while the replica's slots are held by other callers: until then it
+    # is not asked; from then one request at a time asks (``_take``).
+    busy_until: float = 0.0
+
+    def free(self, max_ongoing: int, now: float) -> bool:
+        return self.ongoing < max_ongoing and self.busy_until <= now
 
 
 class LocalRoute:
@@ -122,17 +137,19 @@ class LocalRoute:
         request that had to queue is dropped if ``gone()`` says its caller
         left, instead of taking a slot from the callers still waiting.
         """
+        request = LocalRequest(self.service, content_type, algo_type, timeout_s, body)
         try:
             async with asyncio.timeout(timeout_s + GUARD_SECONDS):
-                replica = await self._acquire(gone)
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        answer = await self._exchange(replica, LocalRequest(
-                            self.service, content_type, algo_type, timeout_s, body))
-                finally:
-                    replica.ongoing -= 1
-                    async with self._freed:
-                        self._freed.notify()
+                while True:
+                    replica = await self._acquire(gone)
+                    answer: Answer | None = None
+                    try:
+                        async with asyncio.timeout(timeout_s):
+                            answer = await self._exchange(replica, request)
+                    finally:
+                        await self._release(replica, answer)
+                    if not isinstance(answer, Busy):
+                        break
         except TimeoutError:
             raise InferenceTimeout(self.service, timeout_s) from None
         if isinstance(answer, Refused):  # stopping: Ray Serve knows where the others are
@@ -154,18 +171,17 @@ class LocalRoute:
                     raise ClientClosedRequest(self.service)
                 if not self._replicas:
                     raise LocalUnavailable(self.service)
-                free = [r for r in self._replicas.values() if r.ongoing < self.limits.max_ongoing]
+                now = time.monotonic()
+                free = [r for r in self._replicas.values()
+                        if r.free(self.limits.max_ongoing, now)]
                 if free:
-                    least = min(r.ongoing for r in free)
-                    replica = random.choice([r for r in free if r.ongoing == least])
-                    replica.ongoing += 1
-                    return replica
+                    return self._take(free)
                 if 0 <= self.limits.max_queued <= self._waiting:
                     raise ServiceUnavailable(self.service, "overloaded: its request queue is full")
                 queued = True
                 self._waiting += 1
                 try:
-                    await self._freed.wait()
+                    await self._wait(self._busy_retry_in(now))
                 except asyncio.CancelledError:
                     # Cancelled (a timeout, or Ray's proxy for a client that left) just
                     # as a slot was offered to it: Python before 3.13 drops that
@@ -174,6 +190,48 @@ class LocalRoute:
                     raise
                 finally:
                     self._waiting -= 1
+
+    def _take(self, free: list[_Replica]) -> _Replica:
+        least = min(r.ongoing for r in free)
+        replica = random.choice([r for r in free if r.ongoing == least])
+        replica.ongoing += 1
+        if replica.busy_until:
+            # It answered Busy before: this request asks again, and no other
+            # follows it there until the answer says whether it took one.
+            replica.busy_until = math.inf
+        return replica
+
+    def _busy_retry_in(self, now: float) -> float | None:
+        """Seconds until a replica that answered Busy may be asked again; None: none waits."""
+        due = [r.busy_until for r in self._replicas.values()
+               if r.ongoing < self.limits.max_ongoing and now < r.busy_until < math.inf]
+        return min(due) - now if due else None
+
+    async def _wait(self, retry_in: float | None) -> None:
+        """Until a slot is released here, or a Busy replica's retry is due."""
+        if retry_in is None:
+            await self._freed.wait()
+            return
+        try:
+            async with asyncio.timeout(retry_in):
+                await self._freed.wait()
+        except TimeoutError:
+            pass  # the caller looks again; a wake-up lost here was this request's own
+
+    async def _release(self, replica: _Replica, answer: Answer | None) -> None:
+        """Give back ``replica``'s slot; ``answer`` is None when the exchange failed."""
+        replica.ongoing -= 1
+        cleared = False
+        if isinstance(answer, Busy) or (answer is None and replica.busy_until):
+            replica.busy_until = time.monotonic() + BUSY_RETRY_S
+        elif replica.busy_until:
+            # It took (or failed) a request: ask it again as any other.
+            replica.busy_until, cleared = 0.0, True
+        async with self._freed:
+            if cleared:
+                self._freed.notify_all()
+            else:
+                self._freed.notify()
 
     async def _exchange(self, replica: _Replica, request: LocalRequest) -> Answer:
         # A pooled connection may have been closed by a replica that stopped:

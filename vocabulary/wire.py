@@ -13,6 +13,7 @@ object (UTF-8) and the body's raw bytes::
     answer    {"content_type", "stages_s"}                            + the result body
               {"error": {"type", "message"}}                          + no body
               {"refused": "<why>"}                                    + no body
+              {"busy": "<why>"}                                       + no body
 
 Each size is bounded (``MAX_HEADER_BYTES``, the body's limit given by the
 reader), the header has exactly its keys with their types, and a frame that is
@@ -37,6 +38,7 @@ __all__ = [
     "METADATA_KEY",
     "WIRE_VERSION",
     "Answer",
+    "Busy",
     "InferenceResult",
     "LocalRequest",
     "Refused",
@@ -55,7 +57,7 @@ StageTimes = tuple[tuple[str, float], ...]
 # The local path's frame format. Sockets of another version live in another
 # folder (``deployments.local_socket``): an ingress and a replica of two lis
 # versions never meet there, and go through Ray Serve instead.
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 # (header bytes, body bytes) before each frame.
 FRAME_PREFIX = struct.Struct("!II")
 # A header holds a few names and numbers: anything near this is not one.
@@ -102,7 +104,20 @@ class Refused:
     reason: str
 
 
-Answer = InferenceResult | LisError | Refused
+@dataclass(frozen=True)
+class Busy:
+    """The replica already runs as many requests as it takes, from callers of any process.
+
+    Nothing was started: the caller sends the request to another replica, or
+    waits and asks again. Several processes on a node (the ingress, a user's
+    driver or deployment) may call one replica; each counts only its own
+    requests, so the replica, which sees them all, keeps the limit.
+    """
+
+    reason: str
+
+
+Answer = InferenceResult | LisError | Refused | Busy
 
 
 def is_metadata_key(key: str) -> bool:
@@ -143,6 +158,8 @@ def decode_request(header: bytes, body: bytes) -> LocalRequest:
 def encode_answer(answer: Answer) -> bytes:
     if isinstance(answer, Refused):
         return _frame({"refused": answer.reason}, b"")
+    if isinstance(answer, Busy):
+        return _frame({"busy": answer.reason}, b"")
     if isinstance(answer, LisError):
         return _frame({"error": {"type": answer.type_name, "message": answer.message}}, b"")
     header = {"content_type": answer.content_type,
@@ -155,6 +172,8 @@ def decode_answer(header: bytes, body: bytes) -> Answer:
     fields = _header(header, None)
     if fields.keys() == {"refused"}:
         return Refused(_text(fields, "refused"))
+    if fields.keys() == {"busy"}:
+        return Busy(_text(fields, "busy"))
     if fields.keys() == {"error"}:
         return _error(fields["error"])
     if fields.keys() != _RESULT_KEYS:

@@ -248,6 +248,64 @@ def test_the_least_busy_replica_gets_the_next_request(node: str) -> None:
     asyncio.run(scenario())
 
 
+def _held_until(release: threading.Event) -> Callable[..., Any]:
+    def held(body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        release.wait(30)
+        return InferenceResult(body.decode(), "text/plain")
+
+    return held
+
+
+def test_two_callers_never_run_more_than_the_replicas_limit_in_it(node: str) -> None:
+    # The ingress and a user's process each count only their own requests; the
+    # replica, which sees both, keeps Ray Serve's limit.
+    async def scenario() -> None:
+        release = threading.Event()
+        server = LocalServer(socket_path(node, SERVICE, "r1"), _held_until(release), SERVICE,
+                             max_running=10, max_ongoing=2)
+        server.start()
+        ingress, driver = _route(node, max_ongoing=2), _route(node, max_ongoing=2)
+        calls = [asyncio.create_task(route.call(f"{who}{i}".encode(), None, None, 30))
+                 for who, route in (("i", ingress), ("d", driver)) for i in range(3)]
+        await wait_until_async(lambda: server.ongoing == 2 and server.busy >= 2,
+                               timeout_s=WAIT_S, message="two running, the others refused busy")
+        assert ingress._waiting + driver._waiting == 4  # each caller queues its own
+        release.set()
+        answers = await asyncio.gather(*calls)
+        assert sorted(a.body for a in answers) == ["d0", "d1", "d2", "i0", "i1", "i2"]
+        assert server.most_ongoing == 2
+        assert server.answered == 6  # a busy answer starts nothing
+        await asyncio.to_thread(server.stop, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_busy_with_another_callers_requests_sends_them_to_another(
+        node: str) -> None:
+    async def scenario() -> None:
+        release = threading.Event()
+        servers = [LocalServer(socket_path(node, SERVICE, f"r{i}"), _held_until(release),
+                               SERVICE, max_running=10, max_ongoing=2) for i in range(2)]
+        for server in servers:
+            server.start()
+        other, route = _route(node, max_ongoing=2), _route(node, max_ongoing=2)
+        r1 = other._replicas[servers[0].path]
+        other._replicas = {r1.path: r1}  # the other caller fills the first replica
+        held = [asyncio.create_task(other.call(b"other", None, None, 30)) for _ in range(2)]
+        await wait_until_async(lambda: servers[0].ongoing == 2, timeout_s=WAIT_S,
+                               message="the first replica full")
+        calls = [asyncio.create_task(route.call(b"mine", None, None, 30)) for _ in range(2)]
+        await wait_until_async(lambda: servers[1].ongoing == 2, timeout_s=WAIT_S,
+                               message="this caller's requests on the second replica")
+        assert servers[0].ongoing == 2 and route._waiting == 0
+        release.set()
+        await asyncio.gather(*held, *calls)
+        for server in servers:
+            await asyncio.to_thread(server.stop, 1)
+
+    asyncio.run(scenario())
+
+
 def test_timeout_then_the_route_still_serves(node: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_module, "GUARD_SECONDS", 0.1)
 
