@@ -61,7 +61,9 @@ from vocabulary.connectors import (
     connector_arn_for,
     parse_connector_arn,
 )
+from serve_app.pipeline_config import parse_pipelines, pipeline_entries
 from vocabulary.errors import ConfigError
+from vocabulary.feedback_specs import MqttSpec
 from vocabulary.specs import HttpSpec, LisConfig, ModelStoreSpec, ServiceSpec, TlsSpec
 
 __all__ = ["demo_config_path", "load_config"]
@@ -69,7 +71,8 @@ __all__ = ["demo_config_path", "load_config"]
 # Connector-definition keys AWS's CLI input and output carry besides the definition itself.
 _DEFINITION_WRAPPERS = {"InitialVersion", "Definition"}
 _DEFINITION_EXTRAS = {"Name", "tags", "AmznClientToken", "Arn", "CreationTimestamp", "Id", "Version"}
-_SERVICES_FILE_KEYS = ("services", "connectors", "resources", "http", "model_store", "feedback")
+_SERVICES_FILE_KEYS = ("services", "connectors", "resources", "http", "model_store", "feedback",
+                       "pipelines", "mqtt")
 _SERVICE_KEYS = frozenset(ServiceSpec.model_fields) - {
     "name", "algorithm", "platform", "connector_id", "connector_arn", "model_source",
     "model_destination", "model_resource_id", "timeout_s", "memory_limit_kb", "gpu",
@@ -155,7 +158,9 @@ def _collect_services_file(path: Path, document: dict, found: Collected) -> None
         collect_resources(document["resources"], where, "resources", found)
     for index, entry in enumerate(_entries(document.get("services", []), where, found)):
         _collect_entry(entry, f"{where}: services[{index}]", path.parent, found)
-    for key in ("http", "model_store", "feedback"):
+    if "pipelines" in document:
+        found.pipelines += pipeline_entries(document["pipelines"], where, path.parent, found)
+    for key in ("http", "model_store", "feedback", "mqtt"):
         if key in document:
             if key in found.settings:
                 found.issue(where, key, f"already given in {found.settings[key][0]}")
@@ -368,6 +373,13 @@ def _with_tls_files(http: HttpSpec, found: Collected) -> HttpSpec:
     return http.model_copy(update={"tls": TlsSpec(cert_file=cert, key_file=key)})
 
 
+def _broker(found: Collected, feedback: Any) -> MqttSpec | None:
+    """Where pipelines publish: ``mqtt:``, else ML Feedback's broker, else None (the default)."""
+    if "mqtt" in found.settings:
+        return _setting(found, "mqtt", MqttSpec)
+    return feedback.mqtt if feedback is not None else None
+
+
 def load_config(paths: Sequence[Path | str]) -> LisConfig:
     """Read and validate configuration files into one ``LisConfig``.
 
@@ -389,8 +401,11 @@ def load_config(paths: Sequence[Path | str]) -> LisConfig:
     _check_feedback_ids(services, feedback, found)
     http = _with_tls_files(_setting(found, "http", HttpSpec), found)
     model_store = _setting(found, "model_store", ModelStoreSpec)
+    pipelines = parse_pipelines(found.pipelines, [spec for _, spec in services], feedback[1],
+                                found)
     if found.issues:
         raise ConfigError(", ".join(sources) or "lis", found.issues)
     return LisConfig(services=tuple(spec for _, spec in services), http=http,
-                     model_store=model_store, feedback=feedback[1], sources=sources)
+                     model_store=model_store, feedback=feedback[1], sources=sources,
+                     pipelines=pipelines, mqtt=_broker(found, feedback[1]))
 

@@ -94,6 +94,7 @@ class Collected:
     resources: dict[str, Resource] | None = None  # None: no resource definition given
     overlays: list[tuple[str, str, dict[str, object], Path]] = field(default_factory=list)
     settings: dict[str, tuple[str, object]] = field(default_factory=dict)  # key -> (file, value)
+    pipelines: list[Any] = field(default_factory=list)  # serve_app.pipeline_config entries
     issues: list[ConfigIssue] = field(default_factory=list)
 
     def issue(self, where: str, parameter: str | None, problem: str) -> None:

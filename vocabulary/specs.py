@@ -28,7 +28,7 @@ from typing_extensions import TypedDict
 
 from vocabulary.connectors import SERVICE_NAME_PATTERN, Algorithm, Platform
 from vocabulary.errors import ServiceNotFound
-from vocabulary.feedback_specs import FeedbackConnectorSpec
+from vocabulary.feedback_specs import FeedbackConnectorSpec, MqttSpec
 from vocabulary.limits import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_QUEUED_REQUESTS,
@@ -43,6 +43,7 @@ from vocabulary.names import (
     PLATFORM_RESOURCE_PREFIX,
     platform_resource,
 )
+from vocabulary.pipeline_specs import PipelineSpec
 
 __all__ = [
     "AutoscalingSpec",
@@ -310,6 +311,10 @@ class LisConfig(BaseModel):
                                         description="Where s3:// models are fetched from.")
     feedback: FeedbackConnectorSpec | None = Field(
         None, description="The MLFeedback connector's settings, or None when none is declared.")
+    pipelines: tuple[PipelineSpec, ...] = Field(
+        (), description="Sources of images inferred continuously, and where results go.")
+    mqtt: MqttSpec | None = Field(
+        None, description="The broker pipelines publish to (None: ML Feedback's, else the default).")
     sources: tuple[str, ...] = Field((), description="The files this was loaded from.")
 
     def service(self, name: str) -> ServiceSpec:
