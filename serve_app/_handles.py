@@ -17,14 +17,17 @@ from vocabulary.errors import (
     InferenceFailed,
     InferenceTimeout,
     LisError,
+    ServiceNotFound,
     ServiceUnavailable,
 )
+from vocabulary.names import APP_NAME
 
 __all__ = [
     "GUARD_SECONDS",
     "REPLICA_DIED",
     "call_service",
     "call_service_sync",
+    "deployment_handle",
     "describe_service",
     "describe_service_sync",
     "to_lis_error",
@@ -35,6 +38,16 @@ __all__ = [
 GUARD_SECONDS = 5.0
 # The request is lost with its replica, by whichever path it came.
 REPLICA_DIED = "its replica died while handling the request"
+
+
+def deployment_handle(name: str) -> DeploymentHandle:
+    """The handle of lis's deployment ``name``; ``ServiceNotFound`` if lis has none."""
+    from ray import serve
+
+    try:
+        return serve.get_deployment_handle(name, app_name=APP_NAME)
+    except Exception as error:  # noqa: BLE001 - Ray raises several types for "no such"
+        raise ServiceNotFound(name) from error
 
 
 def to_lis_error(error: BaseException, service: str, timeout_s: float) -> LisError:

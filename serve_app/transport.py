@@ -1,15 +1,18 @@
-"""How a call from Python reaches lis: HTTP to its ingress, or a Ray Serve handle.
+"""How a call from Python reaches lis: HTTP to its ingress, or from inside its Ray cluster.
 
 Outside the Ray cluster that runs lis a call goes over HTTP to ``LIS_ENDPOINT``
 (default ``http://127.0.0.1:8000``), with ``LIS_TOKEN`` as the bearer token when
 set; an ``https://`` endpoint's certificate is always verified, against
 ``LIS_CA_FILE`` when set (a site's own CA), else against the system's CAs.
-Inside the cluster a call goes through a Ray Serve handle. ``LIS_TRANSPORT=
-http|handle`` forces one. Each transport raises lis's own errors
+Inside the cluster a call goes to a replica on the caller's node over the
+replica's local socket, as the ingress's do, else through a Ray Serve handle.
+``LIS_TRANSPORT=http|handle`` forces one. Each transport raises lis's own errors
 (``vocabulary.errors``); the SDK maps them to its exceptions.
 
-This module imports no model runtime, no deployment and, until a handle call
-is made by code that already joined Ray, no Ray.
+This module imports no model runtime, no deployment and, until a call is made
+by code that already joined Ray, no Ray; such a call then loads Ray Serve's
+handles and the local path's socket code (``serve_app._same_node``), never a
+model runtime.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from typing import Any, Protocol, TypeVar
 
 from vocabulary.errors import LisError, ServiceNotFound, ServiceUnavailable, from_wire
 from vocabulary.names import (
-    APP_NAME,
     CA_FILE_ENV,
     DEFAULT_ENDPOINT,
     ENDPOINT_ENV,
@@ -220,15 +222,24 @@ def _untrusted(endpoint: str, error: ssl.SSLCertVerificationError) -> str:
 
 
 class HandleTransport:
-    """Ray Serve handles, for code running inside the cluster that runs lis."""
+    """For code running inside the cluster that runs lis: its replicas' sockets, else handles.
+
+    A service whose running replicas are all on this process's node is
+    called over their local sockets, as the ingress calls it
+    (``serve_app._same_node``); any other, and any request no local replica
+    took, through its Ray Serve handle. The answer is the same either way.
+    """
 
     def infer(self, algo_type: str, service: str, content_type: str | None,
               body: bytes, accept: str | None) -> tuple[bytes, str]:
         from serve_app._handles import call_service_sync
+        from serve_app._same_node import call_sync
 
         def call() -> tuple[bytes, str]:
-            result = call_service_sync(_deployment_handle(service), service, body,
-                                       content_type, algo_type, DEFAULT_CALL_TIMEOUT_S)
+            result = call_sync(service, body, content_type, algo_type)
+            if result is None:
+                result = call_service_sync(_deployment_handle(service), service, body,
+                                           content_type, algo_type, DEFAULT_CALL_TIMEOUT_S)
             return result.body.encode(), result.content_type
 
         return _off_the_loop(call)
@@ -236,11 +247,14 @@ class HandleTransport:
     async def infer_async(self, algo_type: str, service: str, content_type: str | None,
                           body: bytes, accept: str | None) -> tuple[bytes, str]:
         from serve_app._handles import call_service
+        from serve_app._same_node import call
 
-        # Ray caches a handle once found; only the first lookup of a name asks
-        # Serve's controller, briefly blocking the loop.
-        result = await call_service(_deployment_handle(service), service, body, content_type,
-                                    algo_type, DEFAULT_CALL_TIMEOUT_S)
+        result = await call(service, body, content_type, algo_type)
+        if result is None:
+            # Ray caches a handle once found; only the first lookup of a name asks
+            # Serve's controller, briefly blocking the loop.
+            result = await call_service(_deployment_handle(service), service, body,
+                                        content_type, algo_type, DEFAULT_CALL_TIMEOUT_S)
         return result.body.encode(), result.content_type
 
     def labels(self, service: str) -> tuple[str, ...] | None:
@@ -262,12 +276,9 @@ class HandleTransport:
 
 
 def _deployment_handle(name: str) -> Any:
-    from ray import serve
+    from serve_app._handles import deployment_handle
 
-    try:
-        return serve.get_deployment_handle(name, app_name=APP_NAME)
-    except Exception as error:  # noqa: BLE001 - Ray raises several types for "no such"
-        raise ServiceNotFound(name) from error
+    return deployment_handle(name)
 
 
 def _inside_lis_cluster() -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import requests
 from _composer import COMPOSER_APP, Raised, SdkAnswer
+from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
 from greengrass_machine_learning_sdk.feedback import GreengrassFeedbackException
@@ -273,6 +274,123 @@ def test_a_user_deployment_gets_errors_of_the_one_tree(watchers: dict[str, Any],
     assert unknown == Raised("ServiceNotFound", "no inference service named 'noSuchService'")
     wrong_algo = _ask(watchers, deployment, way, CLASSIFICATION[0], DETECTION[1])
     assert isinstance(wrong_algo, Raised) and wrong_algo.type_name == "AlgorithmMismatch"
+
+
+# --- which road a call takes: the replica's socket on its node, else the handle ----------
+
+
+def _replica_view(service: str) -> dict[str, Any]:
+    """The service's replica's own counts (one replica: the test lis runs one per service)."""
+    from ray import serve
+
+    return serve.get_deployment_handle(service, app_name="lis").describe.remote().result(
+        timeout_s=30)
+
+
+def _local_requests(service: str) -> int:
+    return _replica_view(service)["local_requests"]
+
+
+def _http_requests_counted(endpoint: str, service: str) -> float:
+    """What the ingress's /metrics counts for ``service``: the requests that passed it."""
+    text = requests.get(f"{endpoint}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("lis_requests_total{") and f'service="{service}"' in line)
+
+
+def _sdk_call(service: str = CLASSIFICATION[1], algo_type: str = CLASSIFICATION[0],
+              image: bytes = FRAME) -> bytes:
+    return ml.client("inference").invoke_inference_service(
+        AlgoType=algo_type, ServiceName=service, ContentType="image/jpeg",
+        Body=image)["Body"].read()
+
+
+def test_python_calls_on_the_replicas_node_take_its_socket(running_lis, handle_transport: None,
+                                                           watchers: dict[str, Any]) -> None:
+    # The replica counts what came over its socket; /metrics counts what passed
+    # the ingress: a call that took the socket moves the first, not the second.
+    service = CLASSIFICATION[1]
+    expected = _over_http(running_lis.endpoint, service).content
+    counted, local = _http_requests_counted(running_lis.endpoint, service), \
+        _local_requests(service)
+    assert _sdk_call() == expected  # a driver, sync
+    assert asyncio.run(ml.client("inference").invoke_inference_service_async(
+        AlgoType=CLASSIFICATION[0], ServiceName=service, ContentType="image/jpeg",
+        Body=FRAME))["Body"].read() == expected  # a driver, awaited
+    assert ImageClassifier(service).infer(FRAME, "image/jpeg").raw == expected
+    for deployment, way in (("async", "sdk"), ("async", "typed-sync"), ("sync", "typed")):
+        answer = _ask(watchers, deployment, way, *CLASSIFICATION)
+        assert (answer.body if way == "sdk" else answer.raw) == expected, answer
+    assert _local_requests(service) == local + 6
+    assert _http_requests_counted(running_lis.endpoint, service) == counted
+
+
+def _sockets_of(service: str) -> list[Path]:
+    from deployments.local_socket import current_node_id, service_sockets
+
+    return service_sockets(current_node_id(), service)
+
+
+def test_a_python_call_takes_the_handle_when_the_socket_is_gone(running_lis,
+                                                                handle_transport: None) -> None:
+    service, algo_type = DETECTION[1], DETECTION[0]
+    expected = _over_http(running_lis.endpoint, service).content
+    assert _sdk_call(service, algo_type) == expected
+    sockets = _sockets_of(service)
+    assert sockets, "the replica serves no local socket"
+    # Moved out of sight, not closed: the replica listens on, and nothing finds it.
+    away = [path.with_name(path.name + ".away") for path in sockets]
+    for path, moved in zip(sockets, away, strict=True):
+        path.rename(moved)
+    try:
+        def answered_by_the_handle() -> bool:
+            before = _local_requests(service)
+            assert _sdk_call(service, algo_type) == expected
+            return _local_requests(service) == before
+
+        # The client looks for sockets again within a second, dropping its pooled connection.
+        wait_until(answered_by_the_handle, timeout_s=30, interval_s=0.2,
+                   message="a call through the Ray Serve handle, its socket gone")
+        with pytest.raises(ml.GreengrassInferenceException, match="invalid image"):
+            _sdk_call(service, algo_type, b"not an image")  # the handle's errors, the same
+    finally:
+        for path, moved in zip(sockets, away, strict=True):
+            moved.rename(path)
+
+    def answered_over_the_socket() -> bool:
+        before = _local_requests(service)
+        assert _sdk_call(service, algo_type) == expected
+        return _local_requests(service) == before + 1
+
+    wait_until(answered_over_the_socket, timeout_s=30, interval_s=0.2,
+               message="the socket back in use once it is there again")
+
+
+def test_the_replicas_limit_holds_for_the_ingress_and_a_python_caller_together(
+        running_lis, handle_transport: None) -> None:
+    # Each caller keeps up to 5 requests in the replica by its own count; the
+    # replica, which sees both, takes 5 at once and answers the rest "busy".
+    from concurrent.futures import ThreadPoolExecutor
+
+    service, callers, rounds = CLASSIFICATION[1], 6, 8
+    frame = _jpeg(1280, 720, seed=5)  # a slower decode: requests overlap in the replica
+    before = _replica_view(service)
+    expected = _over_http(running_lis.endpoint, service, frame).content
+
+    def over_http(_: int) -> bytes:
+        return _over_http(running_lis.endpoint, service, frame).content
+
+    def from_python(_: int) -> bytes:
+        return _sdk_call(service, CLASSIFICATION[0], frame)
+
+    with ThreadPoolExecutor(2 * callers) as pool:
+        answers = list(pool.map(lambda i: (over_http if i % 2 else from_python)(i),
+                                range(2 * callers * rounds)))
+    assert set(answers) == {expected}
+    after = _replica_view(service)
+    assert after["local_requests"] - before["local_requests"] == 2 * callers * rounds + 1
+    assert after["local_busy"] > before["local_busy"]  # they did compete for its slots
+    assert after["most_running"] <= after["limits"]["max_ongoing_requests"] == 5
 
 
 # --- the docs' example, run as a user would ---------------------------------------------

@@ -173,18 +173,20 @@ def _local_requests(service: str) -> int:
     return handle.describe.remote().result(timeout_s=30)["local_requests"]
 
 
-def test_http_takes_the_local_socket_and_handle_calls_do_not(running_lis, monkeypatch) -> None:
-    # One box: every replica shares the ingress's node (serve_app/_local.py).
+def test_http_and_in_cluster_python_calls_take_the_local_socket(running_lis,
+                                                                monkeypatch) -> None:
+    # One box: every replica shares the ingress's node (serve_app/_local.py), and
+    # this test's process is a Ray driver on it (serve_app/_same_node.py).
     before = _local_requests("imageClassification")
     over_http = _post(running_lis.endpoint, "imageClassification", _jpeg())
     assert over_http.status_code == 200
     assert _local_requests("imageClassification") == before + 1
     monkeypatch.delenv("LIS_TRANSPORT", raising=False)
-    over_handle = ml.client("inference").invoke_inference_service(
+    in_cluster = ml.client("inference").invoke_inference_service(
         AlgoType="image-classification", ServiceName="imageClassification",
         ContentType="image/jpeg", Body=_jpeg())["Body"].read().decode()
-    assert over_handle == over_http.text
-    assert _local_requests("imageClassification") == before + 1
+    assert in_cluster == over_http.text
+    assert _local_requests("imageClassification") == before + 2
 
 
 SEED_EXAMPLES = Path(__file__).parent / "seed_examples"
