@@ -2,9 +2,11 @@
 
 For the demo detector and classifier it measures p50/p95 latency and
 throughput of (a) the raw in-process path (decode + preprocess + run +
-format), (b) the SDK client over a Ray Serve handle from the driver, (c) HTTP
-through the ingress, each at concurrency 1 and 4, with the same runtime thread
-count everywhere. A fourth path, "bare", is lis's HTTP app with the model in
+format), (b) the SDK client inside lis's Ray cluster from the driver (on one
+box: over the replica's local socket) and, for the demo models, from inside a
+Ray Serve deployment of the bench's own (``benchmarks.in_deployment``), (c)
+HTTP through the ingress, each at concurrency 1 and 4, with the same runtime
+thread count everywhere. A fourth path, "bare", is lis's HTTP app with the model in
 its own process and no Ray (``benchmarks.bare_http``): what HTTP alone costs.
 HTTP load comes from ``benchmarks.http_load`` (one thread, all connections).
 The verdicts compare paths measured in alternating blocks; in raw's throughput
@@ -40,6 +42,7 @@ import numpy as np
 import psutil
 
 from benchmarks.http_load import HttpLoad
+from benchmarks.in_deployment import deploy_caller, deployment_load
 
 if TYPE_CHECKING:
     from deployments.inference import Prediction
@@ -218,6 +221,20 @@ def handle_caller(service: str, algorithm: str, body: bytes) -> Callable[[], obj
     return call
 
 
+def in_cluster_loads(services: list[ServiceSpec], caller: object, body: bytes,
+                     from_deployment: list[str]) -> dict[str, dict[str, Load]]:
+    """Per service, the SDK's in-cluster call from the driver ("handle") and, for the
+    services named in ``from_deployment``, from inside the bench's deployment."""
+    loads: dict[str, dict[str, Load]] = {}
+    for spec in services:
+        loads[spec.name] = {"handle": threaded_load(handle_caller(spec.name, spec.algorithm,
+                                                                  body))}
+        if spec.name in from_deployment:
+            loads[spec.name]["deployment"] = deployment_load(caller, spec.name, spec.algorithm,
+                                                             body)
+    return loads
+
+
 def machine_facts() -> dict[str, str]:
     """The machine the figures come from: CPU, cores, memory, OS, Python."""
     cpu = "unknown CPU"
@@ -282,6 +299,18 @@ def interleaved_p50s(calls: dict[str, Callable[[], object]], rounds: int,
                 started = time.perf_counter()
                 call()
                 latencies[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(found) for name, found in latencies.items()}
+
+
+def interleaved_load_p50s(loads: dict[str, Load], rounds: int, per_round: int
+                          ) -> dict[str, float]:
+    """As ``interleaved_p50s``, for loads that time their own calls (one in a deployment)."""
+    latencies: dict[str, list[float]] = {name: [] for name in loads}
+    for load in loads.values():
+        load(1, WARMUP, 0)
+    for turn in range(rounds):
+        for name, load in _in_turn(loads, turn):
+            latencies[name] += load(1, per_round, 0)[0]
     return {name: 1000 * statistics.median(found) for name, found in latencies.items()}
 
 
@@ -395,6 +424,25 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
     return out
 
 
+PYTHON_TARGET_MS = 1.0
+
+
+def python_verdicts(services: list[str], paired: dict[str, float]) -> list[str]:
+    """The in-cluster Python call's p50 against raw, from the driver and from a deployment."""
+    out = []
+    for service in services:
+        raw = paired[f"{service}/raw-py"]
+        driver, deployment = paired[f"{service}/handle"], paired[f"{service}/deployment"]
+        worst = max(driver, deployment) - raw
+        out.append(f"- {service}: the in-cluster Python call's p50 at concurrency 1 is "
+                   f"{driver - raw:+.1f} ms from raw from the driver and {deployment - raw:+.1f} "
+                   f"ms from inside a deployment ({raw:.1f} -> {driver:.1f} and "
+                   f"{deployment:.1f} ms in {PAIRED_ROUNDS} alternating blocks of "
+                   f"{PAIRED_BLOCK}; target within {PYTHON_TARGET_MS:g} ms: "
+                   f"{'met' if worst <= PYTHON_TARGET_MS else 'NOT met'}).")
+    return out
+
+
 PATHS_MEANING = """\
 The paths, each at concurrency 1 and 4, with the same runtime threads everywhere
 (the services and their threads: `benchmarks/bench-services.yaml`):
@@ -402,7 +450,12 @@ The paths, each at concurrency 1 and 4, with the same runtime threads everywhere
   one model run at a time as in a replica; measured before Ray starts.
 - **bare**: lis's HTTP app under uvicorn with the model in the server's process and no Ray
   (`benchmarks/bare_http.py`), also before Ray starts: what HTTP alone costs here.
-- **handle**: the SDK client over a Ray Serve handle from the bench's driver.
+- **handle**: the SDK client inside lis's Ray cluster (`LIS_TRANSPORT=handle`), from the
+  bench's driver: on this one box over the replica's local socket, as the ingress reaches it
+  (a Ray Serve handle where no replica is on the caller's node).
+- **deployment**: the same call, awaited (`invoke_inference_service_async`), from inside an
+  async Ray Serve deployment of the bench's own beside lis (`benchmarks/in_deployment.py`),
+  timed there; for the demo models.
 - **http**: lis itself: HTTP to the ingress, then the service's replica.
 
 The rows are measured one after another, so they carry the machine's drift; the verdicts
@@ -483,13 +536,19 @@ def main() -> int:
     try:
         deploy(config, port=config.http.port)
         wait_for_services(config, timeout_s=300)
+        paired: dict[str, float] = {}
         https = {spec.name: http_load(config.http.port, spec.name, body)
                  for spec in config.services}
+        demo = targets([spec.name for spec in config.services])
+        in_cluster = in_cluster_loads(config.services, deploy_caller(), body, demo)
         for spec in config.services:
-            rows += measure_rows(spec.name, {
-                "handle": threaded_load(handle_caller(spec.name, spec.algorithm, body)),
-                "http": https[spec.name]}, args.requests)
-        paired: dict[str, float] = {}
+            rows += measure_rows(spec.name, {**in_cluster[spec.name], "http": https[spec.name]},
+                                 args.requests)
+        for name in demo:
+            found = interleaved_load_p50s({"raw": threaded_load(raw_calls[name]),
+                                           **in_cluster[name]}, PAIRED_ROUNDS, PAIRED_BLOCK)
+            paired.update({f"{name}/{path}": p50 for path, p50 in found.items()})
+            paired[f"{name}/raw-py"] = paired.pop(f"{name}/raw")  # the http pair's is its own
         for plain, with_feedback in feedback_pairs([spec.name for spec in config.services]):
             paired.update(interleaved_p50s(
                 {name: https[name].call for name in (plain, with_feedback)},
@@ -506,9 +565,10 @@ def main() -> int:
             paired[f"{name}/raw@4"], paired[f"{name}/http@4"] = found["raw"], found["http"]
     finally:
         serve.shutdown()
-    order = {"raw": 0, "bare": 1, "handle": 2, "http": 3}
+    order = {"raw": 0, "bare": 1, "handle": 2, "deployment": 3, "http": 4}
     rows.sort(key=lambda r: (r.service, order[r.path], r.concurrency))
-    results = "\n".join([table(rows), "", *verdicts(rows, paired)])
+    results = "\n".join([table(rows), "", *verdicts(rows, paired),
+                         *python_verdicts(targets([s.name for s in config.services]), paired)])
     print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
           f"a 1280x720 JPEG camera frame.\n\n{results}")
     if not args.no_write:
