@@ -9,15 +9,17 @@ Ray Serve handle do not pass the ingress and are not counted here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
     from vocabulary.wire import StageTimes
 
-__all__ = ["UNKNOWN_SERVICE", "RequestMetrics"]
+__all__ = ["UNKNOWN_SERVICE", "RequestMetrics", "pipeline_metrics"]
 
 # Requests for a name that is no service are counted under this label: a label
 # per name a client made up would grow without bound.
@@ -80,3 +82,52 @@ class RequestMetrics:
 
     def render(self) -> str:
         return prometheus_client.generate_latest(self._registry).decode()
+
+
+# Each pipeline's counters (``GET /pipelines``'s fields) and what /metrics calls them.
+_PIPELINE_COUNTERS = (
+    ("frames_read", "lis_pipeline_frames_read_total", "Frames (or files) a pipeline read."),
+    ("frames_inferred", "lis_pipeline_frames_inferred_total",
+     "Frames a pipeline's service answered."),
+    ("frames_skipped", "lis_pipeline_frames_skipped_total",
+     "Frames read and replaced by a newer one before inference (the latest-frame policy)."),
+    ("frames_failed", "lis_pipeline_frames_failed_total",
+     "Frames the service could not answer."),
+    ("published", "lis_pipeline_results_published_total",
+     "Results handed to a pipeline's sinks' broker connection or ML Feedback."),
+    ("dropped", "lis_pipeline_results_dropped_total",
+     "Results lost: older ones dropped from a full buffer while the broker was away."),
+)
+
+
+class _PipelineCollector:
+    """The pipelines' counters as their replicas reported them just now."""
+
+    def __init__(self, states: dict[str, dict[str, Any]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        for key, name, text in _PIPELINE_COUNTERS:
+            family = CounterMetricFamily(name.removesuffix("_total"), text, labels=["pipeline"])
+            for pipeline, state in sorted(self._states.items()):
+                if key in state:
+                    family.add_metric([pipeline], float(state[key]))
+            yield family
+        buffered = GaugeMetricFamily("lis_pipeline_results_buffered",
+                                     "Results waiting for the broker.", labels=["pipeline"])
+        running = GaugeMetricFamily("lis_pipeline_running",
+                                    "1 while a pipeline runs, else 0.", labels=["pipeline"])
+        for pipeline, state in sorted(self._states.items()):
+            buffered.add_metric([pipeline], float(state.get("buffered", 0)))
+            running.add_metric([pipeline], 1.0 if state.get("state") == "RUNNING" else 0.0)
+        yield buffered
+        yield running
+
+
+def pipeline_metrics(states: dict[str, dict[str, Any]]) -> str:
+    """The pipelines' series in the text format; empty without pipelines."""
+    if not states:
+        return ""
+    registry = CollectorRegistry()
+    registry.register(_PipelineCollector(states))  # type: ignore[arg-type]
+    return prometheus_client.generate_latest(registry).decode()

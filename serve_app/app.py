@@ -24,6 +24,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.pipelines.deployment import build_pipeline
 from deployments.ray_internals import versioned
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
@@ -204,6 +205,11 @@ def build_app(config: LisConfig, *, token: str | None = None,
                                                model_versions.get(spec.name),
                                                restart.get(spec.name))
                 for spec in config.services}
+    # Each pipeline calls its service through the handle this binding gives it.
+    pipelines = {spec.name: build_pipeline(spec, services[spec.service],
+                                           config.service(spec.service).timeout_s, config.mqtt,
+                                           feedback, _code_fingerprint())
+                 for spec in config.pipelines}
     infos = [service_info(spec) for spec in config.services]
     demands = {spec.name: replica_demand(spec) for spec in config.services}
     local = {spec.name: LocalLimits(MAX_ONGOING_REQUESTS, spec.max_queued_requests)
@@ -217,11 +223,13 @@ def build_app(config: LisConfig, *, token: str | None = None,
     host_guard = http is None and _proxies_on_loopback()
     version = _digest([asdict(info) for info in infos], demands, token_hash,
                       config.feedback is not None, [asdict(v) for v in local.values()],
-                      http, tls and tls.model_dump(), host_guard, _code_fingerprint())
+                      http, tls and tls.model_dump(), host_guard, sorted(pipelines),
+                      _code_fingerprint())
     return versioned(
         LisIngress, version,
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         max_surge_percent=0 if http else MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=longest + SHUTDOWN_GRACE_S,
-    ).bind(infos, services, feedback, token, demands, local, http, tls, host_guard)
+    ).bind(infos, services, feedback, token, demands, local, http, tls, host_guard,
+           pipelines=pipelines)

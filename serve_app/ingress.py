@@ -5,6 +5,7 @@ Routes (see docs/http-api.md):
     POST /inference/{service_name}   image body -> the connector's output
     POST /feedback/{config_id}       a sample for ML Feedback
     GET  /services                   name, algorithm, ARN, platform, replicas, state
+    GET  /pipelines                  each pipeline's state, frames and results counted
     GET  /healthz                    the ingress is up
     GET  /readyz                     200 only when every service is running
     GET  /metrics                    answers, in flight, latencies, replica steps (Prometheus)
@@ -33,7 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from serve_app._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics
+from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics, pipeline_metrics
 from vocabulary.errors import (
     AlgorithmMismatch,
     ClientClosedRequest,
@@ -86,6 +87,8 @@ class Router(Protocol):
 
     async def publish_feedback(self, config_id: str, body: bytes,
                                prediction: Any, metadata: dict[str, str]) -> dict[str, Any]: ...
+
+    async def pipeline_states(self) -> dict[str, dict[str, Any]]: ...
 
 
 def error_response(error: LisError) -> JSONResponse:
@@ -197,11 +200,21 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
                    for name, info in sorted(router.services.items())]
         return JSONResponse({"services": listing})
 
+    async def pipeline_states() -> dict[str, dict[str, Any]]:
+        # A router made before pipelines (the tests' in-process fakes) has none.
+        states = getattr(router, "pipeline_states", None)
+        return await states() if states is not None else {}
+
+    async def pipelines(_: Request) -> Response:
+        states = await pipeline_states()
+        return JSONResponse({"pipelines": [states[name] for name in sorted(states)]})
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def metrics_text(_: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        text = metrics.render() + pipeline_metrics(await pipeline_states())
+        return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
     async def readyz(_: Request) -> Response:
         states = await router.service_states()
@@ -232,6 +245,7 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             Route("/inference/{service_name}", infer, methods=["POST"]),
             Route("/feedback/{config_id}", feedback, methods=["POST"]),
             Route("/services", services, methods=["GET"]),
+            Route("/pipelines", pipelines, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),

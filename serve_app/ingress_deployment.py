@@ -40,8 +40,9 @@ class LisIngress:
                  demands: Mapping[str, Mapping[str, float]] | None = None,
                  local: Mapping[str, LocalLimits] | None = None,
                  http: tuple[str, int] | None = None, tls: TlsSpec | None = None,
-                 host_guard: bool = False) -> None:
-        self.router = SocketFirstRouter(services, handles, feedback, demands, local)
+                 host_guard: bool = False,
+                 pipelines: Mapping[str, DeploymentHandle] | None = None) -> None:
+        self.router = SocketFirstRouter(services, handles, feedback, demands, local, pipelines)
         self.token = token
         self._host_guard = host_guard
         self._shutdown_s = max((info.timeout_s for info in services), default=DEFAULT_TIMEOUT_S)

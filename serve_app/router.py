@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from deployments.local_socket import current_node_id
+from deployments.pipelines.deployment import pipeline_deployment
 from serve_app._handles import call_service
 from serve_app._local import Gone, LocalLimits, LocalRoute, LocalUnavailable
 from serve_app.ingress import ServiceInfo
@@ -38,8 +39,10 @@ class SocketFirstRouter:
     def __init__(self, services: list[ServiceInfo], handles: dict[str, DeploymentHandle],
                  feedback: DeploymentHandle | None,
                  demands: Mapping[str, Mapping[str, float]] | None = None,
-                 local: Mapping[str, LocalLimits] | None = None) -> None:
+                 local: Mapping[str, LocalLimits] | None = None,
+                 pipelines: Mapping[str, DeploymentHandle] | None = None) -> None:
         self.services = {info.name: info for info in services}
+        self.pipelines = dict(pipelines or {})
         self.handles = handles
         self.feedback = feedback
         self.demands = dict(demands or {})
@@ -104,6 +107,21 @@ class SocketFirstRouter:
         except Exception:  # noqa: BLE001 - a listing must not fail for one slow replica
             return {}
         return {"version": found["version"], "labels": found["labels"]}
+
+    async def pipeline_states(self) -> dict[str, dict[str, Any]]:
+        """Each pipeline's counters and state, from its replica; Ray's state if it has none."""
+        names = sorted(self.pipelines)
+        found = await asyncio.gather(*(self._pipeline_stats(name) for name in names))
+        return dict(zip(names, found))
+
+    async def _pipeline_stats(self, name: str) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self.pipelines[name].stats.remote(), 5)
+        except Exception as error:  # noqa: BLE001 - a listing must not fail for one pipeline
+            states = await asyncio.to_thread(service_states, APP_NAME)
+            state = states.get(pipeline_deployment(name), {})
+            return {"name": name, "state": state.get("state", "STARTING"),
+                    "last_error": state.get("message") or f"{type(error).__name__}: {error}"}
 
     async def publish_feedback(self, config_id: str, body: bytes, prediction: Any,
                                metadata: dict[str, str]) -> dict[str, Any]:

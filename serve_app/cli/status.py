@@ -1,4 +1,5 @@
-"""``lis status``: the services of a running lis, as ``GET /services`` reports them."""
+"""``lis status``: the services and pipelines of a running lis, as ``GET /services`` and
+``GET /pipelines`` report them."""
 
 from __future__ import annotations
 
@@ -21,7 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fetch_services(endpoint: str) -> list[dict[str, Any]]:
-    request = urllib.request.Request(endpoint.rstrip("/") + "/services")
+    return _get(endpoint, "/services")["services"]
+
+
+def fetch_pipelines(endpoint: str) -> list[dict[str, Any]]:
+    return _get(endpoint, "/pipelines")["pipelines"]
+
+
+def _get(endpoint: str, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(endpoint.rstrip("/") + path)
     token = os.environ.get(TOKEN_ENV)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -30,7 +39,7 @@ def fetch_services(endpoint: str) -> list[dict[str, Any]]:
         if endpoint.lower().startswith("https://") else None
     try:
         with urllib.request.urlopen(request, timeout=10, context=tls) as response:
-            return json.load(response)["services"]
+            return json.load(response)
     except urllib.error.HTTPError as error:
         raise _answered_error(error) from error
     except (urllib.error.URLError, OSError) as error:
@@ -48,8 +57,9 @@ def _answered_error(error: urllib.error.HTTPError) -> LisError:
 
 def run(args: argparse.Namespace) -> int:
     services = fetch_services(args.endpoint)
+    pipelines = fetch_pipelines(args.endpoint)
     if args.json:
-        print(json.dumps(services, indent=2))
+        print(json.dumps({"services": services, "pipelines": pipelines}, indent=2))
         return 0
     print(f"{'SERVICE':24} {'ALGORITHM':22} {'PLATFORM':12} {'STATE':10} {'REPLICAS':9} VERSION")
     for service in services:
@@ -61,4 +71,18 @@ def run(args: argparse.Namespace) -> int:
               f"{state:10} {running:<9} {service.get('version', '-')}")
         if service.get("state") != "RUNNING" and service.get("message"):
             print(f"    why: {service['message']}")
+    if pipelines:
+        _print_pipelines(pipelines)
     return 0
+
+
+def _print_pipelines(pipelines: list[dict[str, Any]]) -> None:
+    print(f"\n{'PIPELINE':24} {'SERVICE':22} {'STATE':15} {'READ':>7} {'INFERRED':>8} "
+          f"{'SKIPPED':>7} {'PUBLISHED':>9} {'DROPPED':>7}")
+    for p in pipelines:
+        print(f"{p['name']:24} {p.get('service', '-'):22} {p.get('state', '?'):15} "
+              f"{p.get('frames_read', 0):>7} {p.get('frames_inferred', 0):>8} "
+              f"{p.get('frames_skipped', 0):>7} {p.get('published', 0):>9} "
+              f"{p.get('dropped', 0):>7}")
+        if p.get("last_error"):
+            print(f"    last error: {p['last_error']}")

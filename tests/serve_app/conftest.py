@@ -54,6 +54,7 @@ class RunningLis:
     detector: Path
     broker: MqttBroker
     feedback_store: Path
+    inbox: Path  # the folder the "inbox" pipeline watches
 
 
 SERVICES_YAML = """\
@@ -119,6 +120,15 @@ feedback:
     port: {mqtt_port}
   spool:
     directory: {spool}
+# Publishes to ML Feedback's broker (no mqtt: key of its own).
+pipelines:
+  - name: inbox
+    service: imageClassification
+    source: {{type: folder, path: {inbox}}}
+    state_directory: {pipeline_state}
+    sinks:
+      - {{type: mqtt, topic: e2e/inbox}}
+      - {{type: mqtt, topic: e2e/inbox/lis, format: lis}}
 """
 
 
@@ -142,7 +152,9 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
     config_path = folder / "services.yaml"
     config_path.write_text(SERVICES_YAML.format(
         classifier=classifier, slow=slow, busy=busy, detector=ssd_artifact["artifact"],
-        store=folder / "store", spool=folder / "spool", mqtt_port=broker.port))
+        store=folder / "store", spool=folder / "spool", mqtt_port=broker.port,
+        inbox=folder / "inbox", pipeline_state=folder / "pipeline-state"))
+    (folder / "inbox").mkdir()
     config = load_config([config_path])
     port = free_port()
     connect_ray(None, num_cpus=TEST_CLUSTER_CPUS, http_port=port)
@@ -151,7 +163,8 @@ def running_lis(ssd_artifact: dict, tmp_path_factory: pytest.TempPathFactory
         states = wait_for_services(config, timeout_s=240)
         assert all(s["state"] == "RUNNING" for s in states.values()), states
         yield RunningLis(f"http://127.0.0.1:{port}", config_path, classifier,
-                         Path(ssd_artifact["artifact"]), broker, folder / "store")
+                         Path(ssd_artifact["artifact"]), broker, folder / "store",
+                         folder / "inbox")
     finally:
         serve.shutdown()
         ray.shutdown()
