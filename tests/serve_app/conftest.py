@@ -110,7 +110,9 @@ connectors:
         "file-ext": "jpg", "s3-prefix": "e2e"}},
         "keep-half": {{"s3-bucket-name": "field-samples", "content-type": "image/jpeg",
         "s3-prefix": "sdk", "file-ext": "jpg",
-        "sampling-strategy": {{"strategy-name": "RANDOM_SAMPLING", "rate": 0.5}}}}}}
+        "sampling-strategy": {{"strategy-name": "RANDOM_SAMPLING", "rate": 0.5}}}},
+        "pipeline-frames": {{"s3-bucket-name": "field-samples", "content-type": "image/jpeg",
+        "file-ext": "jpg", "s3-prefix": "pipeline"}}}}
       RequestLimit: "500"
 feedback:
   storage:
@@ -129,6 +131,7 @@ pipelines:
     sinks:
       - {{type: mqtt, topic: e2e/inbox}}
       - {{type: mqtt, topic: e2e/inbox/lis, format: lis}}
+      - {{type: feedback, config_id: pipeline-frames}}
 """
 
 

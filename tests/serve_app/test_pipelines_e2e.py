@@ -1,5 +1,6 @@
 """A pipeline in a running lis: a folder watched, its files inferred by a service through a
-Ray Serve handle, results on the suite's MQTT broker in both formats, and what
+Ray Serve handle, results on the suite's MQTT broker in both formats and the frames in
+ML Feedback's store, and what
 ``GET /pipelines``, ``/metrics`` and ``lis status`` show. Also: the pipeline's replica
 killed, Ray Serve starts another, and no file is inferred twice.
 """
@@ -55,8 +56,13 @@ def test_a_folder_pipeline_publishes_both_formats_and_reports_its_counters(
     assert [m["sequence"] for m in lis] == [1, 2]
     assert all(m["service"] == "imageClassification" and len(m["output"]) == 3 for m in lis)
 
-    state = wait_until(lambda: (p := _pipeline(http_endpoint))["published"] == 4 and p,
-                       timeout_s=30, message="four results published (two sinks)")
+    uploaded = running_lis.feedback_store / "field-samples" / "pipeline"
+    wait_until(lambda: len(list(uploaded.glob("*.jpg"))) >= 2, timeout_s=60,
+               message="both frames in ML Feedback's store")
+    inputs = {(running_lis.inbox / name).read_bytes() for name in ("shot-0.jpg", "shot-1.jpg")}
+    assert {path.read_bytes() for path in uploaded.glob("*.jpg")} == inputs
+    state = wait_until(lambda: (p := _pipeline(http_endpoint))["published"] == 6 and p,
+                       timeout_s=30, message="six results handed on (three sinks)")
     assert state["state"] == "RUNNING" and state["service"] == "imageClassification"
     assert (state["frames_read"], state["frames_inferred"], state["frames_skipped"],
             state["dropped"]) == (2, 2, 0, 0)
@@ -64,7 +70,7 @@ def test_a_folder_pipeline_publishes_both_formats_and_reports_its_counters(
 
     metrics = requests.get(f"{http_endpoint}/metrics", timeout=10).text
     assert 'lis_pipeline_frames_inferred_total{pipeline="inbox"} 2.0' in metrics
-    assert 'lis_pipeline_results_published_total{pipeline="inbox"} 4.0' in metrics
+    assert 'lis_pipeline_results_published_total{pipeline="inbox"} 6.0' in metrics
     assert 'lis_pipeline_results_dropped_total{pipeline="inbox"} 0.0' in metrics
 
     from serve_app.cli import main
