@@ -20,7 +20,7 @@ from typing import Any
 from deployments.pipelines.messages import Inferred, parse_output
 from deployments.pipelines.sinks import ResultSink, totals
 from deployments.pipelines.sources import Frame, Source
-from vocabulary.errors import LisError
+from vocabulary.errors import InferenceFailed, LisError
 from vocabulary.pipeline_specs import PipelineSpec
 
 __all__ = ["IDLE_WAKE_S", "SERVICE_RETRY_S", "Infer", "PipelineRunner", "ServiceFacts"]
@@ -112,7 +112,7 @@ class PipelineRunner:
     def _one(self, frame: Frame) -> None:
         try:
             facts = self._service_facts()
-            output = parse_output(self._infer(frame.body, frame.content_type))
+            output = self._answer(frame)
         except LisError as error:
             self._failed(error)
             # A refused image will be refused again; an absent service may come back.
@@ -127,6 +127,13 @@ class PipelineRunner:
         for sink in self.sinks:
             sink.send(result, frame)
         self.source.done(frame, answered=True)
+
+    def _answer(self, frame: Frame) -> Any:
+        answer = self._infer(frame.body, frame.content_type)
+        try:
+            return parse_output(answer)
+        except ValueError as error:  # not the connector's output: the service's fault
+            raise InferenceFailed(self.spec.service, f"answered no JSON: {error}") from None
 
     def _service_facts(self) -> ServiceFacts:
         if self._facts is None:

@@ -284,3 +284,20 @@ def test_an_unreachable_stream_is_reported_and_retried_with_backoff(
     assert stats["state"] == "SOURCE_FAILING"
     assert stats["last_error"] == f"cannot open {url}"
     assert stats["frames_read"] == 0
+
+
+def test_an_answer_that_is_not_the_connectors_output_is_a_failure_not_a_crash(
+        tmp_path: Path, publisher: Any, classifier_facts: Any, jpeg: bytes) -> None:
+    image = tmp_path / "scene.jpg"
+    image.write_bytes(jpeg)
+    spec = _spec({"type": "image", "path": str(image)}, tmp_path, interval_s=0.05)
+    runner = _runner(spec, publisher("garbage"), lambda body, ct: "<html>", classifier_facts)
+    runner.start()
+    try:
+        stats = wait_until(lambda: (s := runner.stats())["frames_failed"] >= 2 and s,
+                           timeout_s=30, message="two failed frames")
+    finally:
+        runner.stop()
+    assert stats["state"] == "RUNNING" and runner.crashed is None
+    assert stats["last_error"].startswith("InferenceFailed: ")
+    assert "answered no JSON" in stats["last_error"]
