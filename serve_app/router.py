@@ -106,7 +106,8 @@ class SocketFirstRouter:
             found = await asyncio.wait_for(self.handles[name].describe.remote(), 5)
         except Exception:  # noqa: BLE001 - a listing must not fail for one slow replica
             return {}
-        return {"version": found["version"], "labels": found["labels"]}
+        return {"version": found["version"], "labels": found["labels"],
+                "input_size": found.get("input_size")}
 
     async def pipeline_states(self) -> dict[str, dict[str, Any]]:
         """Each pipeline's counters and state, from its replica; Ray's state if it has none."""

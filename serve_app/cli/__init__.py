@@ -23,6 +23,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "reload": ("serve_app.cli.reload", "replace a service's replicas one at a time (new model)"),
     "status": ("serve_app.cli.status", "show the services of a running lis"),
     "invoke": ("serve_app.cli.invoke", "send one image to a service and print the result"),
+    "pipeline": ("serve_app.cli.pipeline", "run a camera, stream, folder or image through a "
+                                          "service and print the results"),
     "compile": ("modelkit.compile", "compile an MXNet model into a DLR artifact (local Neo)"),
     "models": ("modelkit.demo", "build or list the demo models"),
     "node": ("cluster.node", "start a Ray head or join a worker for this device"),

@@ -106,3 +106,55 @@ def test_a_killed_pipeline_is_replaced_and_infers_no_file_twice(
     assert state["frames_inferred"] == 1 and state["state"] == "RUNNING"
     sources = _sources(running_lis)
     assert len(sources) == len(set(sources)), sources
+
+
+def test_lis_pipeline_run_prints_results_of_an_image_a_folder_and_a_stream(
+        running_lis: Any, http_endpoint: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from camera import numbered_frames, write_video
+
+    from serve_app.cli import main
+
+    image = tmp_path / "scene.jpg"
+    image.write_bytes(jpeg_bytes(40, (96, 96)))
+    assert main(["pipeline", "run", str(image), "--service", "imageClassification",
+                 "--interval", "0.1", "--count", "2", "--score-threshold", "0",
+                 "--endpoint", http_endpoint]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 2
+    assert all(m["inference-description"] == "Top 5 predictions with score 0.0 or above "
+               and len(m["inference-results"]) == 3 for m in printed)
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for index in range(3):
+        _drop(folder, f"{index}.png", 50 + index)
+    assert main(["pipeline", "run", str(folder), "--service", "objectDetection",
+                 "--format", "lis", "--count", "3", "--endpoint", http_endpoint]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(Path(m["source"]).name for m in printed) == ["0.png", "1.png", "2.png"]
+    assert all(m["inference-type"] == "object-detection" and "prediction" in m["output"]
+               for m in printed)
+
+    video = write_video(tmp_path / "camera.avi", numbered_frames(30), 30.0)
+    assert main(["pipeline", "run", str(video), "--service", "objectDetection",
+                 "--count", "2", "--score-threshold", "0", "--top-k", "2",
+                 "--endpoint", http_endpoint]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [m["inference-type"] for m in printed] == ["object-detection"] * 2
+    for message in printed:
+        assert len(message["inference-results"]) <= 2
+        for result in message["inference-results"]:
+            # In the SSD's 512 x 512 input pixels, as the DLR component gives them.
+            box = [float(v) for v in result["Boundaries"][1:-1].split()]
+            assert len(box) == 4 and all(0 <= v <= 512 for v in box)
+
+
+def test_lis_pipeline_run_names_an_unknown_service(
+        running_lis: Any, http_endpoint: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from serve_app.cli import main
+
+    assert main(["pipeline", "run", "0", "--service", "noSuchService",
+                 "--endpoint", http_endpoint]) == 1
+    assert "noSuchService" in capsys.readouterr().err
