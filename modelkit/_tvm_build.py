@@ -7,7 +7,8 @@ files and stdout:
 - stdout: one line per stage, ``STAGE <text>``, which the parent shows with
   the elapsed time; everything else (TVM's warnings) goes to the log;
 - ``<work>/build/``: ``compiled.so``, ``compiled.params``, ``compiled_model.json``;
-- ``<work>/reference.npz``: MXNet's outputs for ``<work>/input.npy``;
+- ``<work>/reference.npz``: the source framework's outputs for ``<work>/input.npy``
+  (MXNet's, or ONNX Runtime's for an ONNX model);
 - ``<work>/result.json``: the resolved target;
 - ``<work>/error.txt``: on failure, one line saying what went wrong.
 """
@@ -20,6 +21,8 @@ import os
 import shutil
 import sys
 import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +88,24 @@ def _reference(symbol: Any, arg: dict, aux: dict, batch: np.ndarray) -> list[np.
     return [output.asnumpy() for output in outputs]
 
 
+def _onnx_reference(path: str, input_name: str, batch: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime  # noqa: PLC0415 - before tvm, as MXNet
+
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return list(session.run(None, {input_name: batch}))
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors have no common base
+        raise BuildFailure(f"ONNX Runtime cannot run the model on input {batch.shape}: "
+                           f"{_summary(error)}") from error
+
+
+def _softmax(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The reference for ``--softmax``: the first output's last axis made probabilities."""
+    logits = outputs[0].astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return [(exp / exp.sum(axis=-1, keepdims=True)).astype(outputs[0].dtype), *outputs[1:]]
+
+
 def _resolve_target(target: str) -> tuple[str, str | None]:
     """(LLVM target string, cross compiler or None) for a ``--target`` value."""
     from tvm.target import codegen  # noqa: PLC0415
@@ -104,18 +125,49 @@ def _resolve_target(target: str) -> tuple[str, str | None]:
     return target, None
 
 
-def _build(symbol: Any, arg: dict, aux: dict, shape: tuple[int, ...], target: str,
+def _import_mxnet(symbol: Any, arg: dict, aux: dict, shape: tuple[int, ...]) -> tuple[Any, dict]:
+    from tvm import relay  # noqa: PLC0415 - after mxnet
+
+    return relay.frontend.from_mxnet(symbol, shape={_INPUT_NAME: shape}, arg_params=arg,
+                                     aux_params=aux)
+
+
+def _import_onnx(path: str, input_name: str, shape: tuple[int, ...]) -> tuple[Any, dict]:
+    import onnx  # noqa: PLC0415
+    from tvm import relay  # noqa: PLC0415
+
+    # Weights frozen as constants: the artifact's graph then has one input, the image.
+    return relay.frontend.from_onnx(onnx.load(path), shape={input_name: shape},
+                                    dtype="float32", freeze_params=True)
+
+
+def _with_softmax(mod: Any) -> Any:
+    """``mod`` whose first output goes through a softmax over its last axis."""
+    from tvm import relay  # noqa: PLC0415
+
+    main = mod["main"]
+    body = main.body
+    if isinstance(body, relay.Tuple):
+        body = relay.Tuple([relay.nn.softmax(body.fields[0], axis=-1), *body.fields[1:]])
+    else:
+        body = relay.nn.softmax(body, axis=-1)
+    mod["main"] = relay.Function(main.params, body)
+    return relay.transform.InferType()(mod)
+
+
+def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
            cross_compiler: str | None, out: Path) -> None:
-    import tvm  # noqa: PLC0415 - after mxnet
+    import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
     from tvm import relay  # noqa: PLC0415
 
     _stage("importing the model into TVM Relay")
     try:
-        mod, params = relay.frontend.from_mxnet(symbol, shape={_INPUT_NAME: shape},
-                                                arg_params=arg, aux_params=aux)
+        mod, params = load()
     except tvm.error.OpNotImplemented as error:
         # TVM lists the operators on the following lines: keep them, on one line.
         raise BuildFailure(f"unsupported operator: {' '.join(str(error).split())}") from error
+    if softmax:
+        mod = _with_softmax(mod)
     _stage(f"building for target {target!r} (the longest stage)")
     with tvm.transform.PassContext(opt_level=3):
         lib = relay.build(mod, target=target, params=params)
@@ -150,8 +202,12 @@ def _summary(error: BaseException) -> str:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m modelkit._tvm_build")
-    parser.add_argument("--symbol", required=True)
-    parser.add_argument("--params", required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--symbol")
+    model.add_argument("--onnx")
+    parser.add_argument("--params")
+    parser.add_argument("--input-name", default=_INPUT_NAME)
+    parser.add_argument("--softmax", action="store_true")
     parser.add_argument("--input-shape", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--work", required=True, type=Path)
@@ -160,16 +216,23 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _main(args: argparse.Namespace) -> None:
     shape = tuple(int(d) for d in args.input_shape.split(","))
-    _stage("loading the MXNet checkpoint")
-    symbol, arg, aux = _load_checkpoint(args.symbol, args.params)
-    _stage("running MXNet on the verification input (reference outputs)")
     batch = np.load(args.work / "input.npy")
-    outputs = _reference(symbol, arg, aux, batch)
-    np.savez(args.work / "reference.npz", *outputs)
+    load: Callable[[], tuple[Any, dict]]
+    if args.onnx:
+        _stage("running ONNX Runtime on the verification input (reference outputs)")
+        outputs = _onnx_reference(args.onnx, args.input_name, batch)
+        load = partial(_import_onnx, args.onnx, args.input_name, shape)
+    else:
+        _stage("loading the MXNet checkpoint")
+        symbol, arg, aux = _load_checkpoint(args.symbol, args.params)
+        _stage("running MXNet on the verification input (reference outputs)")
+        outputs = _reference(symbol, arg, aux, batch)
+        load = partial(_import_mxnet, symbol, arg, aux, shape)
+    np.savez(args.work / "reference.npz", *(_softmax(outputs) if args.softmax else outputs))
     target, cross_compiler = _resolve_target(args.target)
     (args.work / "result.json").write_text(json.dumps(
         {"target": target, "cross_compiler": cross_compiler}))
-    _build(symbol, arg, aux, shape, target, cross_compiler, args.work / "build")
+    _build(load, args.softmax, target, cross_compiler, args.work / "build")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,17 @@
 """``lis compile``: what SageMaker Neo does, done locally.
 
 Input: an MXNet checkpoint (``--symbol X-symbol.json --params X-0000.params``,
-or the prefix ``X``) or a SageMaker image-classification artifact (folder or
-archive). Output: a Neo/DLR artifact (``deployments.neo``) as a folder or
+or the prefix ``X``), a SageMaker image-classification artifact (folder or
+archive), or an ONNX model (``model.onnx``, as Neo takes them). Output: a Neo/DLR artifact (``deployments.neo``) as a folder or
 ``.tar.gz``, with ``labels.txt``, ``preprocessing.json`` and
 ``lis-compile.json`` beside the model files.
 
 The work happens in two child processes, because TVM and DLR each carry a TVM
 runtime and crash when loaded into one process:
 
-1. ``modelkit._tvm_build`` imports MXNet (first) then TVM, computes MXNet's
-   outputs for a deterministic input, and builds the model with Relay;
+1. ``modelkit._tvm_build`` computes the source framework's outputs for a
+   deterministic input (MXNet, imported before TVM; or ONNX Runtime), then
+   builds the model with Relay;
 2. ``modelkit._verify`` loads the result with DLR, exactly as serving does,
    and runs the same input.
 
@@ -57,6 +58,7 @@ from vocabulary.names import COMPILE_INFO_FILE, SHAPES_FILE
 __all__ = [
     "DEFAULT_DETECTION_INPUT_SHAPE",
     "DEFAULT_TARGET",
+    "ONNX_SUFFIX",
     "PREPROCESSING_PRESETS",
     "VERIFY_SEED",
     "VERIFY_TOLERANCE",
@@ -71,8 +73,12 @@ __all__ = [
 DEFAULT_TARGET = "x86_64"
 # Neo's detection models (GluonCV SSD/YOLOv3) are trained at 512x512.
 DEFAULT_DETECTION_INPUT_SHAPE = (1, 3, 512, 512)
+# "imagenet" is the detector's transform under the name ONNX users know it by:
+# RGB scaled to [0, 1], then ImageNet's mean and std (torchvision's models).
 PREPROCESSING_PRESETS = {"classifier": CLASSIFIER_PREPROCESSING,
-                         "detector": DETECTOR_PREPROCESSING}
+                         "detector": DETECTOR_PREPROCESSING,
+                         "imagenet": DETECTOR_PREPROCESSING}
+ONNX_SUFFIX = ".onnx"
 # The verification input is a random image from this seed, preprocessed.
 VERIFY_SEED = 0
 # Verification fails above this difference, relative to each output's scale
@@ -92,12 +98,17 @@ class CompileResult:
 
 @dataclass(frozen=True)
 class _Source:
-    symbol: Path
-    params: Path
-    input_shape: tuple[int, ...] | None
+    model: Path                   # the symbol JSON, or the .onnx file
+    params: Path | None           # None for ONNX (its weights are inside)
+    input_shape: tuple[int | None, ...] | None  # None where the model leaves a dimension open
     labels: tuple[str, ...] | None
     preprocessing: Preprocessing | None
     is_classifier: bool = False   # a SageMaker IC artifact
+    input_name: str = "data"
+
+    @property
+    def framework(self) -> str:
+        return "ONNX Runtime" if self.params is None else "MXNet"
 
 
 def _print_progress(line: str) -> None:
@@ -114,13 +125,17 @@ def compile_model(
     labels: Sequence[str] | Path | None = None,
     preprocessing: Preprocessing | str | Path | None = None,
     verify: bool = True,
+    softmax: bool = False,
     progress: Progress | None = _print_progress,
 ) -> CompileResult:
-    """Compile an MXNet model into a Neo/DLR artifact at ``output``.
+    """Compile an MXNet or ONNX model into a Neo/DLR artifact at ``output``.
 
     ``symbol_file`` is a symbol JSON (with ``params_file``), a checkpoint
-    prefix (``params_file=None``), or a SageMaker IC artifact folder/archive
-    (``params_file=None``). ``input_shape`` defaults to the artifact's
+    prefix (``params_file=None``), a SageMaker IC artifact folder/archive
+    (``params_file=None``) or an ``.onnx`` file (``params_file=None``; its
+    preprocessing defaults to ``"imagenet"``). ``softmax`` appends a softmax to
+    the first output, for a classifier that ends in logits: the connector
+    answers probabilities. ``input_shape`` defaults to the artifact's
     ``model-shapes.json``, else 1x3x512x512. ``target`` is ``x86_64`` (this
     CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled, not
     verifiable here) or an explicit LLVM target string. ``preprocessing`` is
@@ -131,8 +146,9 @@ def compile_model(
     source = _resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
     shape = _input_shape(input_shape, source)
     job = _Job(source, shape, _preprocessing(preprocessing, source, shape),
-               _labels(labels, source), target)
-    _check_symbol(source.symbol)
+               _labels(labels, source), target, softmax)
+    if source.params is not None:
+        _check_symbol(source.model)
     _check_tvm()
     output = Path(output).expanduser().resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -154,20 +170,22 @@ class _Job:
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None
     target: str
+    softmax: bool = False
 
 
 def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
                 clock: Clock) -> tuple[str, float | None]:
-    clock.say(f"compiling {job.source.symbol.name} + {job.source.params.name}, "
-              f"input {job.shape}, target {job.target}")
+    files = job.source.model.name + (f" + {job.source.params.name}" if job.source.params else "")
+    clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
+              + (", softmax appended" if job.softmax else ""))
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
-    resolved_target = _build(job.source, job.shape, job.target, work, clock)
+    resolved_target = _build(job, work, clock)
     built = work / "build"
     staged = write_neo_artifact(
         work / "artifact", library=built / "compiled.so", graph=built / "compiled_model.json",
         params=built / "compiled.params", labels=job.labels, preprocessing=job.preprocessing,
         compile_info=_compile_info(job.source, job.shape, resolved_target))
-    max_diff = _verify(staged, work, clock) if verify else None
+    max_diff = _verify(staged, work, clock, job.source.framework) if verify else None
     if max_diff is not None:
         _record_difference(staged, max_diff)
     store_artifact(staged, output)
@@ -178,6 +196,8 @@ def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
 # --- inputs --------------------------------------------------------------------------
 
 def _resolve_source(symbol: Path, params: Path | None) -> _Source:
+    if params is None and symbol.suffix.lower() == ONNX_SUFFIX:
+        return _onnx_source(symbol)
     if params is not None:
         return _Source(symbol, params, _shape_beside(symbol), None, None)
     if symbol.is_dir() or is_archive(symbol):
@@ -204,6 +224,37 @@ def _checkpoint(prefix: Path) -> _Source:
     return _Source(symbol, epochs[-1][1], _shape_beside(symbol), None, None)
 
 
+def _onnx_source(path: Path) -> _Source:
+    """The ONNX model's one image input: its name and shape (open dimensions as None)."""
+    try:
+        import onnx  # noqa: PLC0415 - the compile extra's; only for ONNX input
+    except ImportError as error:
+        raise CompileError("ONNX input needs the onnx package: install the compile extra "
+                           "(pip install -r requirements-compile.txt)") from error
+    if not path.is_file():
+        raise CompileError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - protobuf raises its own DecodeError and more
+        raise CompileError(f"{path}: not a valid ONNX model ({_first_line(error)})") from error
+    weights = {initializer.name for initializer in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise CompileError(f"{path}: lis serves models with one image input; this one takes "
+                           f"{len(inputs)} ({', '.join(i.name for i in inputs) or 'none'})")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        raise CompileError(f"{path}: input {inputs[0].name!r} is "
+                           f"{onnx.TensorProto.DataType.Name(tensor.elem_type)}, not FLOAT")
+    shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                  for d in tensor.shape.dim)
+    return _Source(path, None, shape, None, None, input_name=inputs[0].name)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def _shape_beside(symbol: Path) -> tuple[int, ...] | None:
     shapes = symbol.parent / SHAPES_FILE
     if not shapes.is_file():
@@ -215,11 +266,27 @@ def _shape_beside(symbol: Path) -> tuple[int, ...] | None:
 
 
 def _input_shape(requested: Sequence[int] | None, source: _Source) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in requested) if requested else (
-        source.input_shape or DEFAULT_DETECTION_INPUT_SHAPE)
+    known = source.input_shape
+    if requested:
+        shape = tuple(int(d) for d in requested)
+        if known is not None and len(known) == len(shape) and any(
+                k is not None and k != d for k, d in zip(known, shape)):
+            raise CompileError(f"--input-shape {shape} contradicts the model's own input "
+                               f"{_shape_text(known)}")
+    elif known is not None and None in known:
+        raise CompileError(f"the model's input {source.input_name!r} is "
+                           f"{_shape_text(known)}: give its size with --input-shape N,C,H,W")
+    elif known is not None:
+        shape = tuple(int(d) for d in known if d is not None)
+    else:
+        shape = DEFAULT_DETECTION_INPUT_SHAPE
     if len(shape) != 4 or min(shape) <= 0:
         raise CompileError(f"input shape {shape} must be 4 positive integers N,C,H,W")
     return shape
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _preprocessing(requested: Preprocessing | str | Path | None, source: _Source,
@@ -227,6 +294,7 @@ def _preprocessing(requested: Preprocessing | str | Path | None, source: _Source
     if isinstance(requested, Preprocessing):
         spec = requested
     elif requested is None:
+        # ONNX: "imagenet", as the detector; SageMaker IC: the classifier's.
         spec = source.preprocessing or (CLASSIFIER_PREPROCESSING if source.is_classifier
                                         else DETECTOR_PREPROCESSING)
     elif str(requested) in PREPROCESSING_PRESETS:
@@ -241,8 +309,8 @@ def _preprocessing_file(path: Path) -> Preprocessing:
     try:
         return Preprocessing.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as error:
-        raise CompileError(f"--preprocessing {path}: expected 'classifier', 'detector' or a "
-                           f"readable preprocessing JSON file ({error})") from error
+        raise CompileError(f"--preprocessing {path}: expected 'classifier', 'detector', "
+                           f"'imagenet' or a readable preprocessing JSON file ({error})") from error
 
 
 def _labels(requested: Sequence[str] | Path | None,
@@ -282,8 +350,9 @@ def _verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarr
 
 
 def _compile_info(source: _Source, shape: tuple[int, ...], target: str) -> dict[str, object]:
-    return {"symbol": source.symbol.name, "params": source.params.name,
-            "input_shape": list(shape), "target": target}
+    files: dict[str, object] = ({"onnx": source.model.name} if source.params is None else
+                                {"symbol": source.model.name, "params": source.params.name})
+    return {**files, "input_shape": list(shape), "target": target}
 
 
 def _record_difference(artifact: Path, max_diff: float) -> None:
@@ -302,18 +371,20 @@ def _failure(work: Path, error_file: str, what: str, returncode: int) -> Compile
     return CompileError(f"{what} failed: {summary} (full log: {work / 'compile.log'})")
 
 
-def _build(source: _Source, shape: tuple[int, ...], target: str, work: Path,
-           clock: Clock) -> str:
-    arguments = ["--symbol", str(source.symbol), "--params", str(source.params),
-                 "--input-shape", ",".join(map(str, shape)), "--target", target,
-                 "--work", str(work)]
+def _build(job: _Job, work: Path, clock: Clock) -> str:
+    source = job.source
+    model = (["--onnx", str(source.model), "--input-name", source.input_name]
+             if source.params is None else
+             ["--symbol", str(source.model), "--params", str(source.params)])
+    arguments = [*model, "--input-shape", ",".join(map(str, job.shape)), "--target", job.target,
+                 "--work", str(work), *(["--softmax"] if job.softmax else [])]
     returncode = run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
     return str(json.loads((work / "result.json").read_text())["target"])
 
 
-def _verify(artifact: Path, work: Path, clock: Clock) -> float | None:
+def _verify(artifact: Path, work: Path, clock: Clock, framework: str) -> float | None:
     built_for = library_machine(read_neo_artifact(artifact).library)
     if built_for != host_machine():
         clock.say(f"not verified: the artifact is for {built_for}, this machine is "
@@ -326,8 +397,8 @@ def _verify(artifact: Path, work: Path, clock: Clock) -> float | None:
         raise _failure(work, "verify-error.txt", "verification", returncode)
     reference = _outputs(work / "reference.npz")
     actual = _outputs(work / "dlr.npz")
-    max_diff = compare_outputs(reference, actual)
-    clock.say(f"verified: DLR vs MXNet max abs difference {max_diff:.3g} "
+    max_diff = compare_outputs(reference, actual, framework=framework)
+    clock.say(f"verified: DLR vs {framework} max abs difference {max_diff:.3g} "
               f"over {len(actual)} output(s)")
     return max_diff
 
@@ -338,7 +409,7 @@ def _outputs(path: Path) -> list[np.ndarray]:
 
 
 def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
-                    tolerance: float = VERIFY_TOLERANCE) -> float:
+                    tolerance: float = VERIFY_TOLERANCE, framework: str = "MXNet") -> float:
     """Largest absolute difference; ``CompileError`` if they disagree.
 
     A detector's outputs (class ids, scores, boxes) are compared only on the
@@ -348,16 +419,17 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
     """
     if [o.shape for o in reference] != [o.shape for o in actual]:
         raise CompileError(f"verification failed: DLR output shapes {[o.shape for o in actual]}"
-                           f" differ from MXNet's {[o.shape for o in reference]}")
+                           f" differ from {framework}'s {[o.shape for o in reference]}")
     if _is_detection(reference):
-        reference, actual = _detection_rows(reference, actual)
+        reference, actual = _detection_rows(reference, actual, framework)
     worst = 0.0
     for expected, got in zip(reference, actual):
         if expected.size == 0:
             continue
         diff = float(np.max(np.abs(expected.astype(np.float64) - got)))
         if diff > tolerance * max(1.0, float(np.max(np.abs(expected)))):
-            raise CompileError(f"verification failed: DLR and MXNet outputs differ by {diff:.3g}")
+            raise CompileError(f"verification failed: DLR and {framework} outputs differ by "
+                               f"{diff:.3g}")
         worst = max(worst, diff)
     return worst
 
@@ -367,14 +439,15 @@ def _is_detection(outputs: list[np.ndarray]) -> bool:
             and outputs[2].shape[-1] == 4)
 
 
-def _detection_rows(reference: list[np.ndarray],
-                    actual: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _detection_rows(reference: list[np.ndarray], actual: list[np.ndarray],
+                    framework: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     valid = reference[0][..., 0] >= 0
     expected, got = [o[valid] for o in reference], [o[valid] for o in actual]
     twins = pair_detections(expected[0][:, 0], expected[1][:, 0], got[0][:, 0], got[1][:, 0])
     got = [o[twins] for o in got]
     if not np.array_equal(expected[0], got[0]):
-        raise CompileError("verification failed: DLR and MXNet detect different class ids")
+        raise CompileError(f"verification failed: DLR and {framework} detect different class "
+                           "ids")
     return expected[1:], got[1:]
 
 
@@ -417,12 +490,13 @@ def _shape_argument(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", type=Path,
                         help="a SageMaker image-classification artifact (folder, .tar.gz, "
-                             ".zip) or an MXNet checkpoint prefix (X for X-symbol.json + "
-                             "X-NNNN.params)")
+                             ".zip), an MXNet checkpoint prefix (X for X-symbol.json + "
+                             "X-NNNN.params) or an ONNX model (X.onnx)")
     parser.add_argument("--symbol", type=Path, help="MXNet symbol JSON (with --params)")
     parser.add_argument("--params", type=Path, help="MXNet .params file (with --symbol)")
     parser.add_argument("--input-shape", type=_shape_argument,
-                        help="N,C,H,W (default: model-shapes.json, else 1,3,512,512)")
+                        help="N,C,H,W (default: the ONNX model's own, model-shapes.json, "
+                             "else 1,3,512,512)")
     parser.add_argument("--output", "-o", type=Path, required=True,
                         help="the artifact to write: a folder, or a .tar.gz/.zip file")
     parser.add_argument("--target", default=DEFAULT_TARGET,
@@ -431,10 +505,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "like 'llvm -mcpu=skylake'")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--preprocessing",
-                        help="classifier | detector | FILE.json (default: the IC artifact's, "
-                             "else detector)")
+                        help="classifier | detector | imagenet | FILE.json (default: the IC "
+                             "artifact's, else detector; imagenet is the detector's transform)")
+    parser.add_argument("--softmax", action="store_true",
+                        help="append a softmax to the first output (a classifier that ends in "
+                             "logits: the connector answers probabilities)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip loading the result with DLR and comparing with MXNet")
+                        help="skip loading the result with DLR and comparing with the source "
+                             "framework (MXNet or ONNX Runtime)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -448,9 +526,11 @@ def run(args: argparse.Namespace) -> int:
         raise CompileError("nothing to compile: give a SOURCE, or --symbol and --params")
     result = compile_model(symbol, params, args.output, input_shape=args.input_shape,
                            target=args.target, labels=args.labels,
-                           preprocessing=args.preprocessing, verify=args.verify)
+                           preprocessing=args.preprocessing, verify=args.verify,
+                           softmax=args.softmax)
+    framework = "ONNX Runtime" if Path(symbol).suffix.lower() == ONNX_SUFFIX else "MXNet"
     difference = ("not verified" if result.max_abs_diff is None
-                  else f"DLR vs MXNet max abs difference {result.max_abs_diff:.3g}")
+                  else f"DLR vs {framework} max abs difference {result.max_abs_diff:.3g}")
     print(f"compiled {result.artifact} for {result.target!r} in {result.seconds:.0f} s; "
           f"{difference}")
     return 0
