@@ -134,8 +134,8 @@ def compile_model(
     prefix (``params_file=None``), a SageMaker IC artifact folder/archive
     (``params_file=None``) or an ``.onnx`` file (``params_file=None``; its
     preprocessing defaults to ``"imagenet"``). ``softmax`` appends a softmax to
-    the first output, for a classifier that ends in logits: the connector
-    answers probabilities. ``input_shape`` defaults to the artifact's
+    the first output, for a classifier that ends in logits: the artifact then
+    answers probabilities to any DLR caller, and is verified on them. ``input_shape`` defaults to the artifact's
     ``model-shapes.json``, else 1x3x512x512. ``target`` is ``x86_64`` (this
     CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled, not
     verifiable here) or an explicit LLVM target string. ``preprocessing`` is
@@ -508,8 +508,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classifier | detector | imagenet | FILE.json (default: the IC "
                              "artifact's, else detector; imagenet is the detector's transform)")
     parser.add_argument("--softmax", action="store_true",
-                        help="append a softmax to the first output (a classifier that ends in "
-                             "logits: the connector answers probabilities)")
+                        help="append a softmax to the first output, in the artifact itself "
+                             "(a classifier that ends in logits)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip loading the result with DLR and comparing with the source "
                              "framework (MXNet or ONNX Runtime)")

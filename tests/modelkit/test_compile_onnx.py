@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from deployments.dlr_runtime import DLRRuntime
 from deployments.inference import InferencePipeline, PipelineOptions
 from deployments.neo import read_neo_artifact
 from deployments.sagemaker_ic import read_classifier_artifact
@@ -64,18 +65,23 @@ def test_an_onnx_classifier_compiles_verified_and_serves_as_its_mxnet_original(
     assert compiled.shape == (3,) and np.max(np.abs(compiled - original)) < 1e-3
 
 
-def test_softmax_turns_a_logits_model_into_the_connectors_probabilities(
+def test_softmax_puts_the_probabilities_into_the_artifact(
         tmp_path: Path, tiny_classifier_artifact: Path) -> None:
     model = _export(tiny_classifier_artifact, tmp_path / "logits.onnx", output=LOGITS)
     batch = np.random.RandomState(0).uniform(0, 255, SHAPE).astype(np.float32)
     logits = run_onnx(model, batch)[0]
-    assert not np.isclose(logits.sum(), 1.0)  # what the model gives without --softmax
+    assert not np.isclose(logits.sum(), 1.0)  # what the model itself gives
     result = compile_model(model, None, tmp_path / "neo", preprocessing="classifier",
                            softmax=True, progress=None)
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-5
-    served = _probabilities(result.artifact)
-    assert np.isclose(served.sum(), 1.0)
-    assert np.max(np.abs(served - _probabilities(tiny_classifier_artifact))) < 1e-3
+    runtime = DLRRuntime(result.artifact)
+    runtime.load()
+    [compiled] = runtime.predict(batch)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert np.max(np.abs(compiled - expected)) < 1e-5
+    # Served: the same probabilities as the SageMaker original (which ends in a softmax).
+    assert np.max(np.abs(_probabilities(result.artifact)
+                         - _probabilities(tiny_classifier_artifact))) < 1e-3
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
