@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from cluster.platform import DevicePlatform, detect_platform
 from cluster.ray_start import PLATFORM_UNITS, SERVE_THROUGHPUT_ENVIRONMENT
 from vocabulary.connectors import PLATFORMS
 from vocabulary.errors import ConfigError, ConfigIssue
-from vocabulary.names import platform_resource
+from vocabulary.names import CAMERA_NAME_PATTERN, camera_resource, platform_resource
 
 __all__ = [
     "DEFAULT_GCS_PORT",
@@ -100,6 +101,7 @@ class NodeOptions:
     address: str | None = None  # join: the head's HOST[:PORT]
     platform: str | None = None  # a connector suffix overriding detection
     any_platform: bool = False
+    cameras: tuple[str, ...] = ()  # cameras on this node, each advertised as camera:<name>
     num_gpus: int | None = None
     num_cpus: int | None = None
     object_store_mib: int | None = None
@@ -212,6 +214,10 @@ def _resource_args(options: NodeOptions, device: DevicePlatform,
     else:
         suffixes, reason = (device.connector_suffix,), _PLATFORM_REASONS[device.kind]
     resources = {platform_resource(suffix): PLATFORM_UNITS for suffix in suffixes}
+    if options.cameras:
+        # A pipeline naming one of these cameras runs on this node (docs/pipelines.md).
+        resources.update({camera_resource(name): PLATFORM_UNITS for name in options.cameras})
+        reason += f"; --camera: {', '.join(options.cameras)}"
     decisions.append(Decision("resources", json.dumps(resources),
                               f"{reason}; logical only: Ray does not check the hardware"))
     return [f"--resources={json.dumps(resources, separators=(',', ':'))}"]
@@ -347,6 +353,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_node_options(sub.add_parser(action, help=help_text, description=help_text), action)
 
 
+def _camera_name(value: str) -> str:
+    if not re.fullmatch(CAMERA_NAME_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a camera name (letters, digits, "
+                                         "_ . -, at most 63)")
+    return value
+
+
 def _add_node_options(parser: argparse.ArgumentParser, action: str) -> None:
     add = parser.add_argument
     if action != "head":
@@ -356,6 +369,8 @@ def _add_node_options(parser: argparse.ArgumentParser, action: str) -> None:
         help="advertise this connector platform instead of the detected one")
     add("--any-platform", action="store_true",
         help="advertise all three connector platforms (a development box)")
+    add("--camera", action="append", default=[], metavar="NAME", type=_camera_name,
+        help="a camera on this device: pipelines with camera: NAME run here (repeatable)")
     add("--num-gpus", type=int, metavar="N",
         help="GPUs to advertise (default: 1 on a Jetson, else Ray counts them)")
     add("--num-cpus", type=int, metavar="N", help="CPUs to advertise (default: Ray counts them)")
@@ -399,7 +414,8 @@ def _options(args: argparse.Namespace, role: Role) -> NodeOptions:
         ray_args = ray_args[1:]
     return NodeOptions(
         role=role, address=getattr(args, "address", None), platform=args.platform,
-        any_platform=args.any_platform, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+        any_platform=args.any_platform, cameras=tuple(args.camera), num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
         object_store_mib=args.object_store_mib, dashboard=getattr(args, "dashboard", "auto"),
         port=getattr(args, "port", DEFAULT_GCS_PORT), node_ip_address=args.node_ip_address,
         token_file=args.token_file, tls_dir=args.tls_dir, block=getattr(args, "block", False),

@@ -24,7 +24,11 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.pipelines.deployment import build_pipeline
+from deployments.pipelines.deployment import (
+    build_pipeline,
+    pipeline_actor_options,
+    pipeline_deployment,
+)
 from deployments.ray_internals import versioned
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
@@ -212,6 +216,9 @@ def build_app(config: LisConfig, *, token: str | None = None,
                  for spec in config.pipelines}
     infos = [service_info(spec) for spec in config.services]
     demands = {spec.name: replica_demand(spec) for spec in config.services}
+    # A pipeline bound to a camera's node waits for it: /pipelines says which resource is missing.
+    demands.update({pipeline_deployment(spec.name): pipeline_actor_options(spec)["resources"]
+                    for spec in config.pipelines if spec.camera is not None})
     local = {spec.name: LocalLimits(MAX_ONGOING_REQUESTS, spec.max_queued_requests)
              for spec in config.services} if config.http.local_socket else {}
     token_hash = hashlib.sha256(token.encode()).hexdigest() if token else None

@@ -110,19 +110,24 @@ class SocketFirstRouter:
                 "input_size": found.get("input_size")}
 
     async def pipeline_states(self) -> dict[str, dict[str, Any]]:
-        """Each pipeline's counters and state, from its replica; Ray's state if it has none."""
+        """Each pipeline's counters and state from its replica; Ray Serve's state and message
+        for one with no replica running (PENDING: no node has its camera)."""
+        ray_states = await self._states() if self.pipelines else {}
         names = sorted(self.pipelines)
-        found = await asyncio.gather(*(self._pipeline_stats(name) for name in names))
+        found = await asyncio.gather(*(
+            self._pipeline_stats(name, ray_states.get(pipeline_deployment(name), {}))
+            for name in names))
         return dict(zip(names, found))
 
-    async def _pipeline_stats(self, name: str) -> dict[str, Any]:
-        try:
-            return await asyncio.wait_for(self.pipelines[name].stats.remote(), 5)
-        except Exception as error:  # noqa: BLE001 - a listing must not fail for one pipeline
-            states = await asyncio.to_thread(service_states, APP_NAME)
-            state = states.get(pipeline_deployment(name), {})
-            return {"name": name, "state": state.get("state", "STARTING"),
-                    "last_error": state.get("message") or f"{type(error).__name__}: {error}"}
+    async def _pipeline_stats(self, name: str, ray_state: dict[str, Any]) -> dict[str, Any]:
+        problem = ray_state.get("message") or ""
+        if ray_state.get("replicas", {}).get("RUNNING"):
+            try:
+                return await asyncio.wait_for(self.pipelines[name].stats.remote(), 5)
+            except Exception as error:  # noqa: BLE001 - a listing must not fail for one
+                problem = f"{type(error).__name__}: {error}"
+        return {"name": name, "state": ray_state.get("state", "STARTING"),
+                "last_error": problem or None}
 
     async def publish_feedback(self, config_id: str, body: bytes, prediction: Any,
                                metadata: dict[str, str]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ __all__ = [
     "APP_NAME",
     "AUXILIARY_JSON_FILES",
     "CACHE_DIR_ENV",
+    "CAMERA_NAME_PATTERN",
+    "CAMERA_RESOURCE_PREFIX",
     "CA_FILE_ENV",
     "CLUSTER_TOKEN_FILE",
     "COMPILE_INFO_FILE",
@@ -40,6 +42,7 @@ __all__ = [
     "SYMBOL_PREFIX",
     "TOKEN_ENV",
     "TRANSPORT_ENV",
+    "camera_resource",
     "platform_resource",
 ]
 
@@ -57,6 +60,17 @@ PLATFORM_RESOURCE_PREFIX = "connector-platform:"
 def platform_resource(platform: str) -> str:
     """The Ray custom resource a node offers for the connector platform ``platform``."""
     return f"{PLATFORM_RESOURCE_PREFIX}{platform}"
+
+
+# A node with a camera advertises ``camera:<name>`` (``lis node --camera NAME``); a
+# pipeline whose ``camera`` is that name runs there, where the device is.
+CAMERA_RESOURCE_PREFIX = "camera:"
+CAMERA_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+
+
+def camera_resource(camera: str) -> str:
+    """The Ray custom resource a node offers for the camera it has named ``camera``."""
+    return f"{CAMERA_RESOURCE_PREFIX}{camera}"
 
 
 # --- the network -----------------------------------------------------------------------

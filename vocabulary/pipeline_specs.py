@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from vocabulary.connectors import SERVICE_NAME_PATTERN
 from vocabulary.feedback_specs import CONFIG_ID_PATTERN
+from vocabulary.names import CAMERA_NAME_PATTERN
 
 __all__ = [
     "DEFAULT_BUFFER_MESSAGES",
@@ -185,6 +186,10 @@ class PipelineSpec(BaseModel):
                     "0: as fast as the service answers. Always on the newest frame or file.")
     state_directory: Path = Field(DEFAULT_PIPELINE_STATE_DIRECTORY,
                                   description="Where a folder source keeps its record.")
+    camera: str | None = Field(
+        None, pattern=f"^{CAMERA_NAME_PATTERN}$",
+        description="Run on the node that advertises camera:<camera> (lis node --camera NAME), "
+                    "where the camera is; None: any node.")
 
     @field_validator("sinks")
     @classmethod

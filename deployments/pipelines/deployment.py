@@ -28,14 +28,24 @@ from deployments.pipelines.sources import open_source
 from deployments.ray_internals import versioned
 from vocabulary.errors import InferenceFailed, LisError
 from vocabulary.feedback_specs import MqttSpec
+from vocabulary.names import camera_resource
 from vocabulary.pipeline_specs import GREENGRASS_V2_TOPICS, FeedbackSink, PipelineSpec
 
-__all__ = ["PIPELINE_DEPLOYMENT_PREFIX", "PipelineWorker", "build_pipeline", "pipeline_deployment"]
+__all__ = [
+    "CAMERA_RESOURCE_PER_PIPELINE",
+    "PIPELINE_DEPLOYMENT_PREFIX",
+    "PipelineWorker",
+    "build_pipeline",
+    "pipeline_actor_options",
+    "pipeline_deployment",
+]
 
 # Deployment names are ``pipeline.<name>``: a service name has no dot, so none can clash.
 PIPELINE_DEPLOYMENT_PREFIX = "pipeline."
 # The service enforces its own timeout; the pipeline waits this much longer for a dead replica.
 _GUARD_S = 5.0
+# A pipeline asks for a sliver of its camera's resource: one camera can feed several pipelines.
+CAMERA_RESOURCE_PER_PIPELINE = 0.001
 
 
 def pipeline_deployment(name: str) -> str:
@@ -124,4 +134,13 @@ def build_pipeline(spec: PipelineSpec, service: Application, timeout_s: float,
     """The bound deployment of pipeline ``spec``, fed by the ``service`` application."""
     version = hashlib.sha256(pickle.dumps((spec, mqtt, timeout_s, code_version))).hexdigest()[:16]
     return versioned(PipelineWorker, version, name=pipeline_deployment(spec.name),
-                     num_replicas=1).bind(spec, service, timeout_s, mqtt, feedback)
+                     num_replicas=1, ray_actor_options=pipeline_actor_options(spec),
+                     ).bind(spec, service, timeout_s, mqtt, feedback)
+
+
+def pipeline_actor_options(spec: PipelineSpec) -> dict[str, Any]:
+    """No CPU reserved (its service does the work); on its camera's node if it names one."""
+    options: dict[str, Any] = {"num_cpus": 0}
+    if spec.camera is not None:
+        options["resources"] = {camera_resource(spec.camera): CAMERA_RESOURCE_PER_PIPELINE}
+    return options

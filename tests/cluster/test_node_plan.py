@@ -243,3 +243,14 @@ def test_token_helper_for_drivers(no_real_token: Path) -> None:
     _token.write_new_token(no_real_token)
     assert _token.cluster_auth_environment({}) == {
         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(no_real_token)}
+
+
+def test_a_node_advertises_its_cameras_for_pipelines(device, capsys) -> None:
+    plan = plan_for(device, "pi4-64bit", cameras=("door", "yard"))
+    assert json.loads(flag(plan, "--resources") or "") == {
+        "connector-platform:ARMv7": 1, "camera:door": 1, "camera:yard": 1}
+    assert "--camera: door, yard" in next(d.reason for d in plan.decisions
+                                          if d.setting == "resources")
+    with pytest.raises(SystemExit):
+        lis(["node", "plan", "--camera", "front door"])
+    assert "is not a camera name" in capsys.readouterr().err

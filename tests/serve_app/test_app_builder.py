@@ -110,3 +110,30 @@ def test_lis_up_shows_an_https_example_when_tls_is_set(tmp_path: Path) -> None:
         "curl -s -X POST https://127.0.0.1:8443/inference/")
     plain = config.model_copy(update={"http": config.http.model_copy(update={"tls": None})})
     assert _example(plain, "127.0.0.1", 8000, None, None).startswith("curl -s -X POST http://")
+
+
+def test_a_pipeline_runs_on_its_cameras_node_and_reserves_no_cpu(tmp_path: Path) -> None:
+    from deployments.pipelines.deployment import pipeline_actor_options
+
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "services.yaml"
+    path.write_text(SERVICES + """\
+pipelines:
+  - {name: door, service: gatewayClassifier, camera: door-cam,
+     source: {type: camera, device: 0}, sinks: [{type: mqtt}]}
+  - {name: inbox, service: gatewayClassifier, source: {type: folder, path: in},
+     sinks: [{type: mqtt}]}
+""")
+    config = load_config([path])
+    door, inbox = config.pipelines
+    assert pipeline_actor_options(door) == {"num_cpus": 0,
+                                            "resources": {"camera:door-cam": 0.001}}
+    assert pipeline_actor_options(inbox) == {"num_cpus": 0}
+    ingress = app_builder.build_app(config)._bound_deployment
+    demands = ingress.init_args[4]
+    assert demands["pipeline.door"] == {"camera:door-cam": 0.001}
+    assert "pipeline.inbox" not in demands
+    # No node offers the camera: the pipeline is pending, and says why.
+    reason = service_state.unplaceable_reason(demands["pipeline.door"],
+                                              [{"CPU": 4.0, "connector-platform:x86-64": 1.0}])
+    assert reason == "no node has camera:door-cam: 0.001"

@@ -133,3 +133,16 @@ def test_unknown_keys_in_a_pipeline_are_refused(tmp_path: Path) -> None:
     assert any(p.startswith("InferenceInterval: unknown key") for p in problems), problems
     assert any(p.startswith("source.folder.pattern: unknown key") for p in problems), problems
     assert any(p.startswith("sinks.0.mqtt.qos: unknown key") for p in problems), problems
+
+
+def test_a_pipelines_camera_is_a_name_a_node_can_advertise(tmp_path: Path) -> None:
+    config = _load(tmp_path, """\
+  - {name: door, service: objectDetection, camera: door-cam.1,
+     source: {type: camera, device: 0}, sinks: [{type: mqtt}]}
+""")
+    assert config.pipelines[0].camera == "door-cam.1"  # type: ignore[attr-defined]
+    problems = _problems(tmp_path, """\
+  - {name: door, service: objectDetection, camera: front door,
+     source: {type: camera, device: 0}, sinks: [{type: mqtt}]}
+""")
+    assert len(problems) == 1 and problems[0].startswith("camera: String should match pattern")
