@@ -144,12 +144,16 @@ _lock = threading.Lock()
 def _routes() -> _SameNode | None:
     """This process's routes; None where it cannot have any (no Ray node to ask)."""
     global _same_node
+    try:
+        node_id = current_node_id()
+    except Exception:  # noqa: BLE001 - not in a Ray worker or driver: Ray's road
+        return None
     with _lock:
-        if _same_node is None:
-            try:
-                node_id = current_node_id()
-            except Exception:  # noqa: BLE001 - not in a Ray worker or driver: Ray's road
-                return None
+        if _same_node is None or _same_node.node_id != node_id:
+            # First call, or a driver that joined another Ray since (a restarted lis):
+            # the old node's routes and limits are no one's now.
+            if _same_node is not None:
+                _same_node.loop.call_soon_threadsafe(_same_node.loop.stop)
             _same_node = _SameNode(node_id)
         return _same_node
 
