@@ -154,7 +154,8 @@ class InferenceService:
     """One replica of one named inference service."""
 
     def __init__(self, spec: ServiceSpec, store: ModelStoreSpec | None = None,
-                 feedback: Any = None, expected_version: str | None = None) -> None:
+                 feedback: Any = None, expected_version: str | None = None,
+                 local_socket: bool = True) -> None:
         self.spec = spec
         # A child of Ray Serve's logger: lines land in the replica's log with
         # Serve's deployment and replica ids, after our service-name prefix.
@@ -181,7 +182,8 @@ class InferenceService:
             if feedback is not None and spec.feedback_config_id else None
         self._access_log = _open_access_log(spec.name)
         self._local: LocalServer | None = None
-        self._start_local_server()
+        if local_socket:  # ``http.local_socket: false``: no caller takes the local path
+            self._start_local_server()
         self.log.info("loaded %s (version %s) in %.1f s", model_dir, self.version,
                       time.perf_counter() - started)
 

@@ -157,7 +157,8 @@ def service_version(spec: ServiceSpec, config: LisConfig, model_version: str | N
     """
     fields = spec.model_dump(mode="json", exclude=set(_SCALING_FIELDS))
     return _digest(fields, config.model_store.model_dump(mode="json"),
-                   config.feedback is not None, model_version, restart, _code_fingerprint())
+                   config.feedback is not None, model_version, restart,
+                   config.http.local_socket, _code_fingerprint())
 
 
 def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
@@ -173,7 +174,7 @@ def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
         max_surge_percent=MAX_SURGE_PERCENT,
         graceful_shutdown_timeout_s=spec.timeout_s + SHUTDOWN_GRACE_S,
         **_scaling_options(spec),
-    ).bind(spec, config.model_store, feedback, model_version)
+    ).bind(spec, config.model_store, feedback, model_version, config.http.local_socket)
 
 
 def _proxies_on_loopback() -> bool:

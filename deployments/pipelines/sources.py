@@ -283,10 +283,15 @@ class FolderWatch:
         return [name for _, name in sorted(ready)]
 
     def _list(self) -> dict[str, tuple[int, int]]:
+        if not self._spec.path.is_dir():
+            raise FileNotFoundError(f"no such folder: {self._spec.path}")
         found = {}
         for pattern in self._spec.patterns:
             for path in self._spec.path.glob(pattern):
-                status = path.stat()
+                try:
+                    status = path.stat()
+                except FileNotFoundError:
+                    continue  # moved or deleted since it was listed
                 if path.is_file():
                     found[path.name] = (status.st_size, status.st_mtime_ns)
         return found

@@ -112,6 +112,23 @@ def test_lis_up_shows_an_https_example_when_tls_is_set(tmp_path: Path) -> None:
     assert _example(plain, "127.0.0.1", 8000, None, None).startswith("curl -s -X POST http://")
 
 
+def test_local_socket_off_means_no_replica_listens_for_any_caller(tmp_path: Path) -> None:
+    # Python callers in lis's Ray take the sockets too (serve_app/_same_node.py):
+    # switched off, the replicas serve none, so every caller goes through Ray Serve.
+    path = tmp_path / "services.yaml"
+    path.write_text(SERVICES + "http: {local_socket: false}\n")
+    off = app_builder.build_app(load_config([path]))._bound_deployment
+    path.write_text(SERVICES)
+    on = app_builder.build_app(load_config([path]))._bound_deployment
+    assert off.init_args[5] == {} and on.init_args[5]  # the ingress's own routes
+    for name, service in off.init_args[1].items():
+        replica = service._bound_deployment
+        assert replica.init_args[-1] is False
+        assert on.init_args[1][name]._bound_deployment.init_args[-1] is True
+        # Switching it replaces the replicas (it is in their version).
+        assert replica.version != on.init_args[1][name]._bound_deployment.version
+
+
 def test_a_pipeline_runs_on_its_cameras_node_and_reserves_no_cpu(tmp_path: Path) -> None:
     from deployments.pipelines.deployment import pipeline_actor_options
 

@@ -146,3 +146,8 @@ def test_a_pipelines_camera_is_a_name_a_node_can_advertise(tmp_path: Path) -> No
      source: {type: camera, device: 0}, sinks: [{type: mqtt}]}
 """)
     assert len(problems) == 1 and problems[0].startswith("camera: String should match pattern")
+    problems = _problems(tmp_path, """\
+  - {name: door, service: objectDetection,
+     source: {type: camera, device: /dev/no-such-video}, sinks: [{type: mqtt}]}
+""")
+    assert problems == ["source.device: no such camera device: /dev/no-such-video"]

@@ -301,3 +301,24 @@ def test_an_answer_that_is_not_the_connectors_output_is_a_failure_not_a_crash(
     assert stats["state"] == "RUNNING" and runner.crashed is None
     assert stats["last_error"].startswith("InferenceFailed: ")
     assert "answered no JSON" in stats["last_error"]
+
+
+def test_a_watched_folder_that_goes_away_is_reported_and_watched_again(
+        tmp_path: Path, mqtt_broker: MqttBroker, publisher: Any, classify: Any,
+        classifier_facts: Any) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    spec = _spec({"type": "folder", "path": str(folder)}, tmp_path)
+    runner = _runner(spec, publisher("gone"), classify, classifier_facts)
+    runner.start()
+    try:
+        folder.rmdir()
+        wait_until(lambda: runner.stats()["state"] == "SOURCE_FAILING", timeout_s=30,
+                   message="the missing folder reported")
+        assert runner.stats()["last_error"] == f"cannot list {folder}: no such folder: {folder}"
+        folder.mkdir()
+        _write_atomically(folder / "back.jpg", jpeg_bytes(3))
+        wait_until(lambda: mqtt_broker.messages(TOPIC), timeout_s=30, message="a result")
+    finally:
+        runner.stop()
+    assert runner.stats()["last_error"] is None
