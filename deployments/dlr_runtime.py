@@ -82,6 +82,8 @@ class DLRRuntime(CompiledModelRuntime):
     boxes (1,N,4) in input pixels]``; rows with class id -1 are padding.
     """
 
+    platform = "dlr"
+
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
                  device: str = "cpu", prefer_bundled_libdlr: bool = False,
                  allow_cpu_fallback: bool = False) -> None:

@@ -27,9 +27,15 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from vocabulary.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from vocabulary.errors import InvalidArgument, InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from vocabulary.limits import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
 from vocabulary.names import PREPROCESSING_FILE
+from vocabulary.tensors import (
+    RGB8_CONTENT_TYPE,
+    TENSOR_CONTENT_TYPE,
+    array_shape,
+    expected_bytes,
+)
 
 __all__ = [
     "CLASSIFIER_PREPROCESSING",
@@ -42,6 +48,7 @@ __all__ = [
     "preprocess",
     "read_preprocessing",
     "sniff_format",
+    "tensor_batch",
 ]
 
 SUPPORTED_CONTENT_TYPES = ("image/jpeg", "image/png")
@@ -115,9 +122,42 @@ def prepare_image(body: bytes, content_type: str | None, spec: Preprocessing,
     """Request bytes -> model input: ``preprocess(decode_image(...))``, the same numbers.
 
     The decoder's own BGR order goes straight into the batch, so a full-size
-    frame is never converted to RGB only to be resized.
+    frame is never converted to RGB only to be resized. Raw RGB pixels
+    (``vocabulary.tensors``) skip the decoder.
     """
+    if _declared(content_type) == RGB8_CONTENT_TYPE:
+        return _to_batch(_raw_rgb(body, str(content_type), max_pixels), "RGB", spec)
     return _to_batch(_decode_bgr(body, content_type, max_pixels), "BGR", spec)
+
+
+def _raw_rgb(body: bytes, content_type: str, max_pixels: int) -> np.ndarray:
+    shape = array_shape(content_type)
+    if len(shape) != 3 or shape[2] != 3:
+        raise InvalidArgument("raw pixels shape", list(shape), "[height, width, 3] (RGB)")
+    height, width, _ = shape
+    if height * width > max_pixels:
+        raise PayloadTooLarge(f"pixel count ({width}x{height})", height * width, max_pixels)
+    _check_bytes(body, RGB8_CONTENT_TYPE, shape)
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def tensor_batch(body: bytes, content_type: str, input_shape: tuple[int, ...]) -> np.ndarray:
+    """An already preprocessed float32 batch, checked against the model's input shape."""
+    shape = array_shape(content_type)
+    if shape != tuple(input_shape):
+        raise InvalidArgument("tensor shape", list(shape),
+                              f"the model's input shape {list(input_shape)}")
+    _check_bytes(body, TENSOR_CONTENT_TYPE, shape)
+    batch = np.frombuffer(body, dtype="<f4").reshape(shape)
+    if not np.isfinite(batch).all():
+        raise InvalidArgument("tensor", "a NaN or infinite value", "finite float32 values")
+    return batch
+
+
+def _check_bytes(body: bytes, kind: str, shape: tuple[int, ...]) -> None:
+    if len(body) != expected_bytes(kind, shape):
+        raise InvalidArgument(f"{kind} body of shape {list(shape)}", f"{len(body)} bytes",
+                              f"{expected_bytes(kind, shape)} bytes")
 
 
 def _to_batch(image: np.ndarray, order: Literal["RGB", "BGR"],

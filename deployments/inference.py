@@ -31,6 +31,7 @@ from deployments.imaging import (
     Preprocessing,
     prepare_image,
     read_preprocessing,
+    tensor_batch,
 )
 from deployments.labels import read_labels
 from deployments.runtime import ModelRuntime, keep_large_buffers
@@ -38,6 +39,7 @@ from vocabulary.connectors import Algorithm
 from vocabulary.errors import ArtifactError, InferenceFailed, LisError
 from vocabulary.limits import DEFAULT_MAX_PIXELS
 from vocabulary.names import COMPILE_INFO_FILE, LABELS_FILE, LIBDLR_FILE
+from vocabulary.tensors import TENSOR_CONTENT_TYPE
 
 __all__ = ["InferencePipeline", "PipelineOptions", "Prediction"]
 
@@ -146,7 +148,13 @@ class InferencePipeline:
         self.runtime.predict(np.zeros((1, 3, spec.height, spec.width), dtype=np.float32))
 
     def prepare(self, body: bytes, content_type: str | None) -> np.ndarray:
-        """Decode and preprocess a request body into the model's input batch."""
+        """Decode and preprocess a request body into the model's input batch.
+
+        A body that is already the model's input (``TENSOR_CONTENT_TYPE``) is
+        only checked against the input's shape.
+        """
+        if (content_type or "").split(";")[0].strip().lower() == TENSOR_CONTENT_TYPE:
+            return tensor_batch(body, content_type or "", self.runtime.input_shape)
         return prepare_image(body, content_type, self.preprocessing, self.options.max_pixels)
 
     def run(self, body: bytes, content_type: str | None) -> Prediction:

@@ -86,6 +86,8 @@ class MXNetClassifierRuntime(ModelRuntime):
     ``predict(batch)`` returns ``[probabilities]`` of shape ``(N, classes)``.
     """
 
+    platform = "mxnet"
+
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
                  device: str = "cpu", allow_cpu_fallback: bool = False) -> None:
         super().__init__(artifact_dir, threads=threads, device=device)

@@ -14,6 +14,7 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -140,6 +141,9 @@ def refuse_mixed_tvm_runtimes(loading: str) -> None:
 
 class ModelRuntime(ABC):
     """A model loaded from an artifact folder, ready to run batches."""
+
+    # What serves the model, as the Open Inference Protocol's model metadata names it.
+    platform: ClassVar[str]
 
     def __init__(self, artifact_dir: Path, *, threads: int = DEFAULT_THREADS,
                  device: str = "cpu") -> None:

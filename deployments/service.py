@@ -338,6 +338,10 @@ class InferenceService:
             "labels": list(self.pipeline.labels or ()),
             # The model's input (width, height): pipelines give boxes in its pixels.
             "input_size": [self.pipeline.preprocessing.width, self.pipeline.preprocessing.height],
+            # The Open Inference Protocol's model metadata: what runs it, and the
+            # FP32 tensor it takes as its input.
+            "platform": self.pipeline.runtime.platform,
+            "input_shape": list(self.pipeline.runtime.input_shape),
             "local_requests": self._local.answered if self._local else 0,
             # Local requests refused unstarted: the replica had its most at once.
             "local_busy": self._local.busy if self._local else 0,

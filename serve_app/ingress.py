@@ -9,6 +9,7 @@ Routes (see docs/http-api.md):
     GET  /healthz                    the ingress is up
     GET  /readyz                     200 only when every service is running
     GET  /metrics                    answers, in flight, latencies, replica steps (Prometheus)
+    /v2/...                          the Open Inference Protocol (``serve_app.open_inference``)
 
 The app talks to a ``Router``: ``HandleRouter`` reaches the services through
 Ray Serve handles; tests can hand in any other router to exercise the HTTP
@@ -35,6 +36,7 @@ from starlette.routing import Route
 
 from serve_app._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serve_app._metrics import UNKNOWN_SERVICE, RequestMetrics, pipeline_metrics
+from serve_app.open_inference import open_inference_routes
 from vocabulary.errors import (
     AlgorithmMismatch,
     ClientClosedRequest,
@@ -48,7 +50,7 @@ from vocabulary.errors import (
 from vocabulary.limits import MAX_DRAINED_BODY_BYTES, MAX_FEEDBACK_BODY_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from serve_app._local import Gone
     from vocabulary.wire import InferenceResult, StageTimes
@@ -57,7 +59,8 @@ __all__ = ["LoopbackHostGuard", "Router", "ServiceInfo", "build_http_app", "erro
 
 log = logging.getLogger("lis.ingress")
 
-_UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+# Liveness says nothing but "up": load balancers and orchestrators ask without a token.
+_UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/v2/health/live"})
 
 
 @dataclass(frozen=True)
@@ -162,21 +165,18 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
 
     metrics = RequestMetrics()
 
-    async def infer(request: Request) -> Response:
+    async def observed(name: str, work: Callable[[], Awaitable[InferenceResult]]
+                       ) -> InferenceResult:
+        """``work()``'s answer, counted in /metrics under the service ``name``."""
         started = time.perf_counter()
-        name = request.path_params["service_name"]
         label = name if name in router.services else UNKNOWN_SERVICE
         metrics.started(label)
         status: int = HTTPStatus.INTERNAL_SERVER_ERROR
         stages_s: StageTimes = ()
         try:
-            service = _lookup(router, name, request.headers.get("x-algo-type"))
-            body = await _read_body(request, service.max_request_bytes)
-            result = await router.infer(service, body, request.headers.get("content-type"),
-                                        request.headers.get("x-algo-type"),
-                                        request.is_disconnected)
+            result = await work()
             status, stages_s = HTTPStatus.OK, result.stages_s
-            return Response(result.body, media_type=result.content_type)
+            return result
         except LisError as error:
             status = error.status
             raise
@@ -186,6 +186,25 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             raise
         finally:
             metrics.observe(label, int(status), time.perf_counter() - started, stages_s)
+
+    async def infer(request: Request) -> Response:
+        name = request.path_params["service_name"]
+
+        async def work() -> InferenceResult:
+            service = _lookup(router, name, request.headers.get("x-algo-type"))
+            body = await _read_body(request, service.max_request_bytes)
+            return await router.infer(service, body, request.headers.get("content-type"),
+                                      request.headers.get("x-algo-type"),
+                                      request.is_disconnected)
+
+        result = await observed(name, work)
+        return Response(result.body, media_type=result.content_type)
+
+    async def infer_tensors(service: ServiceInfo, body: bytes, content_type: str | None,
+                            request: Request) -> InferenceResult:
+        # The Open Inference Protocol's way in: same router, limits and metrics.
+        return await observed(service.name, lambda: router.infer(
+            service, body, content_type, None, request.is_disconnected))
 
     async def feedback(request: Request) -> Response:
         body = await _read_body(request, MAX_FEEDBACK_BODY_BYTES)
@@ -249,6 +268,8 @@ def build_http_app(router: Router, *, token: str | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
+            *open_inference_routes(router.services, infer_tensors,
+                                   lambda: router.service_states(), _read_body),
         ],
         exception_handlers={LisError: on_lis_error, HTTPException: on_http_error,
                             Exception: on_unexpected},

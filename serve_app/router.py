@@ -107,7 +107,8 @@ class SocketFirstRouter:
         except Exception:  # noqa: BLE001 - a listing must not fail for one slow replica
             return {}
         return {"version": found["version"], "labels": found["labels"],
-                "input_size": found.get("input_size")}
+                "input_size": found.get("input_size"), "platform": found.get("platform"),
+                "input_shape": found.get("input_shape")}
 
     async def pipeline_states(self) -> dict[str, dict[str, Any]]:
         """Each pipeline's counters and state from its replica; Ray Serve's state and message
