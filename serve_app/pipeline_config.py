@@ -99,6 +99,15 @@ def _sink_problems(sinks: Any, feedback: FeedbackConnectorSpec | None) -> list[t
     return problems
 
 
+def _draw_problems(sinks: Any, algorithm: str) -> list[tuple[str, str]]:
+    if algorithm == "object-detection":
+        return []
+    return [(f"sinks[{index}].draw", f"only object-detection services have boxes to draw, "
+                                     f"not {algorithm}")
+            for index, sink in enumerate(sinks if isinstance(sinks, list) else ())
+            if isinstance(sink, dict) and sink.get("draw") is True]
+
+
 def _rate_problems(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
     source = entry.get("source")
     interval = entry.get("interval_s", 0)
@@ -119,6 +128,7 @@ def _parse_one(entry: PipelineEntry, services: Mapping[str, ServiceSpec],
                                     f"{', '.join(sorted(services)) or 'none'})"))
     elif isinstance(service, str):
         raw["algorithm"] = services[service].algorithm
+        problems += _draw_problems(raw.get("sinks"), raw["algorithm"])
     elif "algorithm" in entry.raw:
         problems.append(("algorithm", "is the service's: leave it out"))
     for parameter, problem in problems:

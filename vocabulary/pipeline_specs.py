@@ -157,12 +157,21 @@ class MqttSink(BaseModel):
 
 
 class FeedbackSink(BaseModel):
-    """Frames and results handed to ML Feedback (its config's sampling applies)."""
+    """Frames and results handed to ML Feedback (its config's sampling applies): every frame,
+    or snapshots of those with a result, raw or with the boxes drawn."""
 
     model_config = _SPEC
     type: Literal["feedback"] = "feedback"
     config_id: str = Field(pattern=CONFIG_ID_PATTERN,
                            description="A configuration of the MLFeedback connector.")
+    when: Literal["always", "detections"] = Field(
+        "always", description="detections: only frames with a result scoring score_threshold "
+                              "or more (a detection, or a class for a classifier).")
+    score_threshold: float = Field(DEFAULT_SCORE_THRESHOLD, ge=0, le=1,
+                                   description="What counts as a result for when: detections "
+                                               "and draw.")
+    draw: bool = Field(False, description="Object detection: upload the frame with its boxes "
+                                          "and labels drawn (false: the frame as read).")
 
 
 PipelineSink = Annotated[Union[MqttSink, FeedbackSink], Field(discriminator="type")]

@@ -4,7 +4,7 @@
         sources.open_source        LatestFrame (camera, stream), FolderWatch, ImageReread
         messages.message_for       greengrass-v2 or lis messages
         sinks.MqttResults          a topic, with a bounded buffer while the broker is away
-        sinks.FeedbackResults      ML Feedback
+        sinks.FeedbackResults      ML Feedback: every frame, or snapshots (snapshots.py)
 
 The Ray Serve deployment that runs a pipeline is
 ``deployments.pipelines.deployment.PipelineWorker``; it is not imported here so

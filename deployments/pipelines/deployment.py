@@ -83,7 +83,7 @@ class PipelineWorker:
         for sink in spec.sinks:
             if isinstance(sink, FeedbackSink):
                 if feedback is not None:
-                    sinks.append(FeedbackResults(feedback, sink.config_id, spec.name))
+                    sinks.append(FeedbackResults(feedback, sink, spec.name))
                 continue
             if self._publisher is None:
                 self._publisher = _publisher(mqtt or MqttSpec(), spec.name)

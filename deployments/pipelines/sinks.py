@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 from deployments.feedback.mqtt import MqttPublisher
 from deployments.pipelines.messages import Inferred, message_for
+from deployments.pipelines.snapshots import drawn, has_result
 from deployments.pipelines.sources import Frame
-from vocabulary.pipeline_specs import MqttSink
+from vocabulary.pipeline_specs import FeedbackSink, MqttSink
 
 __all__ = ["FeedbackResults", "MqttResults", "ResultSink", "totals"]
 
@@ -81,12 +82,14 @@ class MqttResults:
 
 
 class FeedbackResults:
-    """Hands each frame and its result to the ML Feedback worker, whose sampling decides
-    what is kept; never waits for it. A hand-off that fails is counted in ``dropped``."""
+    """Hands frames and their results to the ML Feedback worker, whose sampling decides
+    what is kept; never waits for it. Every frame, or (``when: detections``) those with a
+    result, raw or with the boxes drawn. A hand-off that fails is counted in ``dropped``."""
 
-    def __init__(self, worker: Any, config_id: str, pipeline: str) -> None:
+    def __init__(self, worker: Any, sink: FeedbackSink, pipeline: str) -> None:
         self._worker = worker
-        self._config_id = config_id
+        self._sink = sink
+        self._config_id = sink.config_id
         self._pipeline = pipeline
         self.published = self.dropped = 0
         self._in_flight: list[Any] = []
@@ -96,14 +99,20 @@ class FeedbackResults:
         return len(self._in_flight)
 
     def send(self, result: Inferred, frame: Frame) -> None:
+        threshold = self._sink.score_threshold
+        if self._sink.when == "detections" and not has_result(result, threshold):
+            return  # not a snapshot this sink takes: neither published nor dropped
+        body, content_type = frame.body, frame.content_type
+        if self._sink.draw:
+            body, content_type = drawn(frame.body, result, threshold), "image/jpeg"
         metadata = {"pipeline": self._pipeline, "service": result.service,
                     "source": result.source, "frame-time": result.frame_time.isoformat(),
-                    "content-type": frame.content_type}
+                    "content-type": content_type, "boxes-drawn": str(self._sink.draw).lower()}
         self.flush()
         if len(self._in_flight) >= _MAX_FEEDBACK_IN_FLIGHT:
             self.dropped += 1
             return
-        self._in_flight.append(self._worker.publish.remote(self._config_id, frame.body,
+        self._in_flight.append(self._worker.publish.remote(self._config_id, body,
                                                            result.output, metadata))
 
     def flush(self) -> None:

@@ -151,3 +151,25 @@ def test_a_pipelines_camera_is_a_name_a_node_can_advertise(tmp_path: Path) -> No
      source: {type: camera, device: /dev/no-such-video}, sinks: [{type: mqtt}]}
 """)
     assert problems == ["source.device: no such camera device: /dev/no-such-video"]
+
+
+def test_boxes_are_drawn_for_detectors_only(tmp_path: Path) -> None:
+    sinks = "[{type: feedback, config_id: frames, when: detections, draw: true}]"
+    feedback = """\
+connectors:
+  - Id: Feedback
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/MLFeedback/versions/1
+    Parameters:
+      FeedbackConfigurationMap: '{"frames": {"s3-bucket-name": "frames", "content-type": "image/jpeg"}}'
+feedback: {storage: {s3_endpoint_url: "file:///tmp/lis-test-store"}}
+"""
+    config = _load(tmp_path, f"""\
+  - {{name: door, service: objectDetection, source: {{type: camera, device: 0}}, sinks: {sinks}}}
+""", extra=feedback)
+    assert config.pipelines[0].sinks[0].draw is True  # type: ignore[attr-defined]
+    problems = _problems(tmp_path, f"""\
+  - {{name: inbox, service: imageClassification, source: {{type: folder, path: incoming}},
+     sinks: {sinks}}}
+""", extra=feedback)
+    assert problems == ["sinks[0].draw: only object-detection services have boxes to draw, "
+                        "not image-classification"]
