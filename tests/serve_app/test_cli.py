@@ -22,6 +22,28 @@ def test_validate_lists_the_services(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "objectDetection: object-detection on ARMv7" in out and "ok: 1 service(s)" in out
 
 
+def test_validate_lists_the_pipelines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "lis.yaml"
+    path.write_text("""\
+services:
+  - {LocalInferenceServiceName: objectDetection, algorithm: object-detection, platform: x86-64,
+     model: m}
+pipelines:
+  - {name: inbox, service: objectDetection, source: {type: folder, path: in},
+     sinks: [{type: mqtt}, {type: mqtt, topic: site/inbox, format: lis}]}
+  - {name: door, service: objectDetection, source: {type: camera, device: 0}, interval_s: 2,
+     sinks: [{type: mqtt, topic: site/door}]}
+""")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline inbox: folder -> objectDetection, as fast as it answers -> " \
+           "ml/dlr/object-detection (greengrass-v2), site/inbox (lis)" in out
+    assert "pipeline door: camera -> objectDetection, every 2 s -> site/door (greengrass-v2)" \
+        in out
+    assert "ok: 1 service(s), 2 pipeline(s)" in out
+
+
 def test_validate_reports_every_problem_at_once(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     broken = json.loads(json.dumps(SEED_OD))
