@@ -43,6 +43,7 @@ __all__ = [
     "SUPPORTED_CONTENT_TYPES",
     "Preprocessing",
     "decode_image",
+    "feedback_image",
     "mislabelled",
     "prepare_image",
     "preprocess",
@@ -139,6 +140,19 @@ def _raw_rgb(body: bytes, content_type: str, max_pixels: int) -> np.ndarray:
         raise PayloadTooLarge(f"pixel count ({width}x{height})", height * width, max_pixels)
     _check_bytes(body, RGB8_CONTENT_TYPE, shape)
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def feedback_image(body: bytes, content_type: str | None) -> tuple[bytes, str | None] | None:
+    """A request's image as ML Feedback keeps it: raw pixels become a PNG (lossless); a
+    preprocessed tensor has no image (None); an encoded image is kept as it came."""
+    declared = _declared(content_type)
+    if declared == TENSOR_CONTENT_TYPE:
+        return None
+    if declared == RGB8_CONTENT_TYPE:
+        pixels = _raw_rgb(body, str(content_type), max_pixels=2**62)
+        encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1]
+        return encoded.tobytes(), "image/png"
+    return body, content_type
 
 
 def tensor_batch(body: bytes, content_type: str, input_shape: tuple[int, ...]) -> np.ndarray:

@@ -25,7 +25,7 @@ from ray import serve
 from deployments.access_log import AccessLog
 from deployments.archive import artifact_version, cache_dir, materialize
 from deployments.feedback.handoff import FeedbackHandoff
-from deployments.imaging import mislabelled
+from deployments.imaging import feedback_image, mislabelled
 from deployments.inference import InferencePipeline, PipelineOptions, Prediction
 from deployments.local_socket import (
     LOCAL_ONGOING_METRIC,
@@ -180,6 +180,7 @@ class InferenceService:
         self._memory_exceeded: int | None = None
         self._feedback = FeedbackHandoff(feedback) \
             if feedback is not None and spec.feedback_config_id else None
+        self._tensors_not_sampled = 0  # model inputs ML Feedback could not be given
         self._access_log = _open_access_log(spec.name)
         self._local: LocalServer | None = None
         if local_socket:  # ``http.local_socket: false``: no caller takes the local path
@@ -306,6 +307,12 @@ class InferenceService:
                        prediction: Prediction) -> None:
         if self._feedback is None:
             return
+        sample = feedback_image(body, content_type)
+        if sample is None:
+            # A preprocessed tensor (Open Inference Protocol): no image to keep.
+            self._tensors_not_sampled += 1
+            return
+        body, content_type = sample
         self._feedback.add((self.spec.feedback_config_id, body, prediction.values,
                             {"service": self.spec.name, "content-type": content_type or ""}))
 
@@ -343,6 +350,8 @@ class InferenceService:
             "platform": self.pipeline.runtime.platform,
             "input_shape": list(self.pipeline.runtime.input_shape),
             "local_requests": self._local.answered if self._local else 0,
+            # Model inputs sent as tensors that ML Feedback got no image of.
+            "feedback_skipped_tensors": self._tensors_not_sampled,
             # Local requests refused unstarted: the replica had its most at once.
             "local_busy": self._local.busy if self._local else 0,
             # Requests past decoding's start, on either path: accepted and being worked on.

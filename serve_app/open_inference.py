@@ -16,8 +16,9 @@ own input (``FP32``, the metadata's shape, already preprocessed). A classifier
 answers ``probabilities`` (``FP32 [1, classes]``; the classification extension
 turns it into ``"<score>:<index>[:<label>]"`` strings), a detector answers
 ``detections`` (``FP32 [N, 6]``: the connector's rows, class id, score, then
-the box as fractions of the image). Triton's binary tensor extension is
-understood both ways.
+the box as fractions of the image; also as the model's own three tensors,
+``class_ids``, ``scores`` and ``boxes`` in the model input's pixels). Triton's
+binary tensor extension is understood both ways.
 
 A request goes through the same path, limits, token and metrics as the
 connector's (the ``infer`` it is given); the answer is the connector's own,
@@ -48,6 +49,7 @@ from vocabulary.wire import InferenceResult
 
 __all__ = [
     "DETECTIONS_OUTPUT",
+    "DETECTOR_TENSORS",
     "EXTENSIONS",
     "HEADER_LENGTH",
     "INPUT_NAME",
@@ -58,6 +60,9 @@ __all__ = [
 INPUT_NAME = "image"
 PROBABILITIES_OUTPUT = "probabilities"
 DETECTIONS_OUTPUT = "detections"
+# A detector's rows also as the model's own three tensors (GluonCV's outputs),
+# boxes in the model input's pixels.
+DETECTOR_TENSORS = ("class_ids", "scores", "boxes")
 EXTENSIONS = ("binary_tensor_data", "classification")
 # Triton's binary tensor extension: the JSON's length, the raw tensors after it.
 HEADER_LENGTH = "inference-header-content-length"
@@ -177,11 +182,13 @@ def open_inference_routes(services: Mapping[str, _Service], infer: _Infer, state
             header, tensors = _split(body, request.headers.get(HEADER_LENGTH))
             image = _image_input(header, tensors, about)
             wanted = _requested_outputs(header, found)
+            if not about and any(output.classification or output.name == "boxes"
+                                 for output in wanted):
+                about = await description(found.name, fresh=True)
+            if not about.get("input_size") and any(o.name == "boxes" for o in wanted):
+                raise ServiceUnavailable(found.name, "its model's input size is not known yet")
             result = await infer(found, image.body, image.content_type, request)
-            labels = about.get("labels") or ()
-            if any(output.classification for output in wanted) and not about:
-                labels = (await description(found.name, fresh=True)).get("labels") or ()
-            outputs = _outputs(found, result, wanted, labels)
+            outputs = _outputs(found, result, wanted, about)
         except LisError as error:
             return _error(error)
         answer: dict[str, Any] = {"model_name": found.name, "id": str(header.get("id", "")),
@@ -214,7 +221,9 @@ def _metadata(service: _Service, about: Mapping[str, Any]) -> dict[str, Any]:
                     "shape": [1, len(labels) or -1]}]
     else:
         outputs = [{"name": DETECTIONS_OUTPUT, "datatype": "FP32",
-                    "shape": [-1, _DETECTION_COLUMNS]}]
+                    "shape": [-1, _DETECTION_COLUMNS]},
+                   *[{"name": name, "datatype": "FP32", "shape": [1, -1, width]}
+                     for name, width in zip(DETECTOR_TENSORS, (1, 1, 4))]]
     return {
         "name": service.name,
         "versions": [about["version"]],
@@ -366,44 +375,62 @@ def _sized(data: bytes, shape: tuple[int, ...], item_bytes: int, datatype: str) 
 
 
 def _requested_outputs(header: Mapping[str, Any], service: _Service) -> list[_Requested]:
-    name = PROBABILITIES_OUTPUT if service.algorithm == "image-classification" \
-        else DETECTIONS_OUTPUT
+    names = (PROBABILITIES_OUTPUT,) if service.algorithm == "image-classification" \
+        else (DETECTIONS_OUTPUT, *DETECTOR_TENSORS)
+    name = names[0]
     parameters = header.get("parameters") or {}
     binary_default = bool(isinstance(parameters, dict) and parameters.get("binary_data_output"))
     asked = header.get("outputs")
     if asked is None:
         return [_Requested(name, binary_default, 0)]
+    known = " or ".join(repr(n) for n in names)
     if not isinstance(asked, list) or not asked:
-        raise InvalidArgument("outputs", asked, f"a list of requested outputs ({name!r})")
+        raise InvalidArgument("outputs", asked, f"a list of requested outputs ({known})")
     wanted = []
     for output in asked:
-        if not isinstance(output, dict) or output.get("name") != name:
+        if not isinstance(output, dict) or output.get("name") not in names:
             shown = output.get("name") if isinstance(output, dict) else output
-            raise InvalidArgument("output name", shown, f"{name!r} (model {service.name!r})")
+            raise InvalidArgument("output name", shown, f"{known} (model {service.name!r})")
         options = output.get("parameters") or {}
         binary = bool(options.get("binary_data", binary_default))
+        if not isinstance(options, dict):
+            raise InvalidArgument("output parameters", options, "a JSON object")
         top = options.get("classification", 0)
         if top and name != PROBABILITIES_OUTPUT:
             raise InvalidArgument("classification", top, "only on a classifier's output")
         if not isinstance(top, int) or isinstance(top, bool) or top < 0:
             raise InvalidArgument("classification", top, "a positive number of classes")
-        wanted.append(_Requested(name, binary, top))
+        wanted.append(_Requested(output["name"], binary, top))
     return wanted
 
 
 # --- the answer --------------------------------------------------------------------------
 
 def _outputs(service: _Service, result: InferenceResult, wanted: Sequence[_Requested],
-             labels: Sequence[str]) -> list[tuple[dict[str, Any], bytes | None]]:
+             about: Mapping[str, Any]) -> list[tuple[dict[str, Any], bytes | None]]:
     answer = json.loads(result.body)
+    labels = about.get("labels") or ()
     if service.algorithm == "image-classification":
         values = [float(p) for p in answer]
-        shape = [1, len(values)]
-    else:
-        rows = answer["prediction"]
-        values = [float(v) for row in rows for v in row]
-        shape = [len(rows), _DETECTION_COLUMNS]
-    return [_output(output, values, shape, labels) for output in wanted]
+        return [_output(output, values, [1, len(values)], labels) for output in wanted]
+    rows = [[float(v) for v in row] for row in answer["prediction"]]
+    tensors = {DETECTIONS_OUTPUT: ([v for row in rows for v in row],
+                                   [len(rows), _DETECTION_COLUMNS]),
+               **_detector_tensors(rows, about.get("input_size"))}
+    return [_output(output, *tensors[output.name], labels) for output in wanted]
+
+
+def _detector_tensors(rows: list[list[float]], input_size: Sequence[int] | None
+                      ) -> dict[str, tuple[list[float], list[int]]]:
+    """The rows as the model's own outputs: ids, scores, boxes in its input's pixels."""
+    width, height = input_size or (0, 0)  # boxes are only asked for with a known size
+    return {
+        "class_ids": ([row[0] for row in rows], [1, len(rows), 1]),
+        "scores": ([row[1] for row in rows], [1, len(rows), 1]),
+        "boxes": ([value * scale for row in rows
+                   for value, scale in zip(row[2:], (width, height, width, height))],
+                  [1, len(rows), 4]),
+    }
 
 
 def _output(output: _Requested, values: list[float], shape: list[int],

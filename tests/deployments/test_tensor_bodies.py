@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.imaging import CLASSIFIER_PREPROCESSING, prepare_image, preprocess, tensor_batch
+from deployments.imaging import (
+    CLASSIFIER_PREPROCESSING,
+    decode_image,
+    feedback_image,
+    prepare_image,
+    preprocess,
+    tensor_batch,
+)
 from vocabulary.errors import InvalidArgument, PayloadTooLarge
 from vocabulary.tensors import (
     RGB8_CONTENT_TYPE,
@@ -57,3 +64,13 @@ def test_a_tensor_is_the_models_input_as_sent() -> None:
     batch[0, 0, 0, 0] = np.nan
     with pytest.raises(InvalidArgument, match="finite float32 values"):
         tensor_batch(batch.tobytes(), content_type, (1, 3, 4, 5))
+
+
+def test_ml_feedback_keeps_raw_pixels_as_a_png_and_cannot_keep_a_tensor() -> None:
+    png, content_type = feedback_image(IMAGE.tobytes(),
+                                       array_content_type(RGB8_CONTENT_TYPE, IMAGE.shape))
+    assert content_type == "image/png"
+    assert np.array_equal(decode_image(png, "image/png"), IMAGE)  # lossless, RGB kept
+    assert feedback_image(b"\0" * 16, "application/x-lis-float32; shape=1,1,2,2") is None
+    jpeg = b"\xff\xd8\xff..."
+    assert feedback_image(jpeg, "image/jpeg") == (jpeg, "image/jpeg")

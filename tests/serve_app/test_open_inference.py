@@ -17,7 +17,11 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
+
+from deployments.imaging import CLASSIFIER_PREPROCESSING, prepare_image, tensor_batch
 
 from serve_app.ingress import ServiceInfo, build_http_app
 from vocabulary.tensors import RGB8_CONTENT_TYPE, TENSOR_CONTENT_TYPE
@@ -41,7 +45,7 @@ STATES = {
     "cls": {"state": "RUNNING", "version": "v-cls", "labels": ["circle", "square", "triangle"],
             "platform": "mxnet", "input_shape": [1, 3, 4, 4]},
     "det": {"state": "RUNNING", "version": "v-det", "labels": ["cat", "dog"],
-            "platform": "dlr", "input_shape": [1, 3, 8, 8]},
+            "platform": "dlr", "input_shape": [1, 3, 8, 8], "input_size": [8, 16]},
 }
 PNG = b"\x89PNG\r\n\x1a\n" + b"not decoded here"
 
@@ -120,7 +124,11 @@ def test_model_metadata_comes_from_the_running_artifact(client: TestClient) -> N
                        "tensor": {"datatype": "FP32", "shape": [1, 3, 4, 4]}}}
     detector = client.get("/v2/models/det/versions/v-det").json()
     assert detector["platform"] == "dlr"
-    assert detector["outputs"] == [{"name": "detections", "datatype": "FP32", "shape": [-1, 6]}]
+    assert detector["outputs"] == [
+        {"name": "detections", "datatype": "FP32", "shape": [-1, 6]},
+        {"name": "class_ids", "datatype": "FP32", "shape": [1, -1, 1]},
+        {"name": "scores", "datatype": "FP32", "shape": [1, -1, 1]},
+        {"name": "boxes", "datatype": "FP32", "shape": [1, -1, 4]}]
     missing = client.get("/v2/models/nope")
     assert missing.status_code == HTTPStatus.NOT_FOUND
     assert missing.json() == {"error": "no inference service named 'nope'"}
@@ -157,6 +165,18 @@ def test_a_base64_image_in_json_and_binary_outputs(client: TestClient,
     assert struct.unpack("<12f", raw) == (1.0, 0.875, 0.25, 0.125, 0.5, 0.75,
                                           0.0, 0.5, 0.0, 0.0, 1.0, 1.0)
     assert router.calls == [("det", PNG, None)]
+
+
+def test_a_detectors_rows_as_the_models_three_tensors(client: TestClient) -> None:
+    request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                           "data": [base64.b64encode(PNG).decode()]}],
+               "outputs": [{"name": "boxes"}, {"name": "scores"}, {"name": "class_ids"}]}
+    outputs = client.post("/v2/models/det/infer", json=request).json()["outputs"]
+    assert outputs == [  # the input is 8 wide and 16 high: boxes in its pixels
+        {"name": "boxes", "datatype": "FP32", "shape": [1, 2, 4],
+         "data": [2.0, 2.0, 4.0, 12.0, 0.0, 0.0, 8.0, 16.0]},
+        {"name": "scores", "datatype": "FP32", "shape": [1, 2, 1], "data": [0.875, 0.5]},
+        {"name": "class_ids", "datatype": "FP32", "shape": [1, 2, 1], "data": [1.0, 0.0]}]
 
 
 def test_the_classification_extension_gives_top_k_with_labels(client: TestClient) -> None:
@@ -218,6 +238,9 @@ def test_a_tensor_goes_to_the_replica_as_the_models_input(client: TestClient,
     ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["eA=="]}],
       "outputs": [{"name": "logits"}]},
      "invalid output name 'logits': expected 'probabilities' (model 'cls')"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["eA=="]}],
+      "outputs": [{"name": "probabilities", "parameters": {"classification": -2}}]},
+     "invalid classification -2: expected a positive number of classes"),
 ])
 def test_each_bad_input_is_a_400_naming_it(client: TestClient, router: TensorRouter,
                                            request_json: dict[str, Any], message: str) -> None:
@@ -263,3 +286,57 @@ def test_metrics_count_protocol_requests_under_the_service(client: TestClient) -
     assert client.post("/v2/models/det/infer", json=request).status_code == 200
     metrics = client.get("/metrics").text
     assert 'lis_requests_total{code="200",service="det"} 1.0' in metrics, metrics
+
+
+# --- any request: an error of the tree, never a 500 ---------------------------------------
+
+class ReplicaRouter(TensorRouter):
+    """Checks each body as the replica does (decode, raw pixels, tensor) before answering."""
+
+    async def infer(self, service: ServiceInfo, body: bytes, content_type: str | None,
+                    algo_type: str | None, gone: Any = None) -> InferenceResult:
+        if (content_type or "").startswith(TENSOR_CONTENT_TYPE):
+            tensor_batch(body, content_type or "", (1, 3, 4, 4))
+        else:
+            prepare_image(body, content_type, CLASSIFIER_PREPROCESSING)
+        return await super().infer(service, body, content_type, algo_type, gone)
+
+
+_JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-300, 300),
+                         st.floats(allow_nan=True), st.text(max_size=12))
+_JSON = st.recursive(_JSON_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20)
+_INPUT = st.fixed_dictionaries(
+    {"name": st.one_of(st.just("image"), st.text(max_size=8)),
+     "datatype": st.sampled_from(["BYTES", "UINT8", "FP32", "INT8", "fp32", ""]),
+     "shape": st.one_of(st.lists(st.integers(-1, 5), max_size=5), _JSON)},
+    optional={"data": _JSON, "parameters": st.one_of(
+        st.fixed_dictionaries({"binary_data_size": st.integers(-5, 40)}), _JSON)})
+_REQUEST = st.fixed_dictionaries(
+    {"inputs": st.one_of(st.lists(_INPUT, max_size=2), _JSON)},
+    optional={"outputs": st.one_of(st.lists(st.fixed_dictionaries(
+        {"name": st.sampled_from(["probabilities", "detections", "x"])},
+        optional={"parameters": _JSON}), max_size=2), _JSON),
+        "parameters": _JSON, "id": _JSON})
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(request=st.one_of(_REQUEST, _JSON), tensors=st.binary(max_size=40),
+       header_length=st.one_of(st.none(), st.integers(-3, 400).map(str),
+                                     st.from_regex(r"[ -~]{0,4}", fullmatch=True)),
+       model=st.sampled_from(["cls", "det", "cls/versions/v-cls", "nope"]))
+def test_any_request_is_an_answer_or_an_error_never_a_500(
+        request: Any, tensors: bytes, header_length: str | None, model: str) -> None:
+    router = ReplicaRouter()
+    text = json.dumps(request).encode()
+    headers = {} if header_length is None else {"Inference-Header-Content-Length": header_length}
+    with TestClient(build_http_app(router), raise_server_exceptions=False) as client:
+        response = client.post(f"/v2/models/{model}/infer", content=text + tensors,
+                               headers=headers)
+        assert response.status_code < 500, (response.status_code, response.text)
+        if response.status_code != HTTPStatus.OK:
+            body = response.json()
+            assert set(body) == {"error"} and isinstance(body["error"], str), body
+        assert client.get("/v2/health/live").status_code == HTTPStatus.OK

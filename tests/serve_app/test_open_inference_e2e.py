@@ -104,6 +104,13 @@ def test_detections_are_the_connectors_rows(running_lis,
     expected = np.asarray(_connector(running_lis.endpoint, DETECTOR, jpeg)["prediction"])
     assert len(expected), "the test SSD is built to emit some rows"
     assert rows.shape == (len(expected), 6) and np.allclose(rows, expected, atol=1e-6)
+    # The same rows as the model's own tensors, boxes in its 512x512 input's pixels.
+    result = triton.infer(DETECTOR, [_image_input(jpeg)], outputs=[
+        httpclient.InferRequestedOutput(name, binary_data=True)
+        for name in ("class_ids", "scores", "boxes")])
+    assert np.array_equal(result.as_numpy("class_ids")[0, :, 0], expected[:, 0])
+    assert np.allclose(result.as_numpy("scores")[0, :, 0], expected[:, 1], atol=1e-6)
+    assert np.allclose(result.as_numpy("boxes")[0], expected[:, 2:] * 512, atol=1e-3)
 
 
 def test_raw_pixels_and_the_models_own_input_answer_as_the_image(
