@@ -347,7 +347,7 @@ class InferenceService:
             "input_size": [self.pipeline.preprocessing.width, self.pipeline.preprocessing.height],
             # The Open Inference Protocol's model metadata: what runs it, and the
             # FP32 tensor it takes as its input.
-            "platform": self.pipeline.runtime.platform,
+            "runtime": self.pipeline.runtime.platform,
             "input_shape": list(self.pipeline.runtime.input_shape),
             "local_requests": self._local.answered if self._local else 0,
             # Model inputs sent as tensors that ML Feedback got no image of.

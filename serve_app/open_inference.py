@@ -227,7 +227,7 @@ def _metadata(service: _Service, about: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": service.name,
         "versions": [about["version"]],
-        "platform": about.get("platform") or "unknown",
+        "platform": about.get("runtime") or "unknown",
         # The encoded image; UINT8 [H, W, 3] pixels and the FP32 input below are
         # accepted under the same name (docs/http-api.md).
         "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [1]}],

@@ -107,7 +107,7 @@ class SocketFirstRouter:
         except Exception:  # noqa: BLE001 - a listing must not fail for one slow replica
             return {}
         return {"version": found["version"], "labels": found["labels"],
-                "input_size": found.get("input_size"), "platform": found.get("platform"),
+                "input_size": found.get("input_size"), "runtime": found.get("runtime"),
                 "input_shape": found.get("input_shape")}
 
     async def pipeline_states(self) -> dict[str, dict[str, Any]]:

@@ -43,9 +43,9 @@ ANSWERS = {
 }
 STATES = {
     "cls": {"state": "RUNNING", "version": "v-cls", "labels": ["circle", "square", "triangle"],
-            "platform": "mxnet", "input_shape": [1, 3, 4, 4]},
+            "runtime": "mxnet", "input_shape": [1, 3, 4, 4]},
     "det": {"state": "RUNNING", "version": "v-det", "labels": ["cat", "dog"],
-            "platform": "dlr", "input_shape": [1, 3, 8, 8], "input_size": [8, 16]},
+            "runtime": "dlr", "input_shape": [1, 3, 8, 8], "input_size": [8, 16]},
 }
 PNG = b"\x89PNG\r\n\x1a\n" + b"not decoded here"
 

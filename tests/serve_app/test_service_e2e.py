@@ -368,7 +368,9 @@ def test_services_health_and_readiness(running_lis) -> None:
     detector = services["objectDetection"]
     assert detector["algorithm"] == "object-detection"
     assert detector["connector_arn"].endswith("/ObjectDetectionx86-64/versions/1")
-    assert detector["platform"] == "x86-64"
+    assert detector["platform"] == "x86-64"  # the connector's, not what runs the model
+    assert detector["runtime"] == "dlr" and services["imageClassification"]["runtime"] == "mxnet"
+    assert detector["input_shape"] == [1, 3, 512, 512]
     assert detector["state"] == "RUNNING" and detector["replicas"]["RUNNING"] == 1
     assert len(detector["version"]) == 12
 
