@@ -36,9 +36,11 @@ class _Connection:
 class HttpLoad:
     """The same POST to ``port`` + ``path``, again and again, over keep-alive connections."""
 
-    def __init__(self, port: int, path: str, body: bytes, content_type: str) -> None:
+    def __init__(self, port: int, path: str, body: bytes, content_type: str,
+                 headers: dict[str, str] | None = None) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n")
         self.port = port
         self._request = head.encode() + body
         self._connections: list[_Connection] = []

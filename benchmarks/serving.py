@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import platform
 import re
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -201,6 +203,17 @@ def bare_http_server(spec: ServiceSpec) -> Iterator[int]:
 
 def http_load(port: int, service: str, body: bytes) -> HttpLoad:
     return HttpLoad(port, f"/inference/{service}", body, "image/jpeg")
+
+
+def open_inference_load(port: int, service: str, body: bytes) -> HttpLoad:
+    """The same image through the Open Inference Protocol, as ``tritonclient`` sends it:
+    a BYTES input in Triton's binary extension, the output as JSON."""
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": len(body) + 4}}]})
+    return HttpLoad(port, f"/v2/models/{service}/infer",
+                    header.encode() + struct.pack("<I", len(body)) + body,
+                    "application/octet-stream",
+                    {"Inference-Header-Content-Length": str(len(header))})
 
 
 def threaded_load(call: Callable[[], object]) -> Load:
@@ -425,6 +438,24 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
 
 
 PYTHON_TARGET_MS = 1.0
+OIP_TARGET_MS, OIP_TARGET_RATIO = 0.5, 0.95
+
+
+def open_inference_verdicts(services: list[str], paired: dict[str, float]) -> list[str]:
+    """The Open Inference Protocol against the connector's route, same image, same service."""
+    out = []
+    for service in services:
+        http, oip = paired[f"{service}/oip-http"], paired[f"{service}/oip"]
+        ratio = paired[f"{service}/oip@4"] / paired[f"{service}/oip-http@4"]
+        out.append(f"- {service}: the Open Inference Protocol's p50 at concurrency 1 is "
+                   f"{oip - http:+.2f} ms from the connector's route ({http:.1f} -> {oip:.1f} ms "
+                   f"in {PAIRED_ROUNDS} alternating blocks of {PAIRED_BLOCK}; target within "
+                   f"{OIP_TARGET_MS:g} ms: {'met' if oip - http <= OIP_TARGET_MS else 'NOT met'});"
+                   f" its throughput at concurrency 4 is {ratio:.2f}x the connector route's "
+                   f"({paired[f'{service}/oip-http@4']:.0f} -> {paired[f'{service}/oip@4']:.0f} "
+                   f"req/s; target >= {OIP_TARGET_RATIO:g}: "
+                   f"{'met' if ratio >= OIP_TARGET_RATIO else 'NOT met'}).")
+    return out
 
 
 def python_verdicts(services: list[str], paired: dict[str, float]) -> list[str]:
@@ -457,6 +488,8 @@ The paths, each at concurrency 1 and 4, with the same runtime threads everywhere
   async Ray Serve deployment of the bench's own beside lis (`benchmarks/in_deployment.py`),
   timed there; for the demo models.
 - **http**: lis itself: HTTP to the ingress, then the service's replica.
+- **oip**: the same image through the Open Inference Protocol (`POST /v2/models/{m}/infer`,
+  a BYTES input in Triton's binary extension, the output as JSON), as `tritonclient` sends it.
 
 The rows are measured one after another, so they carry the machine's drift; the verdicts
 compare two paths measured in alternating blocks (with lis stopped during raw's throughput
@@ -539,11 +572,13 @@ def main() -> int:
         paired: dict[str, float] = {}
         https = {spec.name: http_load(config.http.port, spec.name, body)
                  for spec in config.services}
+        oips = {spec.name: open_inference_load(config.http.port, spec.name, body)
+                for spec in config.services}
         demo = targets([spec.name for spec in config.services])
         in_cluster = in_cluster_loads(config.services, deploy_caller(), body, demo)
         for spec in config.services:
-            rows += measure_rows(spec.name, {**in_cluster[spec.name], "http": https[spec.name]},
-                                 args.requests)
+            rows += measure_rows(spec.name, {**in_cluster[spec.name], "http": https[spec.name],
+                                             "oip": oips[spec.name]}, args.requests)
         for name in demo:
             found = interleaved_load_p50s({"raw": threaded_load(raw_calls[name]),
                                            **in_cluster[name]}, PAIRED_ROUNDS, PAIRED_BLOCK)
@@ -563,12 +598,21 @@ def main() -> int:
                 THROUGHPUT_ROUNDS, max(20, round(THROUGHPUT_BLOCK_S * raw4.throughput)),
                 alone=frozenset({"raw"}))
             paired[f"{name}/raw@4"], paired[f"{name}/http@4"] = found["raw"], found["http"]
+            found = interleaved_p50s({"http": https[name].call, "oip": oips[name].call},
+                                     PAIRED_ROUNDS, PAIRED_BLOCK)
+            paired[f"{name}/oip-http"], paired[f"{name}/oip"] = found["http"], found["oip"]
+            found = interleaved_throughputs({"http": https[name], "oip": oips[name]}, 4,
+                                            THROUGHPUT_ROUNDS,
+                                            max(20, round(THROUGHPUT_BLOCK_S * raw4.throughput)))
+            paired[f"{name}/oip-http@4"], paired[f"{name}/oip@4"] = found["http"], found["oip"]
     finally:
         serve.shutdown()
-    order = {"raw": 0, "bare": 1, "handle": 2, "deployment": 3, "http": 4}
+    order = {"raw": 0, "bare": 1, "handle": 2, "deployment": 3, "http": 4, "oip": 5}
     rows.sort(key=lambda r: (r.service, order[r.path], r.concurrency))
     results = "\n".join([table(rows), "", *verdicts(rows, paired),
-                         *python_verdicts(targets([s.name for s in config.services]), paired)])
+                         *python_verdicts(targets([s.name for s in config.services]), paired),
+                         *open_inference_verdicts(targets([s.name for s in config.services]),
+                                                  paired)])
     print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
           f"a 1280x720 JPEG camera frame.\n\n{results}")
     if not args.no_write:
