@@ -110,7 +110,10 @@ def _draw_problems(sinks: Any, algorithm: str) -> list[tuple[str, str]]:
 
 def _rate_problems(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
     source = entry.get("source")
-    interval = entry.get("interval_s", 0)
+    try:
+        interval = float(entry.get("interval_s", 0))  # as the spec will read it: "0" too
+    except (TypeError, ValueError):
+        return []  # not a number: the spec says so
     if isinstance(source, dict) and source.get("type") == "image" and interval == 0:
         return [("interval_s", "an image re-read as fast as the service answers is the same "
                                "picture inferred over and over: give interval_s in seconds")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serve_app.config import load_config
 from vocabulary.errors import ConfigError
@@ -83,6 +85,11 @@ def test_every_mistake_in_pipelines_is_named_at_once(tmp_path: Path) -> None:
     service: imageClassification
     source: {type: image, path: nothere.jpg}
     sinks: [{type: mqtt, topic: ""}, {type: feedback, config_id: field-data}]
+  - name: zero
+    service: imageClassification
+    source: {type: image, path: scene.jpg}
+    interval_s: "0"
+    sinks: [{type: mqtt}]
   - name: fast
     service: imageClassification
     source: {type: stream, url: "ftp://camera.local/x"}
@@ -104,6 +111,8 @@ def test_every_mistake_in_pipelines_is_named_at_once(tmp_path: Path) -> None:
         "subscribing, not publishing",
         "name: 'door' is already the name of",
         f"source.path: no such image file: {tmp_path / 'nothere.jpg'}",
+        "interval_s: an image re-read as fast as the service answers is the same picture "
+        "inferred over and over: give interval_s in seconds",
         "interval_s: an image re-read as fast as the service answers is the same picture "
         "inferred over and over: give interval_s in seconds",
         "sinks[1].config_id: 'field-data' names no configuration of an MLFeedback connector "
@@ -173,3 +182,81 @@ feedback: {storage: {s3_endpoint_url: "file:///tmp/lis-test-store"}}
 """, extra=feedback)
     assert problems == ["sinks[0].draw: only object-detection services have boxes to draw, "
                         "not image-classification"]
+
+
+# --- any value, in any key: a ConfigError or a config, never a crash ---------------------
+
+_SCALARS = (st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=True)
+            | st.text(max_size=12) | st.sampled_from(["camera", "stream", "folder", "image",
+                                                     "mqtt", "feedback", "lis", "move", "0",
+                                                     "/dev/video0", "http://x/y", "incoming"]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.sampled_from(["type", "path", "url", "device",
+                                                          "topic", "format", "after",
+                                                          "move_to", "config_id", "draw",
+                                                          "when", "x"]), inner, max_size=4),
+                       max_leaves=8)
+_ENTRIES = st.dictionaries(st.sampled_from(["name", "service", "source", "sinks", "interval_s",
+                                            "camera", "state_directory", "algorithm", "y"]),
+                           _VALUES, max_size=7)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entry=_ENTRIES)
+def test_any_pipeline_entry_is_a_config_or_a_config_error(tmp_path: Path, entry: dict) -> None:
+    import json
+
+    path = tmp_path / "lis.json"
+    path.write_text(json.dumps({
+        "services": [{"LocalInferenceServiceName": "objectDetection",
+                      "algorithm": "object-detection", "platform": "x86-64", "model": "m"}],
+        "pipelines": [entry]}))
+    try:
+        load_config([path])
+    except ConfigError:
+        pass
+
+
+@st.composite
+def _nearly_valid(draw: st.DrawFn) -> dict:
+    """A valid entry of each source type, with one or two of its values made anything."""
+    kind = draw(st.sampled_from(["camera", "stream", "folder", "image"]))
+    source = {"camera": {"device": 0}, "stream": {"url": "http://cam/x.mjpg"},
+              "folder": {"path": "incoming", "after": "move", "move_to": "done"},
+              "image": {"path": "scene.jpg"}}[kind]
+    entry = {"name": "door", "service": "objectDetection", "interval_s": 1,
+             "source": {"type": kind, **source},
+             "sinks": [{"type": "mqtt", "format": "lis", "topic": "a/b"},
+                       {"type": "feedback", "config_id": "frames", "draw": True}]}
+    containers = [entry, entry["source"], entry["sinks"][0], entry["sinks"][1]]
+    for _ in range(draw(st.integers(1, 2))):
+        where = draw(st.sampled_from(containers))
+        key = draw(st.sampled_from(sorted(where) + ["when", "top_k", "labels", "patterns"]))
+        where[key] = draw(_VALUES)
+    return entry
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entry=_nearly_valid())
+def test_a_nearly_valid_entry_is_a_config_or_a_config_error(tmp_path: Path, entry: dict) -> None:
+    import json
+
+    (tmp_path / "incoming").mkdir(exist_ok=True)
+    (tmp_path / "scene.jpg").write_bytes(b"\xff\xd8")
+    path = tmp_path / "lis.json"
+    path.write_text(json.dumps({
+        "services": [{"LocalInferenceServiceName": "objectDetection",
+                      "algorithm": "object-detection", "platform": "x86-64", "model": "m"}],
+        "connectors": [{"Id": "Feedback", "ConnectorArn":
+                        "arn:aws:greengrass:us-west-2::/connectors/MLFeedback/versions/1",
+                        "Parameters": {"FeedbackConfigurationMap": json.dumps(
+                            {"frames": {"s3-bucket-name": "frames",
+                                        "content-type": "image/jpeg"}})}}],
+        "feedback": {"storage": {"s3_endpoint_url": "file:///tmp/lis-fuzz-store"}},
+        "pipelines": [entry]}))
+    try:
+        load_config([path])
+    except ConfigError:
+        pass
