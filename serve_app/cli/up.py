@@ -139,6 +139,9 @@ def _start(args: argparse.Namespace, stopper: Stopper, started: _Started) -> Non
              else " - all services ready"), flush=True)
     print(f"try: {_example(config, args.host, args.port, token, _sample_image(sources))}",
           flush=True)
+    if config.pipelines:
+        print(f"pipelines: {', '.join(p.name for p in config.pipelines)} "
+              "(lis status shows what each has read, inferred and published)", flush=True)
     if not args.log_to_console:
         print(f"logs (one access line per request): {SERVE_LOG_DIR} on each node", flush=True)
     if token and not args.detach:
