@@ -61,9 +61,14 @@ class MjpegServer:
 
     BOUNDARY = "lisframe"
 
-    def __init__(self, frames: list[bytes], frames_per_connection: int | None = None) -> None:
+    def __init__(self, frames: list[bytes], frames_per_connection: int | None = None,
+                 *, stall: bool = False) -> None:
         self.frames = frames
         self.frames_per_connection = frames_per_connection
+        # After its frames, leave the connection open and silent (a camera whose network
+        # went away) instead of closing it.
+        self.stall = stall
+        self._stop = threading.Event()
         self.connections = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -74,6 +79,7 @@ class MjpegServer:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -99,6 +105,8 @@ class MjpegServer:
                             f"--{server.BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body + b"\r\n")
                         sent += 1
+                    if server.stall:
+                        server._stop.wait()  # silent, open, until the test ends
                 except (BrokenPipeError, ConnectionResetError, socket.timeout):
                     return
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PIPELINE_STATE_DIRECTORY",
     "DEFAULT_REOPEN_MAX_S",
     "DEFAULT_SCORE_THRESHOLD",
+    "DEFAULT_STREAM_TIMEOUT_S",
     "DEFAULT_TOP_K",
     "GREENGRASS_V2_TOPICS",
     "CameraSource",
@@ -48,6 +49,8 @@ DEFAULT_BUFFER_MESSAGES = 100
 # A dropped stream is reopened after 0.5 s, then twice as long each time, up to this.
 DEFAULT_REOPEN_MAX_S = 30.0
 DEFAULT_IMAGE_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.JPG", "*.JPEG", "*.PNG")
+# A network stream silent this long (opening, or between two frames) has dropped.
+DEFAULT_STREAM_TIMEOUT_S = 10.0
 # Where a folder source records the files it has inferred (one file per pipeline).
 DEFAULT_PIPELINE_STATE_DIRECTORY = Path("~/.local/state/lis/pipelines")
 
@@ -94,6 +97,10 @@ class StreamSource(BaseModel):
     url: str = Field(min_length=1, description="http(s)://, rtsp:// or a video file's path.")
     reopen_max_s: float = Field(DEFAULT_REOPEN_MAX_S, gt=0,
                                 description="Longest wait between two tries to reopen it.")
+    timeout_s: float = Field(
+        DEFAULT_STREAM_TIMEOUT_S, gt=0,
+        description="A network stream that takes longer to open, or to give its next frame, "
+                    "has dropped: it is closed and reopened.")
 
 
 class FolderSource(BaseModel):

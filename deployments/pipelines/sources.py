@@ -95,10 +95,12 @@ class LatestFrame:
     and from its start again when it ends, as a camera would go on.
     """
 
-    def __init__(self, target: int | str, description: str, reopen_max_s: float) -> None:
+    def __init__(self, target: int | str, description: str, reopen_max_s: float,
+                 timeout_s: float | None = None) -> None:
         self.description = description
         self._target = target
         self._reopen_max_s = reopen_max_s
+        self._timeout_s = timeout_s
         self._is_file = isinstance(target, str) and Path(target).is_file() \
             and not target.startswith("/dev/")
         self.read = self.skipped = self.reopened = 0
@@ -142,7 +144,7 @@ class LatestFrame:
         """Read frames until the stream fails; whether it gave any."""
         import cv2
 
-        capture = cv2.VideoCapture(self._target)
+        capture = self._open(cv2)
         try:
             if not capture.isOpened():
                 self.problem = f"cannot open {self.description}"
@@ -166,6 +168,16 @@ class LatestFrame:
             return gave
         finally:
             capture.release()
+
+    def _open(self, cv2: Any) -> Any:
+        if self._timeout_s is None or not isinstance(self._target, str) or self._is_file:
+            return cv2.VideoCapture(self._target)
+        # A network stream: FFmpeg waits for a silent server forever unless told not to,
+        # and a stalled connection (a camera whose Wi-Fi went) is how streams mostly drop.
+        timeout_ms = int(self._timeout_s * 1000)
+        return cv2.VideoCapture(self._target, cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
 
     def _file_period(self, capture: Any, cv2: Any) -> float:
         if not self._is_file:
@@ -350,7 +362,7 @@ def open_source(spec: PipelineSpec) -> Source:
     if isinstance(source, CameraSource):
         return LatestFrame(source.device, f"camera:{source.device}", source.reopen_max_s)
     if isinstance(source, StreamSource):
-        return LatestFrame(source.url, source.url, source.reopen_max_s)
+        return LatestFrame(source.url, source.url, source.reopen_max_s, source.timeout_s)
     if isinstance(source, FolderSource):
         assert spec.record_file is not None
         return FolderWatch(source, spec.record_file, str(source.path))

@@ -322,3 +322,29 @@ def test_a_watched_folder_that_goes_away_is_reported_and_watched_again(
     finally:
         runner.stop()
     assert runner.stats()["last_error"] is None
+
+
+def test_a_stream_gone_silent_is_reopened_after_its_timeout(
+        tmp_path: Path, mqtt_broker: MqttBroker, publisher: Any, classify: Any,
+        classifier_facts: Any) -> None:
+    from camera import MjpegServer, numbered_frames
+
+    import cv2
+
+    frames = [cv2.imencode(".jpg", frame)[1].tobytes() for frame in numbered_frames(10)]
+    camera = MjpegServer(frames, frames_per_connection=30, stall=True)
+    camera.start()
+    spec = _spec({"type": "stream", "url": camera.url, "reopen_max_s": 1, "timeout_s": 1},
+                 tmp_path)
+    runner = _runner(spec, publisher("silent"), classify, classifier_facts)
+    runner.start()
+    try:
+        wait_until(lambda: camera.connections >= 3, timeout_s=60,
+                   message="the silent stream given up and opened again, twice")
+        published = len(mqtt_broker.messages(TOPIC))
+        wait_until(lambda: len(mqtt_broker.messages(TOPIC)) > published, timeout_s=30,
+                   message="results from the new connection")
+    finally:
+        runner.stop()
+        camera.stop()
+    assert runner.stats()["stream_reopened"] >= 2
