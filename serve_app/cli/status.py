@@ -8,6 +8,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 from typing import Any
 
 from serve_app.transport import tls_context
@@ -26,10 +27,11 @@ def fetch_services(endpoint: str) -> list[dict[str, Any]]:
 
 
 def fetch_pipelines(endpoint: str) -> list[dict[str, Any]]:
-    return _get(endpoint, "/pipelines")["pipelines"]
+    """The pipelines of a running lis; none from a lis older than pipelines (no such route)."""
+    return _get(endpoint, "/pipelines", {"pipelines": []})["pipelines"]
 
 
-def _get(endpoint: str, path: str) -> dict[str, Any]:
+def _get(endpoint: str, path: str, if_absent: dict[str, Any] | None = None) -> dict[str, Any]:
     request = urllib.request.Request(endpoint.rstrip("/") + path)
     token = os.environ.get(TOKEN_ENV)
     if token:
@@ -41,6 +43,8 @@ def _get(endpoint: str, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=10, context=tls) as response:
             return json.load(response)
     except urllib.error.HTTPError as error:
+        if error.code == HTTPStatus.NOT_FOUND and if_absent is not None:
+            return if_absent
         raise _answered_error(error) from error
     except (urllib.error.URLError, OSError) as error:
         raise ServiceUnavailable("lis", f"cannot reach {endpoint}: {error}") from error

@@ -69,3 +69,34 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_status_without_a_running_lis_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--endpoint", "http://127.0.0.1:9"]) == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_status_of_a_lis_older_than_pipelines_lists_its_services(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class OlderLis(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            known = self.path == "/services"
+            body = json.dumps({"services": [{"name": "objectDetection", "algorithm":
+                                             "object-detection", "platform": "x86-64",
+                                             "state": "RUNNING", "replicas": {"RUNNING": 1}}]}
+                              if known else {"error": {"type": "NotFound", "message": "-"}})
+            self.send_response(200 if known else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OlderLis)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["status", "--endpoint", endpoint]) == 0
+    finally:
+        server.shutdown()
+    out = capsys.readouterr().out
+    assert "objectDetection" in out and "RUNNING" in out and "PIPELINE" not in out
