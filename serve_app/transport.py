@@ -287,10 +287,24 @@ def _inside_lis_cluster() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+_http_transports: dict[tuple[str, str | None, str | None], HttpTransport] = {}
+_http_transports_lock = threading.Lock()
+
+
 def from_environment() -> Transport:
+    """The transport the environment asks for now.
+
+    HTTP transports are kept, one per endpoint, token and CA: each SDK call
+    (a camera's Lambda code makes one every frame) then reuses its thread's
+    kept-alive connection instead of opening a new TCP (and TLS) connection.
+    """
     mode = os.environ.get(TRANSPORT_ENV, "auto")
     if mode == "handle" or (mode == "auto" and _inside_lis_cluster()):
         return HandleTransport()
-    return HttpTransport(os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
-                          os.environ.get(TOKEN_ENV) or None,
-                          os.environ.get(CA_FILE_ENV) or None)
+    key = (os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), os.environ.get(TOKEN_ENV) or None,
+           os.environ.get(CA_FILE_ENV) or None)
+    with _http_transports_lock:
+        transport = _http_transports.get(key)
+        if transport is None:
+            transport = _http_transports[key] = HttpTransport(*key)
+        return transport
