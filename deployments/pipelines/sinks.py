@@ -21,6 +21,7 @@ from deployments.feedback.mqtt import MqttPublisher
 from deployments.pipelines.messages import Inferred, message_for
 from deployments.pipelines.snapshots import drawn, has_result
 from deployments.pipelines.sources import Frame
+from vocabulary.errors import LisError
 from vocabulary.pipeline_specs import FeedbackSink, MqttSink
 
 __all__ = ["FeedbackResults", "MqttResults", "ResultSink", "totals"]
@@ -104,7 +105,12 @@ class FeedbackResults:
             return  # not a snapshot this sink takes: neither published nor dropped
         body, content_type = frame.body, frame.content_type
         if self._sink.draw:
-            body, content_type = drawn(frame.body, result, threshold), "image/jpeg"
+            try:
+                body, content_type = drawn(frame.body, result, threshold), "image/jpeg"
+            except LisError as error:  # a frame OpenCV cannot decode: no snapshot of it
+                self.dropped += 1
+                log.warning("no snapshot of a pipeline frame: %s", error)
+                return
         metadata = {"pipeline": self._pipeline, "service": result.service,
                     "source": result.source, "frame-time": result.frame_time.isoformat(),
                     "content-type": content_type, "boxes-drawn": str(self._sink.draw).lower()}
@@ -119,13 +125,18 @@ class FeedbackResults:
         still: list[Any] = []
         for response in self._in_flight:
             try:
-                response.result(timeout_s=0)
-                self.published += 1
+                status = response.result(timeout_s=0)
             except TimeoutError:
                 still.append(response)  # not answered yet
             except Exception:  # noqa: BLE001 - feedback never stops a pipeline
                 self.dropped += 1
                 log.warning("could not hand a pipeline frame to ML Feedback", exc_info=True)
+                continue
+            # Refused (RequestLimit reached, spool full): the worker keeps nothing of it.
+            if status.get("response", {}).get("status") == "fail":
+                self.dropped += 1
+            else:
+                self.published += 1
         self._in_flight = still
 
 

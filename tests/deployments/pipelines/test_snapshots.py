@@ -110,3 +110,18 @@ def test_snapshots_of_frames_with_a_detection_with_the_boxes_drawn(store: Any) -
     blue, green, red = (int(c) for c in image[100, 50])  # on the box's left edge, x = 0.25 * 200
     assert green > 200 and blue < 80 and red < 80
     assert abs(int(image[100, 100][1]) - 128) < 10  # inside the box: the frame as it was
+
+
+def test_a_refused_hand_off_and_an_undrawable_frame_are_dropped_not_fatal(
+        store: Any, tmp_path: Path) -> None:
+    worker, folder = store
+    refused = FeedbackResults(worker, FeedbackSink(config_id="no-such-config"), "door")
+    refused.send(_result([]), _frame())
+    refused.flush()
+    assert (refused.published, refused.dropped) == (0, 1)  # the worker answered "fail"
+    drawing = FeedbackResults(worker, FeedbackSink(config_id="snapshots", draw=True), "door")
+    broken = Frame(b"not an image", "image/jpeg", "camera:0", 8,
+                   dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc))
+    drawing.send(_result([[0, 0.9, 0.25, 0.25, 0.75, 0.75]]), broken)
+    assert (drawing.published, drawing.dropped) == (0, 1)
+    assert _uploaded(folder) == []
