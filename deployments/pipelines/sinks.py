@@ -128,6 +128,7 @@ class FeedbackResults:
                 status = response.result(timeout_s=0)
             except TimeoutError:
                 still.append(response)  # not answered yet
+                continue
             except Exception:  # noqa: BLE001 - feedback never stops a pipeline
                 self.dropped += 1
                 log.warning("could not hand a pipeline frame to ML Feedback", exc_info=True)

@@ -31,10 +31,16 @@ from vocabulary.pipeline_specs import FeedbackSink
 
 
 class _Answer:
+    """A Ray Serve response: not ready when first asked (as the worker takes its time)."""
+
     def __init__(self, value: Any) -> None:
         self._value = value
+        self._asked = False
 
     def result(self, timeout_s: float | None = None) -> Any:
+        if not self._asked:
+            self._asked = True
+            raise TimeoutError
         return self._value
 
 
@@ -80,6 +86,12 @@ def _result(rows: list[list[float]]) -> Inferred:
                     ("person",), (512, 512))
 
 
+def _settle(sink: FeedbackResults) -> None:
+    """Flush until the worker has answered every hand-off."""
+    wait_until(lambda: (sink.flush(), sink.buffered == 0)[1], timeout_s=30,
+               message="the worker's answers")
+
+
 def _uploaded(folder: Path) -> list[bytes]:
     return [path.read_bytes() for path in sorted(folder.glob("*.jpg"))]
 
@@ -90,7 +102,7 @@ def test_every_frame_goes_to_feedback_as_it_was_read(store: Any) -> None:
     frame = _frame()
     sink.send(_result([]), frame)
     wait_until(lambda: _uploaded(folder), timeout_s=30, message="the upload")
-    sink.flush()
+    _settle(sink)
     assert _uploaded(folder) == [frame.body] and (sink.published, sink.dropped) == (1, 0)
 
 
@@ -103,7 +115,7 @@ def test_snapshots_of_frames_with_a_detection_with_the_boxes_drawn(store: Any) -
     sink.send(_result([[0, 0.4, 0.25, 0.25, 0.75, 0.75]]), _frame())  # below 0.5: no snapshot
     sink.send(_result([[0, 0.9, 0.25, 0.25, 0.75, 0.75]]), _frame())
     (snapshot,) = wait_until(lambda: _uploaded(folder), timeout_s=30, message="the snapshot")
-    sink.flush()
+    _settle(sink)
     assert sink.published == 1
     image = cv2.imdecode(np.frombuffer(snapshot, dtype=np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (200, 200, 3)
@@ -117,6 +129,8 @@ def test_a_refused_hand_off_and_an_undrawable_frame_are_dropped_not_fatal(
     worker, folder = store
     refused = FeedbackResults(worker, FeedbackSink(config_id="no-such-config"), "door")
     refused.send(_result([]), _frame())
+    refused.flush()  # not answered yet
+    assert (refused.published, refused.dropped, refused.buffered) == (0, 0, 1)
     refused.flush()
     assert (refused.published, refused.dropped) == (0, 1)  # the worker answered "fail"
     drawing = FeedbackResults(worker, FeedbackSink(config_id="snapshots", draw=True), "door")
