@@ -29,7 +29,7 @@ from vocabulary.specs import HttpSpec
 
 SERVICE = SimpleNamespace(name="svc", algorithm="image-classification")
 # The config of a site whose first `lis up` was given --host 0.0.0.0 on the command line.
-CONFIG = SimpleNamespace(services=[SERVICE], service=lambda name: SERVICE,
+CONFIG = SimpleNamespace(services=[SERVICE], service=lambda name: SERVICE, pipelines=[],
                          http=HttpSpec(host="127.0.0.1", port=8000))
 RUNNING = {"svc": {"state": "RUNNING", "replicas": {"RUNNING": 1}, "message": ""}}
 
