@@ -47,6 +47,7 @@ from benchmarks.http_load import HttpLoad
 from benchmarks.in_deployment import deploy_caller, deployment_load
 
 if TYPE_CHECKING:
+    from benchmarks.pipeline import PipelineFigures
     from deployments.inference import Prediction
     from vocabulary.specs import ServiceSpec
 
@@ -438,6 +439,25 @@ def verdicts(rows: list[Figures], paired: dict[str, float]) -> list[str]:
 
 
 PYTHON_TARGET_MS = 1.0
+PIPELINE_TARGET_RATIO = 0.9
+
+
+def pipeline_verdicts(rows: list[Figures], pipelines: dict[str, PipelineFigures]) -> list[str]:
+    """A pipeline's rate against its service's HTTP throughput at concurrency 1."""
+    if not pipelines:
+        return []
+    from benchmarks.pipeline import FPS, SERVICE, pipeline_summary
+
+    http1 = next(r for r in rows if (r.service, r.path, r.concurrency) == (SERVICE, "http", 1))
+    image, camera = pipelines["image"], pipelines["camera"]
+    ratio = image.rate / http1.throughput
+    return [f"- a pipeline on {SERVICE}, the camera frame's file re-read as soon as each result "
+            f"is out, published over MQTT (`benchmarks/pipeline.py`): {pipeline_summary(image)};"
+            f" {ratio:.2f}x the service's HTTP throughput at concurrency 1 ({http1.throughput:.1f}"
+            f" req/s, the row above, measured later in this run; target >= "
+            f"{PIPELINE_TARGET_RATIO:g}: {'met' if ratio >= PIPELINE_TARGET_RATIO else 'NOT met'})."
+            f" From a {FPS} fps camera (a video of the frame), the newest frame each time: "
+            f"{pipeline_summary(camera)}."]
 OIP_TARGET_MS, OIP_TARGET_RATIO = 0.5, 0.95
 
 
@@ -528,6 +548,8 @@ def main() -> int:
                         help="services to measure (default: the demo detector and classifier)")
     parser.add_argument("--no-footprint", action="store_true",
                         help="skip the demo stack's memory and time-to-ready section")
+    parser.add_argument("--no-pipelines", action="store_true",
+                        help="skip the camera pipeline's rate and latency")
     args = parser.parse_args()
 
     from serve_app.config import load_config
@@ -543,9 +565,14 @@ def main() -> int:
 
         footprint = footprint_section(measure_footprint())
         print(footprint, flush=True)
+    body = camera_frame()
+    pipelines: dict[str, PipelineFigures] = {}
+    if not args.no_pipelines and args.config == BENCH_CONFIG:  # its own `lis up` too
+        from benchmarks.pipeline import measure_pipeline
+
+        pipelines = {kind: measure_pipeline(body, kind) for kind in ("image", "camera")}
     config = load_config([args.config])
     empty_feedback_folders(config.feedback)
-    body = camera_frame()
     rows: list[Figures] = []
     raw_calls: dict[str, Callable[[], object]] = {}
     for spec in config.services:  # raw and bare, before Ray takes any CPU
@@ -612,7 +639,8 @@ def main() -> int:
     results = "\n".join([table(rows), "", *verdicts(rows, paired),
                          *python_verdicts(targets([s.name for s in config.services]), paired),
                          *open_inference_verdicts(targets([s.name for s in config.services]),
-                                                  paired)])
+                                                  paired),
+                         *pipeline_verdicts(rows, pipelines)])
     print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
           f"a 1280x720 JPEG camera frame.\n\n{results}")
     if not args.no_write:
