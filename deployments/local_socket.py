@@ -75,6 +75,7 @@ __all__ = [
     "current_node_id",
     "peer_uid",
     "read_answer",
+    "receive_frame",
     "service_sockets",
     "socket_path",
     "sockets_root",
@@ -449,8 +450,8 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
     return bytes(data)
 
 
-def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | None:
-    """One request from a blocking socket; ``None`` when the other side closed."""
+def receive_frame(connection: socket.socket, max_body_bytes: int) -> tuple[bytes, bytes] | None:
+    """One frame's (header, body) from a blocking socket; ``None`` when the other side closed."""
     prefix = _receive_exactly(connection, FRAME_PREFIX.size)
     if prefix is None:
         return None
@@ -459,7 +460,13 @@ def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | N
     body = _receive_exactly(connection, body_size) if header is not None else None
     if header is None or body is None:
         raise ConnectionResetError("the connection closed mid-frame")
-    return decode_request(header, body)
+    return header, body
+
+
+def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | None:
+    """One request from a blocking socket; ``None`` when the other side closed."""
+    frame = receive_frame(connection, max_body_bytes)
+    return None if frame is None else decode_request(*frame)
 
 
 def _send(connection: socket.socket, answer: Answer) -> None:

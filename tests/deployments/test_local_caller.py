@@ -1,0 +1,117 @@
+"""A pipeline's blocking caller of the replicas' sockets (``deployments.local_caller``),
+against real replica-side servers (``LocalServer``) on this machine."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from waiting import wait_until
+
+from deployments.local_caller import LocalCaller, LocalUnreachable
+from deployments.local_socket import LocalServer, socket_path
+from vocabulary.errors import AlgorithmMismatch, InferenceTimeout
+from vocabulary.wire import InferenceResult
+
+SERVICE = "cameraService"
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    shutil.rmtree(socket_path(name, SERVICE, "any").parent, ignore_errors=True)
+
+
+class Replica:
+    """A replica's socket server that records which connection each request came on."""
+
+    def __init__(self, node: str, name: str, *, max_ongoing: int = 5,
+                 gate: threading.Event | None = None) -> None:
+        self.threads: list[int] = []
+        self.gate = gate
+        self.server = LocalServer(socket_path(node, SERVICE, name), self.answer, SERVICE, 10,
+                                  max_ongoing=max_ongoing)
+        self.server.start()
+
+    def answer(self, body: bytes, content_type: str | None, algo_type: str | None) -> Any:
+        self.threads.append(threading.get_ident())  # one thread per connection
+        if self.gate is not None:
+            self.gate.wait(30)
+        if body == b"mismatch":
+            raise AlgorithmMismatch(SERVICE, algo_type or "", "image-classification")
+        return InferenceResult(f"{body.decode()}|{content_type}", "application/json")
+
+
+def test_frames_go_over_one_kept_connection(node: str) -> None:
+    replica = Replica(node, "r1")
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    try:
+        for index in range(3):
+            assert caller.call(f"frame{index}".encode(), "image/jpeg").body == \
+                f"frame{index}|image/jpeg"
+        assert caller.answered == 3
+        assert len(replica.threads) == 3 and len(set(replica.threads)) == 1
+    finally:
+        caller.close()
+        replica.server.stop(5)
+
+
+def test_the_replicas_error_is_raised_and_the_connection_kept(node: str) -> None:
+    replica = Replica(node, "r1")
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    try:
+        with pytest.raises(AlgorithmMismatch):
+            caller.call(b"mismatch", "image/jpeg", "object-detection")
+        assert caller.call(b"next", None).body == "next|None"
+        assert len(set(replica.threads)) == 1
+    finally:
+        caller.close()
+        replica.server.stop(5)
+
+
+def test_no_socket_or_a_busy_replica_means_the_handle(node: str) -> None:
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    with pytest.raises(LocalUnreachable, match="no replica of cameraService listens"):
+        caller.call(b"x", None)
+    gate = threading.Event()
+    replica = Replica(node, "r1", max_ongoing=1, gate=gate)
+    other = LocalCaller(SERVICE, node, timeout_s=10)
+    first = threading.Thread(target=other.call, args=(b"held", None))
+    first.start()
+    try:
+        # The replica runs its most (one, held at the gate): it answers Busy, unstarted.
+        with pytest.raises(LocalUnreachable, match="the replica is running 1 requests"):
+            _when_running(replica, lambda: caller.call(b"second", None))
+        assert replica.threads.count(replica.threads[0]) == 1
+    finally:
+        gate.set()
+        first.join(10)
+        caller.close()
+        other.close()
+        replica.server.stop(5)
+
+
+def test_a_replica_that_does_not_answer_in_time_is_a_timeout(node: str) -> None:
+    gate = threading.Event()
+    replica = Replica(node, "r1", gate=gate)
+    caller = LocalCaller(SERVICE, node, timeout_s=0.5)
+    try:
+        with pytest.raises(InferenceTimeout):
+            caller.call(b"slow", None)
+        gate.set()
+        assert caller.call(b"after", None).body == "after|None"  # a new connection
+    finally:
+        gate.set()
+        caller.close()
+        replica.server.stop(5)
+
+
+def _when_running(replica: Replica, call: Any) -> Any:
+    wait_until(lambda: len(replica.threads) == 1, timeout_s=10,
+               message="the first request to be running")
+    return call()
