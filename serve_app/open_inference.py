@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -278,7 +279,7 @@ def _image_input(header: Mapping[str, Any], tensors: bytes,
         if len(pixels) != 3 or pixels[2] != 3:
             raise InvalidArgument(f"input {INPUT_NAME!r} UINT8 shape", shape,
                                   "[H, W, 3] (RGB pixels)")
-        data = raw if raw is not None else _json_numbers(given, shape, "B", range(256))
+        data = raw if raw is not None else _json_numbers(given, shape, uint8=True)
         return _Input(_sized(data, pixels, 1, "UINT8"),
                       array_content_type(RGB8_CONTENT_TYPE, pixels))
     if datatype == "FP32":
@@ -286,7 +287,7 @@ def _image_input(header: Mapping[str, Any], tensors: bytes,
         if expected is not None and list(shape) != list(expected):
             raise InvalidArgument(f"input {INPUT_NAME!r} FP32 shape", shape,
                                   f"the model's input shape {list(expected)}")
-        data = raw if raw is not None else _json_numbers(given, shape, "<f", None)
+        data = raw if raw is not None else _json_numbers(given, shape, uint8=False)
         return _Input(_sized(data, tuple(shape), 4, "FP32"),
                       array_content_type(TENSOR_CONTENT_TYPE, tuple(shape)))
     raise InvalidArgument(f"input {INPUT_NAME!r} datatype", datatype,
@@ -333,17 +334,15 @@ def _encoded_image(shape: Sequence[int], given: Mapping[str, Any], raw: bytes | 
                               "the image, base64-encoded (in JSON)") from error
 
 
-def _json_numbers(given: Mapping[str, Any], shape: Sequence[int], code: str,
-                  allowed: range | None) -> bytes:
+def _json_numbers(given: Mapping[str, Any], shape: Sequence[int], *, uint8: bool) -> bytes:
+    """JSON ``data`` as the tensor's bytes: 0-255 integers, or little-endian float32s."""
     values = _flat(given.get("data"))
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     if len(values) != count:
         raise InvalidArgument(f"input {INPUT_NAME!r} data", f"{len(values)} values",
                               f"{count} for shape {list(shape)}")
-    if allowed is not None:
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v in allowed
+    if uint8:
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
                    for v in values):
             raise InvalidArgument(f"input {INPUT_NAME!r} data", "a value outside 0-255",
                                   "integers 0-255")
@@ -351,7 +350,7 @@ def _json_numbers(given: Mapping[str, Any], shape: Sequence[int], code: str,
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise InvalidArgument(f"input {INPUT_NAME!r} data", "a value that is not a number",
                               "numbers")
-    return struct.pack(f"{code[0]}{count}{code[1]}", *values)
+    return struct.pack(f"<{count}f", *values)
 
 
 def _flat(data: Any) -> list[Any]:
@@ -365,9 +364,7 @@ def _flat(data: Any) -> list[Any]:
 
 
 def _sized(data: bytes, shape: tuple[int, ...], item_bytes: int, datatype: str) -> bytes:
-    count = item_bytes
-    for size in shape:
-        count *= size
+    count = item_bytes * math.prod(shape)
     if len(data) != count:
         raise InvalidArgument(f"input {INPUT_NAME!r} {datatype} data", f"{len(data)} bytes",
                               f"{count} bytes for shape {list(shape)}")
