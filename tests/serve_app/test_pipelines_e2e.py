@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from _replicas import local_requests
 from camera import jpeg_bytes
 from waiting import wait_until
 
@@ -34,17 +35,10 @@ def _sources(running_lis: Any) -> list[str]:
     return [Path(m["source"]).name for m in running_lis.broker.messages(LIS_TOPIC)]
 
 
-def _local_requests(service: str) -> int:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(service, app_name="lis")
-    return handle.describe.remote().result(timeout_s=30)["local_requests"]
-
-
 def test_a_folder_pipeline_publishes_both_formats_and_reports_its_counters(
         running_lis: Any, http_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
     broker = running_lis.broker
-    over_sockets = _local_requests("imageClassification")
+    over_sockets = local_requests("imageClassification")
     for index in range(2):
         _drop(running_lis.inbox, f"shot-{index}.jpg", index)
     wait_until(lambda: len(broker.messages(LIS_TOPIC)) >= 2, timeout_s=120, interval_s=0.5,
@@ -64,7 +58,7 @@ def test_a_folder_pipeline_publishes_both_formats_and_reports_its_counters(
     assert [m["sequence"] for m in lis] == [1, 2]
     assert all(m["service"] == "imageClassification" and len(m["output"]) == 3 for m in lis)
     # One box: the pipeline reached the replica over its socket, not through Ray Serve.
-    assert _local_requests("imageClassification") == over_sockets + 2
+    assert local_requests("imageClassification") == over_sockets + 2
 
     uploaded = running_lis.feedback_store / "field-samples" / "pipeline"
     wait_until(lambda: len(list(uploaded.glob("*.jpg"))) >= 2, timeout_s=60,

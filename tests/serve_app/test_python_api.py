@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import requests
 from _composer import COMPOSER_APP, Raised, SdkAnswer
+from _replicas import local_requests, replica_view
 from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
@@ -279,18 +280,6 @@ def test_a_user_deployment_gets_errors_of_the_one_tree(watchers: dict[str, Any],
 # --- which road a call takes: the replica's socket on its node, else the handle ----------
 
 
-def _replica_view(service: str) -> dict[str, Any]:
-    """The service's replica's own counts (one replica: the test lis runs one per service)."""
-    from ray import serve
-
-    return serve.get_deployment_handle(service, app_name="lis").describe.remote().result(
-        timeout_s=30)
-
-
-def _local_requests(service: str) -> int:
-    return _replica_view(service)["local_requests"]
-
-
 def _http_requests_counted(endpoint: str, service: str) -> float:
     """What the ingress's /metrics counts for ``service``: the requests that passed it."""
     text = requests.get(f"{endpoint}/metrics", timeout=30).text
@@ -312,7 +301,7 @@ def test_python_calls_on_the_replicas_node_take_its_socket(running_lis, handle_t
     service = CLASSIFICATION[1]
     expected = _over_http(running_lis.endpoint, service).content
     counted, local = _http_requests_counted(running_lis.endpoint, service), \
-        _local_requests(service)
+        local_requests(service)
     assert _sdk_call() == expected  # a driver, sync
     assert asyncio.run(ml.client("inference").invoke_inference_service_async(
         AlgoType=CLASSIFICATION[0], ServiceName=service, ContentType="image/jpeg",
@@ -321,7 +310,7 @@ def test_python_calls_on_the_replicas_node_take_its_socket(running_lis, handle_t
     for deployment, way in (("async", "sdk"), ("async", "typed-sync"), ("sync", "typed")):
         answer = _ask(watchers, deployment, way, *CLASSIFICATION)
         assert (answer.body if way == "sdk" else answer.raw) == expected, answer
-    assert _local_requests(service) == local + 6
+    assert local_requests(service) == local + 6
     assert _http_requests_counted(running_lis.endpoint, service) == counted
 
 
@@ -344,9 +333,9 @@ def test_a_python_call_takes_the_handle_when_the_socket_is_gone(running_lis,
         path.rename(moved)
     try:
         def answered_by_the_handle() -> bool:
-            before = _local_requests(service)
+            before = local_requests(service)
             assert _sdk_call(service, algo_type) == expected
-            return _local_requests(service) == before
+            return local_requests(service) == before
 
         # The client looks for sockets again within a second, dropping its pooled connection.
         wait_until(answered_by_the_handle, timeout_s=30, interval_s=0.2,
@@ -358,9 +347,9 @@ def test_a_python_call_takes_the_handle_when_the_socket_is_gone(running_lis,
             moved.rename(path)
 
     def answered_over_the_socket() -> bool:
-        before = _local_requests(service)
+        before = local_requests(service)
         assert _sdk_call(service, algo_type) == expected
-        return _local_requests(service) == before + 1
+        return local_requests(service) == before + 1
 
     wait_until(answered_over_the_socket, timeout_s=30, interval_s=0.2,
                message="the socket back in use once it is there again")
@@ -374,7 +363,7 @@ def test_the_replicas_limit_holds_for_the_ingress_and_a_python_caller_together(
 
     service, callers, rounds = CLASSIFICATION[1], 6, 8
     frame = _jpeg(1280, 720, seed=5)  # a slower decode: requests overlap in the replica
-    before = _replica_view(service)
+    before = replica_view(service)
     expected = _over_http(running_lis.endpoint, service, frame).content
 
     def over_http(_: int) -> bytes:
@@ -387,7 +376,7 @@ def test_the_replicas_limit_holds_for_the_ingress_and_a_python_caller_together(
         answers = list(pool.map(lambda i: (over_http if i % 2 else from_python)(i),
                                 range(2 * callers * rounds)))
     assert set(answers) == {expected}
-    after = _replica_view(service)
+    after = replica_view(service)
     assert after["local_requests"] - before["local_requests"] == 2 * callers * rounds + 1
     assert after["local_busy"] > before["local_busy"]  # they did compete for its slots
     assert after["most_running"] <= after["limits"]["max_ongoing_requests"] == 5

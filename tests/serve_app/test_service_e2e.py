@@ -17,6 +17,7 @@ import pytest
 import requests
 from PIL import Image
 from scrape import sample_value
+from _replicas import local_requests
 from waiting import wait_until
 
 import greengrass_machine_learning_sdk as ml
@@ -166,27 +167,20 @@ def test_client_over_a_handle_inside_the_cluster(running_lis, monkeypatch) -> No
             ContentType="image/jpeg", Body=b"not an image")
 
 
-def _local_requests(service: str) -> int:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(service, app_name="lis")
-    return handle.describe.remote().result(timeout_s=30)["local_requests"]
-
-
 def test_http_and_in_cluster_python_calls_take_the_local_socket(running_lis,
                                                                 monkeypatch) -> None:
     # One box: every replica shares the ingress's node (serve_app/_local.py), and
     # this test's process is a Ray driver on it (serve_app/_same_node.py).
-    before = _local_requests("imageClassification")
+    before = local_requests("imageClassification")
     over_http = _post(running_lis.endpoint, "imageClassification", _jpeg())
     assert over_http.status_code == 200
-    assert _local_requests("imageClassification") == before + 1
+    assert local_requests("imageClassification") == before + 1
     monkeypatch.delenv("LIS_TRANSPORT", raising=False)
     in_cluster = ml.client("inference").invoke_inference_service(
         AlgoType="image-classification", ServiceName="imageClassification",
         ContentType="image/jpeg", Body=_jpeg())["Body"].read().decode()
     assert in_cluster == over_http.text
-    assert _local_requests("imageClassification") == before + 2
+    assert local_requests("imageClassification") == before + 2
 
 
 SEED_EXAMPLES = Path(__file__).parent / "seed_examples"
