@@ -1,5 +1,5 @@
-"""A pipeline's blocking caller of the replicas' sockets (``deployments.local_caller``),
-against real replica-side servers (``LocalServer``) on this machine."""
+"""The blocking caller of the replicas' sockets (``deployments.local_caller``: pipelines,
+the Python client's threads), against real replica-side servers (``LocalServer``) here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from waiting import wait_until
 
-from deployments.local_caller import LocalCaller, LocalUnreachable
+from deployments.local_caller import AllBusy, LocalCaller, LocalUnreachable
 from deployments.local_socket import LocalServer, socket_path
 from vocabulary.errors import AlgorithmMismatch, InferenceTimeout
 from vocabulary.wire import InferenceResult
@@ -57,6 +57,60 @@ def test_frames_go_over_one_kept_connection(node: str) -> None:
         assert caller.answered == 3
         assert len(replica.threads) == 3 and len(set(replica.threads)) == 1
     finally:
+        caller.close()
+        replica.server.stop(5)
+
+
+def test_threads_calling_at_once_each_keep_a_connection_of_their_own(node: str) -> None:
+    # A Python client's threads share one caller: a request per connection at a
+    # time, and the connections kept for the next round.
+    gate = threading.Event()
+    replica = Replica(node, "r1", gate=gate)
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    answers: list[str] = []
+
+    def one_round() -> None:
+        threads = [threading.Thread(target=lambda i=i: answers.append(
+            caller.call(f"t{i}".encode(), None).body)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: replica.server.ongoing == 3, timeout_s=10,
+                   message="three requests running at once")
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+        gate.clear()
+
+    try:
+        one_round()
+        one_round()
+        assert sorted(answers) == sorted(["t0|None", "t1|None", "t2|None"] * 2)
+        assert len(replica.threads) == 6 and len(set(replica.threads)) == 3
+        assert caller.answered == 6
+    finally:
+        gate.set()
+        caller.close()
+        replica.server.stop(5)
+
+
+def test_every_replica_busy_is_told_apart_from_none_listening(node: str) -> None:
+    gate = threading.Event()
+    replica = Replica(node, "r1", max_ongoing=1, gate=gate)
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    first = threading.Thread(target=caller.call, args=(b"held", None))
+    first.start()
+    try:
+        # The client waits for a slot on AllBusy; on any other LocalUnreachable it
+        # goes through Ray Serve (serve_app/_same_node.py).
+        with pytest.raises(AllBusy):
+            _when_running(replica, lambda: caller.call(b"second", None))
+        with pytest.raises(LocalUnreachable) as elsewhere:
+            caller.call(b"third", None, running_replicas=2)
+        assert not isinstance(elsewhere.value, AllBusy)
+        assert "runs replicas on other nodes too" in str(elsewhere.value)
+    finally:
+        gate.set()
+        first.join(10)
         caller.close()
         replica.server.stop(5)
 

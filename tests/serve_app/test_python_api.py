@@ -314,6 +314,36 @@ def test_python_calls_on_the_replicas_node_take_its_socket(running_lis, handle_t
     assert _http_requests_counted(running_lis.endpoint, service) == counted
 
 
+def test_awaited_calls_on_two_event_loops_each_take_the_socket(running_lis,
+                                                               handle_transport: None) -> None:
+    # Each loop has its own route to the replica (a route's queue and
+    # connections belong to one loop): two loops in two threads, calling at once.
+    import threading
+
+    service = CLASSIFICATION[1]
+    expected = _over_http(running_lis.endpoint, service).content
+    before = local_requests(service)
+    client = ml.client("inference")
+
+    async def three() -> list[bytes]:
+        answers = await asyncio.gather(*(client.invoke_inference_service_async(
+            AlgoType=CLASSIFICATION[0], ServiceName=service, ContentType="image/jpeg",
+            Body=FRAME) for _ in range(3)))
+        return [answer["Body"].read() for answer in answers]
+
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.extend(asyncio.run(three())))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [expected] * 6
+    assert local_requests(service) == before + 6
+    assert asyncio.run(three()) == [expected] * 3  # a new loop after those closed
+    assert local_requests(service) == before + 9
+
+
 def _sockets_of(service: str) -> list[Path]:
     from deployments.local_socket import current_node_id, service_sockets
 
