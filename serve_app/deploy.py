@@ -110,6 +110,7 @@ def _require_proxies_with(certificate: dict[str, str]) -> None:
 
 # A lis stopped a moment ago may still hold its port while Ray winds down.
 _PORT_WAIT_S = 60.0
+_PORT_POLL_S = 0.5
 
 
 def wait_until_free(host: str, port: int, timeout_s: float = _PORT_WAIT_S) -> None:
@@ -125,12 +126,17 @@ def wait_until_free(host: str, port: int, timeout_s: float = _PORT_WAIT_S) -> No
                 if time.monotonic() > deadline:
                     raise LisError(f"cannot serve HTTP on {host}:{port}: {error.strerror}") \
                         from None
-        time.sleep(_POLL_S)
+        time.sleep(_PORT_POLL_S)
 
 
-# A deployment's status lags the deploy call by a control-loop tick: a state
-# counts as settled only when two polls this far apart agree.
-_POLL_S = 0.5
+# How often the wait asks the controller (about 1 ms of its CPU a time).
+_STATE_POLL_S = 0.2
+# A deployment's status lags the deploy call by a control-loop tick or more
+# (0.5 s on the 2-core reference box): a state settled from the first look may
+# be the one from before the deploy, and counts only when a look this much
+# later agrees. One seen unsettled first has changed since the deploy: it counts
+# at once.
+_CONFIRM_S = 1.0
 
 
 def _settled(state: dict[str, Any]) -> bool:
@@ -147,11 +153,13 @@ def wait_for_services(config: LisConfig, timeout_s: float,
     from serve_app.service_state import service_states
 
     demands = {spec.name: replica_demand(spec) for spec in config.services}
-    deadline = time.monotonic() + timeout_s
+    names = [INGRESS_DEPLOYMENT, *demands]  # the ingress too: its port opens only when it runs
+    started = time.monotonic()
+    deadline = started + timeout_s
     seen: dict[str, str] = {}
-    settled_before = False
+    changed: set[str] = set()  # seen unsettled since the deploy
     while True:
-        time.sleep(_POLL_S)
+        time.sleep(_STATE_POLL_S)
         states = service_states(demands=demands)
         for spec in config.services:
             state = states.setdefault(spec.name, {"state": "DEPLOYING", "message": ""})
@@ -164,9 +172,10 @@ def wait_for_services(config: LisConfig, timeout_s: float,
         if failed:
             raise LisError("services failed to start: " +
                            "; ".join(f"{n}: {m}" for n, m in failed.items()))
-        # The ingress too: with direct ingress its port opens only when it runs.
-        ingress = states.get(INGRESS_DEPLOYMENT, {"state": "DEPLOYING"})
-        settled = _settled(ingress) and all(_settled(states[s.name]) for s in config.services)
-        if (settled and settled_before) or time.monotonic() > deadline:
+        settled = {name for name in names
+                   if _settled(states.get(name, {"state": "DEPLOYING"}))}
+        changed |= set(names) - settled
+        confirmed = time.monotonic() - started >= _CONFIRM_S
+        if all(name in settled and (name in changed or confirmed) for name in names) \
+                or time.monotonic() > deadline:
             return states
-        settled_before = settled
