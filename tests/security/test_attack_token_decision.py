@@ -24,13 +24,18 @@ import pytest
 from serve_app import http_token as token_module
 from serve_app.cli import reload as reload_cli
 from serve_app.cli import up as up_cli
+from serve_app.config import load_config
 from serve_app.http_token import http_token
-from vocabulary.specs import HttpSpec
 
-SERVICE = SimpleNamespace(name="svc", algorithm="image-classification")
-# The config of a site whose first `lis up` was given --host 0.0.0.0 on the command line.
-CONFIG = SimpleNamespace(services=[SERVICE], service=lambda name: SERVICE, pipelines=[],
-                         http=HttpSpec(host="127.0.0.1", port=8000))
+# The config of a site whose first `lis up` was given --host 0.0.0.0 on the command line:
+# the services file says nothing of the host. Loaded as lis loads it, so a field a
+# command starts to read is there.
+SERVICES = """\
+services:
+  - LocalInferenceServiceName: svc
+    ConnectorArn: arn:aws:greengrass:us-west-2::/connectors/ImageClassificationx86-64/versions/2
+    model: /models/ic
+"""
 RUNNING = {"svc": {"state": "RUNNING", "replicas": {"RUNNING": 1}, "message": ""}}
 
 
@@ -49,8 +54,12 @@ def serve_bound_to_the_lan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> l
         deployed.append(kwargs)
         return {"svc": None}
 
+    services = tmp_path / "services.yaml"
+    services.write_text(SERVICES)
+    config = load_config([services])
+    assert config.http.host == "127.0.0.1"
     for cli in (up_cli, reload_cli):
-        monkeypatch.setattr(cli, "load_config", lambda sources: CONFIG)
+        monkeypatch.setattr(cli, "load_config", lambda sources: config)
         monkeypatch.setattr(cli, "connect_ray", lambda *args, **kwargs: None)
         monkeypatch.setattr(cli, "deploy", deploy)
         monkeypatch.setattr(cli, "wait_for_services", lambda *args, **kwargs: RUNNING)
