@@ -9,13 +9,15 @@ files and stdout:
 - ``<work>/build/``: ``compiled.so``, ``compiled.params``, ``compiled_model.json``;
 - ``<work>/reference.npz``: the source framework's outputs for ``<work>/input.npy``
   (MXNet's, or ONNX Runtime's for an ONNX model);
-- ``<work>/result.json``: the resolved target;
+- ``<work>/result.json``: the resolved target, and what tuning did (``modelkit._tune``);
+- ``<work>/tuning.log``: with tuning, the AutoTVM records the build applied;
 - ``<work>/error.txt``: on failure, one line saying what went wrong.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from modelkit._tune import TuningOptions, tune
 
 # The TVM tuning log lookup would otherwise try the network.
 os.environ.setdefault("TOPHUB_LOCATION", "NONE")
@@ -156,9 +160,10 @@ def _with_softmax(mod: Any) -> Any:
 
 
 def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
-           cross_compiler: str | None, out: Path) -> None:
+           cross_compiler: str | None, work: Path, tuning: TuningOptions | None) -> dict | None:
+    """Build into ``<work>/build``; what tuning did, or None without tuning."""
     import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
-    from tvm import relay  # noqa: PLC0415
+    from tvm import autotvm, relay  # noqa: PLC0415
 
     _stage("importing the model into TVM Relay")
     try:
@@ -168,14 +173,34 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
         raise BuildFailure(f"unsupported operator: {' '.join(str(error).split())}") from error
     if softmax:
         mod = _with_softmax(mod)
-    _stage(f"building for target {target!r} (the longest stage)")
-    with tvm.transform.PassContext(opt_level=3):
+    records, summary = (_tune(mod, params, target, cross_compiler, tuning, work)
+                        if tuning else ([], None))
+    _stage(f"building for target {target!r} (the longest stage)"
+           + (f", with {len(records)} tuned schedule(s)" if tuning else ""))
+    schedules = autotvm.apply_history_best(records) if tuning else contextlib.nullcontext()
+    with schedules, tvm.transform.PassContext(opt_level=3):
         lib = relay.build(mod, target=target, params=params)
     _stage("writing compiled.so, compiled.params, compiled_model.json")
+    out = work / "build"
     out.mkdir(parents=True, exist_ok=True)
     _export_library(lib, out / "compiled.so", cross_compiler)
     (out / "compiled_model.json").write_text(lib.get_graph_json())
     (out / "compiled.params").write_bytes(relay.save_param_dict(lib.get_params()))
+    return summary
+
+
+def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
+          tuning: TuningOptions, work: Path) -> tuple[list, dict]:
+    if tuning.minutes > 0 and cross_compiler is not None:
+        raise BuildFailure(f"--tune measures on the CPU it tunes for, and {target!r} is not "
+                           "this machine's: tune on the device and import its records with "
+                           "--tune-records (docs/models.md)")
+    from tvm import autotvm  # noqa: PLC0415
+
+    records, summary = tune(mod, params, target, tuning, _stage)
+    (work / "tuning.log").write_text(
+        "".join(autotvm.record.encode(inp, res) + "\n" for inp, res in records))
+    return records, summary
 
 
 def _export_library(lib: Any, path: Path, cross_compiler: str | None) -> None:
@@ -211,6 +236,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-shape", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--tune-minutes", type=float,
+                        help="tune (0: known records only); without it, no tuning")
+    parser.add_argument("--tune-records", type=Path, action="append", default=[])
+    parser.add_argument("--tuning-cache", type=Path)
     return parser.parse_args(argv)
 
 
@@ -230,9 +259,12 @@ def _main(args: argparse.Namespace) -> None:
         load = partial(_import_mxnet, symbol, arg, aux, shape)
     np.savez(args.work / "reference.npz", *(_softmax(outputs) if args.softmax else outputs))
     target, cross_compiler = _resolve_target(args.target)
+    tuning = None if args.tune_minutes is None else TuningOptions(
+        args.tune_minutes, tuple(args.tune_records),
+        *([args.tuning_cache] if args.tuning_cache else []))
+    summary = _build(load, args.softmax, target, cross_compiler, args.work, tuning)
     (args.work / "result.json").write_text(json.dumps(
-        {"target": target, "cross_compiler": cross_compiler}))
-    _build(load, args.softmax, target, cross_compiler, args.work / "build")
+        {"target": target, "cross_compiler": cross_compiler, "tuning": summary}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -35,13 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.archive import is_archive, store_artifact
+from deployments.archive import store_artifact
 from deployments.imaging import (
     CLASSIFIER_PREPROCESSING,
     DETECTOR_PREPROCESSING,
     Preprocessing,
     preprocess,
-    read_preprocessing,
 )
 from deployments.labels import read_labels
 from deployments.neo import (
@@ -50,19 +48,22 @@ from deployments.neo import (
     read_neo_artifact,
     write_neo_artifact,
 )
-from deployments.sagemaker_ic import read_classifier_artifact, read_input_shape
 from modelkit._child import Clock, Progress, run_child
+from modelkit._compare import VERIFY_TOLERANCE, compare_outputs, pair_detections
+from modelkit._source import ONNX_SUFFIX, Source, resolve_source
 from vocabulary.errors import ArtifactError, CompileError
-from vocabulary.names import COMPILE_INFO_FILE, SHAPES_FILE
+from vocabulary.names import COMPILE_INFO_FILE
 
 __all__ = [
     "DEFAULT_DETECTION_INPUT_SHAPE",
     "DEFAULT_TARGET",
+    "DEFAULT_TUNE_MINUTES",
     "ONNX_SUFFIX",
     "PREPROCESSING_PRESETS",
     "VERIFY_SEED",
     "VERIFY_TOLERANCE",
     "CompileResult",
+    "Tuning",
     "add_arguments",
     "compare_outputs",
     "compile_model",
@@ -78,12 +79,10 @@ DEFAULT_DETECTION_INPUT_SHAPE = (1, 3, 512, 512)
 PREPROCESSING_PRESETS = {"classifier": CLASSIFIER_PREPROCESSING,
                          "detector": DETECTOR_PREPROCESSING,
                          "imagenet": DETECTOR_PREPROCESSING}
-ONNX_SUFFIX = ".onnx"
 # The verification input is a random image from this seed, preprocessed.
 VERIFY_SEED = 0
-# Verification fails above this difference, relative to each output's scale
-# (max(1, largest value)): 1e-3 on probabilities, half a pixel on 512-px boxes.
-VERIFY_TOLERANCE = 1e-3
+# --tune's default budget, shared by the tasks no record knows yet.
+DEFAULT_TUNE_MINUTES = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,21 +93,6 @@ class CompileResult:
     max_abs_diff: float | None   # None when verification was skipped
     target: str                  # the LLVM target string actually used
     seconds: float
-
-
-@dataclass(frozen=True)
-class _Source:
-    model: Path                   # the symbol JSON, or the .onnx file
-    params: Path | None           # None for ONNX (its weights are inside)
-    input_shape: tuple[int | None, ...] | None  # None where the model leaves a dimension open
-    labels: tuple[str, ...] | None
-    preprocessing: Preprocessing | None
-    is_classifier: bool = False   # a SageMaker IC artifact
-    input_name: str = "data"
-
-    @property
-    def framework(self) -> str:
-        return "ONNX Runtime" if self.params is None else "MXNet"
 
 
 def _print_progress(line: str) -> None:
@@ -126,6 +110,7 @@ def compile_model(
     preprocessing: Preprocessing | str | Path | None = None,
     verify: bool = True,
     softmax: bool = False,
+    tuning: Tuning | None = None,
     progress: Progress | None = _print_progress,
 ) -> CompileResult:
     """Compile an MXNet or ONNX model into a Neo/DLR artifact at ``output``.
@@ -140,13 +125,15 @@ def compile_model(
     CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled, not
     verifiable here) or an explicit LLVM target string. ``preprocessing`` is
     ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
-    defaults to the IC artifact's own, else ``"detector"``.
+    defaults to the IC artifact's own, else ``"detector"``. ``tuning``
+    (``Tuning``) tunes the model's schedules, or applies known records; it is
+    recorded in ``lis-compile.json``.
     """
     started = time.monotonic()
-    source = _resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
+    source = resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
     shape = _input_shape(input_shape, source)
     job = _Job(source, shape, _preprocessing(preprocessing, source, shape),
-               _labels(labels, source), target, softmax)
+               _labels(labels, source), target, softmax, tuning)
     if source.params is not None:
         _check_symbol(source.model)
     _check_tvm()
@@ -165,12 +152,34 @@ def compile_model(
 
 @dataclass(frozen=True)
 class _Job:
-    source: _Source
+    source: Source
     shape: tuple[int, ...]
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None
     target: str
     softmax: bool = False
+    tuning: Tuning | None = None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """``--tune``: AutoTVM schedules (``modelkit._tune``) for the build.
+
+    ``minutes`` is the budget for the tasks no record knows yet (0: apply known
+    records only); ``records`` are AutoTVM logs imported into the cache first;
+    ``export`` receives the records the build applied; ``cache`` replaces
+    ``$LIS_TUNING_CACHE`` (default ``~/.cache/lis/tuning``).
+    """
+
+    minutes: float = DEFAULT_TUNE_MINUTES
+    records: tuple[Path, ...] = ()
+    export: Path | None = None
+    cache: Path | None = None
+
+    def arguments(self) -> list[str]:
+        imported = [item for path in self.records for item in ("--tune-records", str(path))]
+        cache = ["--tuning-cache", str(self.cache)] if self.cache else []
+        return ["--tune-minutes", str(self.minutes), *imported, *cache]
 
 
 def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
@@ -179,12 +188,14 @@ def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
     clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
               + (", softmax appended" if job.softmax else ""))
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
-    resolved_target = _build(job, work, clock)
+    resolved_target, tuned = _build(job, work, clock)
     built = work / "build"
     staged = write_neo_artifact(
         work / "artifact", library=built / "compiled.so", graph=built / "compiled_model.json",
         params=built / "compiled.params", labels=job.labels, preprocessing=job.preprocessing,
-        compile_info=_compile_info(job.source, job.shape, resolved_target))
+        compile_info={**_compile_info(job.source, job.shape, resolved_target), "tuning": tuned})
+    if job.tuning and job.tuning.export:
+        _export_records(work / "tuning.log", job.tuning.export, clock)
     max_diff = _verify(staged, work, clock, job.source.framework) if verify else None
     if max_diff is not None:
         _record_difference(staged, max_diff)
@@ -195,77 +206,7 @@ def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
 
 # --- inputs --------------------------------------------------------------------------
 
-def _resolve_source(symbol: Path, params: Path | None) -> _Source:
-    if params is None and symbol.suffix.lower() == ONNX_SUFFIX:
-        return _onnx_source(symbol)
-    if params is not None:
-        return _Source(symbol, params, _shape_beside(symbol), None, None)
-    if symbol.is_dir() or is_archive(symbol):
-        try:
-            artifact = read_classifier_artifact(symbol)
-        except ArtifactError as error:
-            raise CompileError(str(error)) from error
-        return _Source(artifact.symbol_file, artifact.params_file, artifact.input_shape,
-                       artifact.labels, read_preprocessing(artifact.directory),
-                       is_classifier=True)
-    return _checkpoint(symbol)
-
-
-def _checkpoint(prefix: Path) -> _Source:
-    """``X`` -> ``X-symbol.json`` and the highest-epoch ``X-NNNN.params``."""
-    symbol = prefix.with_name(f"{prefix.name}-symbol.json")
-    pattern = re.compile(rf"^{re.escape(prefix.name)}-(\d+)\.params$")
-    epochs = sorted((int(m.group(1)), p) for p in prefix.parent.glob(f"{prefix.name}-*.params")
-                    if (m := pattern.match(p.name)))
-    if not symbol.is_file() or not epochs:
-        raise CompileError(f"{prefix} is not a SageMaker IC artifact nor a checkpoint prefix "
-                           f"({symbol.name} and {prefix.name}-NNNN.params); or pass "
-                           "--symbol and --params")
-    return _Source(symbol, epochs[-1][1], _shape_beside(symbol), None, None)
-
-
-def _onnx_source(path: Path) -> _Source:
-    """The ONNX model's one image input: its name and shape (open dimensions as None)."""
-    try:
-        import onnx  # noqa: PLC0415 - the compile extra's; only for ONNX input
-    except ImportError as error:
-        raise CompileError("ONNX input needs the onnx package: install the compile extra "
-                           "(pip install -r requirements-compile.txt)") from error
-    if not path.is_file():
-        raise CompileError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # noqa: BLE001 - protobuf raises its own DecodeError and more
-        raise CompileError(f"{path}: not a valid ONNX model ({_first_line(error)})") from error
-    weights = {initializer.name for initializer in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        raise CompileError(f"{path}: lis serves models with one image input; this one takes "
-                           f"{len(inputs)} ({', '.join(i.name for i in inputs) or 'none'})")
-    tensor = inputs[0].type.tensor_type
-    if tensor.elem_type != onnx.TensorProto.FLOAT:
-        raise CompileError(f"{path}: input {inputs[0].name!r} is "
-                           f"{onnx.TensorProto.DataType.Name(tensor.elem_type)}, not FLOAT")
-    shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                  for d in tensor.shape.dim)
-    return _Source(path, None, shape, None, None, input_name=inputs[0].name)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-
-
-def _shape_beside(symbol: Path) -> tuple[int, ...] | None:
-    shapes = symbol.parent / SHAPES_FILE
-    if not shapes.is_file():
-        return None
-    try:
-        return read_input_shape(shapes)
-    except ArtifactError as error:
-        raise CompileError(str(error)) from error
-
-
-def _input_shape(requested: Sequence[int] | None, source: _Source) -> tuple[int, ...]:
+def _input_shape(requested: Sequence[int] | None, source: Source) -> tuple[int, ...]:
     known = source.input_shape
     if requested:
         shape = tuple(int(d) for d in requested)
@@ -289,7 +230,7 @@ def _shape_text(shape: Sequence[int | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _preprocessing(requested: Preprocessing | str | Path | None, source: _Source,
+def _preprocessing(requested: Preprocessing | str | Path | None, source: Source,
                    shape: tuple[int, ...]) -> Preprocessing:
     if isinstance(requested, Preprocessing):
         spec = requested
@@ -314,7 +255,7 @@ def _preprocessing_file(path: Path) -> Preprocessing:
 
 
 def _labels(requested: Sequence[str] | Path | None,
-            source: _Source) -> tuple[str, ...] | None:
+            source: Source) -> tuple[str, ...] | None:
     if requested is None:
         return source.labels
     if isinstance(requested, (str, Path)):
@@ -349,7 +290,7 @@ def _verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarr
     return np.ascontiguousarray(np.repeat(batch, shape[0], axis=0))
 
 
-def _compile_info(source: _Source, shape: tuple[int, ...], target: str) -> dict[str, object]:
+def _compile_info(source: Source, shape: tuple[int, ...], target: str) -> dict[str, object]:
     files: dict[str, object] = ({"onnx": source.model.name} if source.params is None else
                                 {"symbol": source.model.name, "params": source.params.name})
     return {**files, "input_shape": list(shape), "target": target}
@@ -371,17 +312,27 @@ def _failure(work: Path, error_file: str, what: str, returncode: int) -> Compile
     return CompileError(f"{what} failed: {summary} (full log: {work / 'compile.log'})")
 
 
-def _build(job: _Job, work: Path, clock: Clock) -> str:
+def _export_records(records: Path, export: Path, clock: Clock) -> None:
+    export = export.expanduser()
+    export.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(records, export)
+    count = len(records.read_text().splitlines())
+    clock.say(f"exported {count} tuning record(s) to {export}")
+
+
+def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, dict | None]:
     source = job.source
     model = (["--onnx", str(source.model), "--input-name", source.input_name]
              if source.params is None else
              ["--symbol", str(source.model), "--params", str(source.params)])
     arguments = [*model, "--input-shape", ",".join(map(str, job.shape)), "--target", job.target,
-                 "--work", str(work), *(["--softmax"] if job.softmax else [])]
+                 "--work", str(work), *(["--softmax"] if job.softmax else []),
+                 *(job.tuning.arguments() if job.tuning else [])]
     returncode = run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
-    return str(json.loads((work / "result.json").read_text())["target"])
+    result = json.loads((work / "result.json").read_text())
+    return str(result["target"]), result["tuning"]
 
 
 def _verify(artifact: Path, work: Path, clock: Clock, framework: str) -> float | None:
@@ -406,73 +357,6 @@ def _verify(artifact: Path, work: Path, clock: Clock, framework: str) -> float |
 def _outputs(path: Path) -> list[np.ndarray]:
     with np.load(path) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
-
-
-def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
-                    tolerance: float = VERIFY_TOLERANCE, framework: str = "MXNet") -> float:
-    """Largest absolute difference; ``CompileError`` if they disagree.
-
-    A detector's outputs (class ids, scores, boxes) are compared only on the
-    rows MXNet filled (class id >= 0): the rest is padding. Each of those rows
-    is compared with its twin in DLR's (``pair_detections``), whose class id
-    must be equal.
-    """
-    if [o.shape for o in reference] != [o.shape for o in actual]:
-        raise CompileError(f"verification failed: DLR output shapes {[o.shape for o in actual]}"
-                           f" differ from {framework}'s {[o.shape for o in reference]}")
-    if _is_detection(reference):
-        reference, actual = _detection_rows(reference, actual, framework)
-    worst = 0.0
-    for expected, got in zip(reference, actual):
-        if expected.size == 0:
-            continue
-        diff = float(np.max(np.abs(expected.astype(np.float64) - got)))
-        if diff > tolerance * max(1.0, float(np.max(np.abs(expected)))):
-            raise CompileError(f"verification failed: DLR and {framework} outputs differ by "
-                               f"{diff:.3g}")
-        worst = max(worst, diff)
-    return worst
-
-
-def _is_detection(outputs: list[np.ndarray]) -> bool:
-    return (len(outputs) == 3 and outputs[0].ndim == 3 and outputs[0].shape[-1] == 1
-            and outputs[2].shape[-1] == 4)
-
-
-def _detection_rows(reference: list[np.ndarray], actual: list[np.ndarray],
-                    framework: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    valid = reference[0][..., 0] >= 0
-    expected, got = [o[valid] for o in reference], [o[valid] for o in actual]
-    twins = pair_detections(expected[0][:, 0], expected[1][:, 0], got[0][:, 0], got[1][:, 0])
-    got = [o[twins] for o in got]
-    if not np.array_equal(expected[0], got[0]):
-        raise CompileError(f"verification failed: DLR and {framework} detect different class "
-                           "ids")
-    return expected[1:], got[1:]
-
-
-def pair_detections(reference_ids: np.ndarray, reference_scores: np.ndarray, ids: np.ndarray,
-                    scores: np.ndarray, tolerance: float = VERIFY_TOLERANCE) -> np.ndarray:
-    """For each reference detection in turn, the index of its twin among ``ids``/``scores``.
-
-    Both lists come sorted by score, but two detections whose scores differ by
-    less than the tolerance may come in either order (a compiled YOLOv3
-    swapped a pair 7e-6 apart). The twin is the nearest unused detection of
-    the same class within the tolerance, else the one in the same place, which
-    the caller's checks then report.
-    """
-    unused = list(range(len(ids)))
-    twins = []
-    for position, (class_id, score) in enumerate(zip(reference_ids, reference_scores)):
-        candidates = [i for i in unused
-                      if ids[i] == class_id and abs(float(scores[i]) - float(score)) <= tolerance]
-        if candidates:
-            twin = min(candidates, key=lambda i: abs(i - position))
-        else:
-            twin = position if position in unused else unused[0]
-        unused.remove(twin)
-        twins.append(twin)
-    return np.asarray(twins, dtype=np.intp)
 
 
 # --- command line ----------------------------------------------------------------
@@ -513,6 +397,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip loading the result with DLR and comparing with the source "
                              "framework (MXNet or ONNX Runtime)")
+    tuning = parser.add_argument_group("tuning (AutoTVM; docs/models.md)")
+    tuning.add_argument("--tune", action="store_true",
+                        help="tune the model's convolutions on this CPU; tasks with a known "
+                             "record ($LIS_TUNING_CACHE, default ~/.cache/lis/tuning) cost no "
+                             "time")
+    tuning.add_argument("--tune-minutes", type=float, metavar="N",
+                        help=f"--tune's budget, split over the tasks not known yet "
+                             f"(default {DEFAULT_TUNE_MINUTES:g})")
+    tuning.add_argument("--tune-records", type=Path, action="append", default=[],
+                        metavar="FILE",
+                        help="AutoTVM records to import into the cache and apply (repeatable); "
+                             "without --tune, the build uses known records and tunes nothing")
+    tuning.add_argument("--export-records", type=Path, metavar="FILE",
+                        help="write the tuning records the build applied to FILE")
+
+
+def _tuning(args: argparse.Namespace) -> Tuning | None:
+    if args.tune_minutes is not None and not args.tune:
+        raise CompileError("--tune-minutes is --tune's budget: give --tune too")
+    if not (args.tune or args.tune_records or args.export_records):
+        return None
+    minutes = DEFAULT_TUNE_MINUTES if args.tune_minutes is None else args.tune_minutes
+    if minutes < 0:
+        raise CompileError(f"--tune-minutes {minutes:g}: must be 0 or more")
+    return Tuning(minutes if args.tune else 0.0, tuple(args.tune_records), args.export_records)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -527,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     result = compile_model(symbol, params, args.output, input_shape=args.input_shape,
                            target=args.target, labels=args.labels,
                            preprocessing=args.preprocessing, verify=args.verify,
-                           softmax=args.softmax)
+                           softmax=args.softmax, tuning=_tuning(args))
     framework = "ONNX Runtime" if Path(symbol).suffix.lower() == ONNX_SUFFIX else "MXNet"
     difference = ("not verified" if result.max_abs_diff is None
                   else f"DLR vs {framework} max abs difference {result.max_abs_diff:.3g}")

@@ -52,6 +52,7 @@ CLASSIFIER_LABELS = ("circle", "square", "triangle")
 DETECTOR_SEED = 0
 # Files whose content decides what a compiled artifact looks like.
 _TOOLCHAIN_FILES = ("modelkit/compile.py", "modelkit/_tvm_build.py", "modelkit/_verify.py",
+                    "modelkit/_tune.py", "modelkit/_compare.py", "modelkit/_source.py",
                     "modelkit/neo.py", "modelkit/archive.py")
 
 os.environ["TOPHUB_LOCATION"] = "NONE"

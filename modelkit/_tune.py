@@ -1,0 +1,248 @@
+"""Tuning for ``lis compile --tune``: AutoTVM schedules, measured on this CPU.
+
+It runs inside the TVM child (``modelkit._tvm_build``). The model's
+convolutions and dense layers become AutoTVM tasks; each task not already
+known gets an equal share of what is left of the time budget (a task's last
+batch of trials may overrun it; the tasks after it get less), starting from
+TVM's own default schedule (so a task never ends up slower than untuned) and
+then the configurations a genetic-algorithm tuner proposes (no cost model:
+xgboost is not a dependency). Each task ends with one progress line.
+
+Records are kept in a cache, one AutoTVM log per target
+(``$LIS_TUNING_CACHE``, default ``~/.cache/lis/tuning/``), holding the best
+record of each tuned workload. A task whose workload and target are already
+in the cache, or in a file given with ``--tune-records``, costs no trials: a
+recompile, or another model with the same layers, starts from what is known.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "TuningOptions", "cache_file", "merge_records",
+           "records_for", "tune"]
+
+CACHE_ENV = "LIS_TUNING_CACHE"
+DEFAULT_CACHE = Path("~/.cache/lis/tuning")
+# The operators worth tuning: they hold nearly all of a CNN's time.
+_TUNED_OPS = ("nn.conv2d", "nn.dense")
+# Each trial runs the kernel this many times per measurement, with a cold cache.
+_RUNNER = {"number": 4, "repeat": 2, "min_repeat_ms": 20, "timeout": 10,
+           "enable_cpu_cache_flush": True}
+_GA_POPULATION = 32
+
+Stage = Callable[[str], None]
+Record = tuple[Any, Any]  # AutoTVM's (MeasureInput, MeasureResult)
+
+
+@dataclass(frozen=True)
+class TuningOptions:
+    """What ``--tune``, ``--tune-minutes`` and ``--tune-records`` asked for."""
+
+    minutes: float                 # 0: no new trials, known records only
+    imported: tuple[Path, ...] = ()
+    cache: Path = field(default_factory=lambda: cache_dir())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def cache_file(cache: Path, target: str) -> Path:
+    """The cache's log for ``target`` (an LLVM target string, canonicalised by TVM)."""
+    slug = re.sub(r"[^A-Za-z0-9=+.,_-]+", "_", _canonical(target)).strip("_")
+    return cache / f"{slug}.log"
+
+
+def _canonical(target: str) -> str:
+    import tvm  # noqa: PLC0415
+
+    return str(tvm.target.Target(target))
+
+
+def _read(path: Path) -> list[Record]:
+    from tvm import autotvm  # noqa: PLC0415
+
+    if not path.is_file():
+        return []
+    return [(inp, res) for inp, res in autotvm.record.load_from_file(str(path))
+            if res.error_no == 0]
+
+
+def _best_by_workload(records: Iterable[Record]) -> dict[tuple, Record]:
+    best: dict[tuple, Record] = {}
+    for inp, res in records:
+        key = (str(inp.target), inp.task.workload)
+        if key not in best or _cost(res) < _cost(best[key][1]):
+            best[key] = (inp, res)
+    return best
+
+
+def _cost(result: Any) -> float:
+    return sum(result.costs) / len(result.costs)
+
+
+def _append(path: Path, records: Iterable[Record]) -> None:
+    from tvm import autotvm  # noqa: PLC0415
+
+    lines = [autotvm.record.encode(inp, res) + "\n" for inp, res in records]
+    if lines:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.writelines(lines)
+
+
+def merge_records(source: Path, cache: Path) -> int:
+    """Add ``source``'s successful records to the cache, each in its target's log."""
+    by_target: dict[str, list[Record]] = {}
+    for inp, res in _read(source):
+        by_target.setdefault(str(inp.target), []).append((inp, res))
+    for target, records in by_target.items():
+        known = _best_by_workload(_read(cache_file(cache, target)))
+        fresh = [(inp, res) for (_, workload), (inp, res) in _best_by_workload(records).items()
+                 if (target, workload) not in known
+                 or _cost(res) < _cost(known[(target, workload)][1])]
+        _append(cache_file(cache, target), fresh)
+    return sum(len(records) for records in by_target.values())
+
+
+def records_for(tasks: Iterable[Any], target: str, cache: Path) -> list[Record]:
+    """The best known record of each task, for exactly this target."""
+    known = _best_by_workload(_read(cache_file(cache, target)))
+    canonical = _canonical(target)
+    return [known[(canonical, task.workload)] for task in tasks
+            if (canonical, task.workload) in known]
+
+
+def extract_tasks(mod: Any, params: dict, target: str) -> list[Any]:
+    from tvm import autotvm, relay  # noqa: PLC0415
+
+    ops = [relay.op.get(name) for name in _TUNED_OPS]
+    return list(autotvm.task.extract_from_program(mod["main"], target=target, params=params,
+                                                  ops=ops))
+
+
+def tune(mod: Any, params: dict, target: str, options: TuningOptions,
+         stage: Stage) -> tuple[list[Record], dict[str, object]]:
+    """Tune the model's tasks not known yet; the best record of each task, and a summary."""
+    for source in options.imported:
+        count = merge_records(source, options.cache)
+        stage(f"imported {count} tuning record(s) from {source}")
+    stage("extracting the tuning tasks (convolutions, dense layers)")
+    tasks = extract_tasks(mod, params, target)
+    known = {task.workload for task in _known(tasks, target, options.cache)}
+    todo = [task for task in tasks if task.workload not in known]
+    started, trials, left = time.monotonic(), 0, len(todo)
+    deadline = started + options.minutes * 60
+    for number, task in enumerate(tasks, 1):
+        head = f"tuning task {number}/{len(tasks)} {_describe(task)}"
+        if task.workload in known:
+            stage(f"{head}: known (tuning record on disk), 0 trials")
+            continue
+        if options.minutes <= 0:
+            stage(f"{head}: no record and no time budget, default schedule")
+            continue
+        # What is left of the budget, shared by the tasks left: an overrun is made up.
+        share = max(0.0, deadline - time.monotonic()) / left
+        left -= 1
+        done = _tune_task(task, share, cache_file(options.cache, target))
+        trials += done.trials
+        stage(f"{head}: {done.trials} trials in {done.seconds:.0f} s, best "
+              f"{done.gflops:.1f} GFLOPS ({done.gain:.2f}x the default schedule)")
+    records = records_for(tasks, target, options.cache)
+    return records, {"method": "autotvm", "minutes": options.minutes, "tasks": len(tasks),
+                     "tasks_known": len(known), "tasks_tuned": len(todo) if options.minutes > 0 else 0,
+                     "trials": trials, "seconds": round(time.monotonic() - started, 1),
+                     "tasks_with_records": len(records)}
+
+
+def _known(tasks: list[Any], target: str, cache: Path) -> list[Any]:
+    workloads = {record[0].task.workload for record in records_for(tasks, target, cache)}
+    return [task for task in tasks if task.workload in workloads]
+
+
+def _describe(task: Any) -> str:
+    shapes = [arg[1] for arg in task.args if isinstance(arg, tuple) and len(arg) == 3
+              and arg[0] == "TENSOR"]
+    return f"{task.name} {' '.join('x'.join(map(str, shape)) for shape in shapes)}"
+
+
+@dataclass(frozen=True)
+class _TaskResult:
+    trials: int
+    seconds: float
+    gflops: float
+    gain: float     # best / the default schedule's, in FLOPS
+
+
+def _tune_task(task: Any, seconds: float, log: Path) -> _TaskResult:
+    """Measure the default schedule, then the GA tuner's proposals until ``seconds`` pass."""
+    from tvm import autotvm  # noqa: PLC0415
+    from tvm.autotvm.env import GLOBAL_SCOPE  # noqa: PLC0415
+    from tvm.autotvm.measure import MeasureInput, create_measure_batch  # noqa: PLC0415
+
+    started = time.monotonic()
+    option = autotvm.measure_option(builder=autotvm.LocalBuilder(),
+                                    runner=autotvm.LocalRunner(**_RUNNER))
+    measure = create_measure_batch(task, option)
+    tuner = autotvm.tuner.GATuner(task, pop_size=min(_GA_POPULATION, len(task.config_space)))
+    batch = getattr(measure, "n_parallel", 1)
+    default = _default_config(task)
+    measured: list[Record] = []
+    GLOBAL_SCOPE.in_tuning = True
+    try:
+        if default is not None:
+            inputs = [MeasureInput(task.target, task, default)]
+            measured += zip(inputs, measure(inputs))
+        while time.monotonic() - started < seconds and tuner.has_next():
+            inputs = [MeasureInput(task.target, task, config)
+                      for config in tuner.next_batch(batch)]
+            results = measure(inputs)
+            tuner.update(inputs, results)
+            measured += zip(inputs, results)
+    finally:
+        GLOBAL_SCOPE.in_tuning = False
+        del measure
+    return _summarise(task, measured, default is not None, log, time.monotonic() - started)
+
+
+def _summarise(task: Any, measured: list[Record], has_default: bool, log: Path,
+               seconds: float) -> _TaskResult:
+    ok = [(inp, res) for inp, res in measured if res.error_no == 0]
+    best = min(ok, key=lambda record: _cost(record[1]), default=None)
+    if best is None:
+        return _TaskResult(len(measured), seconds, 0.0, 1.0)
+    _append(log, [best])
+    default_cost = (_cost(measured[0][1]) if has_default and measured[0][1].error_no == 0
+                    else _cost(best[1]))
+    return _TaskResult(len(measured), seconds, task.flop / _cost(best[1]) / 1e9,
+                       default_cost / _cost(best[1]))
+
+
+def _default_config(task: Any) -> Any | None:
+    """The schedule TVM uses for ``task`` without records, as a point of its space."""
+    from tvm.autotvm.task.space import FallbackConfigEntity  # noqa: PLC0415
+
+    fallback = FallbackConfigEntity()
+    try:
+        with task.target:
+            task.instantiate(fallback)
+        space = task.config_space
+        knob = [[_entity_key(entity) for entity in space.space_map[name].entities]
+                .index(_entity_key(fallback[name])) for name in space.space_map]
+        config = space.get(space.knob2point(knob))
+    except (ValueError, KeyError, IndexError):
+        return None  # a default outside the tuning space: the tuner's proposals only
+    return config
+
+
+def _entity_key(entity: Any) -> object:
+    """A split's inner factors (the outer one is -1 in a space, a number in a default)."""
+    size = getattr(entity, "size", None)
+    return tuple(size[1:]) if size is not None else str(entity)
