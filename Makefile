@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # detectors. An aarch64 board gets the demo models prebuilt (models/aarch64, docs/devices.md).
 SERVE_LEVEL := $(if $(filter aarch64,$(shell uname -m)),runtime,compile)
 
-.PHONY: run test test-aarch64 bench models eval-models train-models install install-dev clean
+.PHONY: run test test-aarch64 bench bench-compile models eval-models train-models install install-dev clean
 
 ## run: install, build the demo models if missing, serve the demo services
 run: $(VENV)/.installed-$(SERVE_LEVEL)
@@ -33,6 +33,10 @@ test-aarch64: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/lis models build
 	$(BIN)/python -m benchmarks.serving
+
+## bench-compile: MXNet vs lis compile's untuned and tuned artifacts (models/tuning/), p50 at 2 threads (not a test)
+bench-compile: $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.compile
 
 ## models: build the demo model artifacts (compiled DLR detectors) if missing
 models: $(VENV)/.installed-$(SERVE_LEVEL)

@@ -1,0 +1,256 @@
+"""Compiled vs framework: does ``lis compile`` beat MXNet on the CPU it compiles for?
+
+``python -m benchmarks.compile`` (``make bench-compile``) measures, in one run on
+this CPU with the same threads, the p50 latency at batch 1 of two GluonCV
+detectors with random weights (no download):
+
+- MXNet 1.9 (oneDNN), hybridized with static alloc and static shape;
+- the artifact ``lis compile`` makes without tuning;
+- the artifact ``lis compile --tune-records`` makes from the committed records
+  in ``models/tuning/`` (no new trials: they apply where the CPU matches the
+  target they were tuned for, else the tuned artifact is the untuned one and
+  the section says so).
+
+Verdicts: tuned ≤ 0.7× MXNet's p50, untuned ≤ 1.0×. ``compile_section()``
+returns the markdown section; artifacts are cached under ``build/bench/compile/``
+and rebuilt when the compiler or the records change.
+
+``python -m benchmarks.compile --tune-minutes N`` tunes the models first
+(N minutes each, on top of the committed records) and rewrites their records.
+Each measurement runs in a fresh process, so MXNet's and TVM's thread pools
+never share one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "build" / "bench" / "compile"
+RECORDS_DIR = ROOT / "models" / "tuning"
+# (GluonCV name, input size): the reference SSD, and the YOLOv3 with the same
+# backbone at its usual 416 (darknet53 would take most of the bench's time).
+MODELS = (("ssd_512_mobilenet1.0_voc", 512), ("yolo3_mobilenet1.0_voc", 416))
+THREADS = 2
+WARMUP = 5
+RUNS = 30
+TUNED_MAX = 0.7     # the tuned artifact's p50 over MXNet's
+UNTUNED_MAX = 1.0
+# What decides the compiled code: an artifact is rebuilt when one of these changes.
+_TOOLCHAIN = ("modelkit/_tvm_build.py",)
+_TUNING = ("modelkit/_tune.py",)
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    size: int
+    mxnet_ms: float
+    untuned_ms: float
+    tuned_ms: float
+    tuned_tasks: str   # "39/39": tasks with a record, of the model's tasks
+    made: str          # how the records were made: "12 min budget, 848 trials in 13.2 min"
+
+
+def records_file(model: str) -> Path:
+    return RECORDS_DIR / f"{model}.log"
+
+
+def _made_file(model: str) -> Path:
+    """How the committed records were made: budget, trials, seconds, CPU."""
+    return RECORDS_DIR / f"{model}.json"
+
+
+def _export(model: str, size: int) -> Path:
+    """The GluonCV network, random weights (seed 0), exported once: its checkpoint prefix."""
+    folder = BENCH_DIR / model
+    prefix = folder / model
+    if prefix.with_name(f"{model}-0000.params").is_file():
+        return prefix
+    import mxnet as mx  # noqa: PLC0415
+    from gluoncv import model_zoo  # noqa: PLC0415
+
+    mx.random.seed(0)
+    net = model_zoo.get_model(model, pretrained=False, pretrained_base=False)
+    net.initialize()
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, size, size)))
+    folder.mkdir(parents=True, exist_ok=True)
+    net.export(str(prefix), epoch=0)
+    return prefix
+
+
+def _stamp(model: str, tuned: bool) -> str:
+    digest = hashlib.sha256()
+    for name in _TOOLCHAIN + (_TUNING if tuned else ()):
+        digest.update((ROOT / name).read_bytes())
+    if tuned and records_file(model).is_file():
+        digest.update(records_file(model).read_bytes())
+    return digest.hexdigest()
+
+
+def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0) -> tuple[Path, dict]:
+    """The compiled artifact (cached by its stamp) and its ``lis-compile.json``."""
+    from modelkit.compile import Tuning, compile_model  # noqa: PLC0415
+
+    prefix = _export(model, size)
+    out = BENCH_DIR / f"{model}-{'tuned' if tuned else 'untuned'}"
+    stamp = out.with_name(out.name + ".stamp")
+    if tune_minutes or not (out.is_dir() and stamp.is_file()
+                            and stamp.read_text() == _stamp(model, tuned)):
+        shutil.rmtree(out, ignore_errors=True)
+        records = records_file(model)
+        tuning = Tuning(tune_minutes, (records,) if records.is_file() else (),
+                        export=records if tune_minutes else None) if tuned else None
+        # A cache of the bench's own: the committed records, and what it tunes.
+        os.environ["LIS_TUNING_CACHE"] = str(BENCH_DIR / "tuning-cache")
+        compile_model(prefix.with_name(f"{model}-symbol.json"),
+                      prefix.with_name(f"{model}-0000.params"), out,
+                      input_shape=(1, 3, size, size), preprocessing="detector",
+                      tuning=tuning, progress=_progress)
+        stamp.write_text(_stamp(model, tuned))
+    info = json.loads((out / "lis-compile.json").read_text())
+    if tune_minutes:
+        _made_file(model).write_text(json.dumps({**info["tuning"], "cpu": _cpu()}, indent=2)
+                                     + "\n")
+    return out, info
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
+def _p50(kind: str, path: Path, size: int) -> float:
+    """p50 in ms, measured in a fresh process with THREADS threads."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TVM_NUM_THREADS=str(THREADS),
+               MXNET_CPU_WORKER_NTHREADS="1", PYTHONPATH=str(ROOT))
+    output = subprocess.run([sys.executable, "-m", "benchmarks.compile", "--measure", kind,
+                             str(path), str(size)], env=env, check=True, capture_output=True,
+                            text=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def _measure(kind: str, path: Path, size: int) -> float:
+    import numpy as np  # noqa: PLC0415
+
+    batch = np.random.RandomState(0).uniform(-2, 2, (1, 3, size, size)).astype("float32")
+    run = _mxnet_call(path, batch) if kind == "mxnet" else _dlr_call(path, batch)
+    for _ in range(WARMUP):
+        run()
+    times = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _mxnet_call(prefix: Path, batch: object) -> object:
+    import mxnet as mx  # noqa: PLC0415
+
+    net = mx.gluon.SymbolBlock.imports(str(prefix) + "-symbol.json", ["data"],
+                                       str(prefix) + "-0000.params")
+    net.hybridize(static_alloc=True, static_shape=True)
+    data = mx.nd.array(batch)
+    return lambda: [output.asnumpy() for output in net(data)]
+
+
+def _dlr_call(folder: Path, batch: object) -> object:
+    from deployments.dlr_runtime import DLRRuntime  # noqa: PLC0415 - as serving loads it
+
+    runtime = DLRRuntime(folder, threads=THREADS)
+    runtime.load()
+    return lambda: runtime.predict(batch)
+
+
+def measure(tune_minutes: float = 0.0) -> list[Row]:
+    """One row per model: MXNet, untuned and tuned p50, measured one after the other."""
+    rows = []
+    for model, size in MODELS:
+        prefix = _export(model, size)
+        untuned, _ = _artifact(model, size, tuned=False)
+        tuned, info = _artifact(model, size, tuned=True, tune_minutes=tune_minutes)
+        tuning = info.get("tuning") or {}
+        rows.append(Row(model, size, _p50("mxnet", prefix, size), _p50("dlr", untuned, size),
+                        _p50("dlr", tuned, size),
+                        f"{tuning.get('tasks_with_records', 0)}/{tuning.get('tasks', '?')}",
+                        _made(model)))
+    return rows
+
+
+def _made(model: str) -> str:
+    if not _made_file(model).is_file():
+        return "no records"
+    made = json.loads(_made_file(model).read_text())
+    return (f"{made['minutes']:g} min budget: {made['trials']} trials in "
+            f"{made['seconds'] / 60:.1f} min on {made['cpu']}")
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _verdict(ratio: float, limit: float) -> str:
+    return f"{ratio:.2f}x {'met' if ratio <= limit else 'NOT met'} (≤ {limit}x)"
+
+
+def compile_section(tune_minutes: float = 0.0) -> str:
+    """The markdown section "## Compiled vs framework" (about 10 min with cold caches)."""
+    rows = measure(tune_minutes)
+    lines = [
+        "## Compiled vs framework",
+        "",
+        f"Machine: {_cpu()}, {os.cpu_count()} cores; batch 1, {THREADS} threads, p50 of "
+        f"{RUNS} runs after {WARMUP} warm-up runs, each runtime in a fresh process. "
+        "GluonCV networks with random weights; the tuned artifact applies the AutoTVM records "
+        "committed in `models/tuning/` ("
+        + (f"retuned first in this run, {tune_minutes:g} min per model" if tune_minutes
+           else "no new trials in this run") + "). The records were made:",
+        "",
+        *(f"- {row.model}: {row.made}" for row in rows),
+        "",
+        "| model | input | MXNet (hybridized, static alloc) | untuned artifact | tuned artifact "
+        "| tasks with records | untuned / MXNet | tuned / MXNet |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.model} | {row.size} | {row.mxnet_ms:.1f} ms | {row.untuned_ms:.1f} ms | "
+            f"{row.tuned_ms:.1f} ms | {row.tuned_tasks} | "
+            f"{_verdict(row.untuned_ms / row.mxnet_ms, UNTUNED_MAX)} | "
+            f"{_verdict(row.tuned_ms / row.mxnet_ms, TUNED_MAX)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tune-minutes", type=float, default=0.0,
+                        help="tune each model this long first, and rewrite models/tuning/")
+    parser.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "SIZE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        kind, path, size = args.measure
+        print(f"{_measure(kind, Path(path), int(size)):.3f}")
+        return 0
+    print(compile_section(args.tune_minutes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
