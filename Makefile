@@ -29,7 +29,7 @@ test: $(VENV)/.installed-dev
 test-aarch64: $(VENV)/.installed-dev
 	VENV=$(VENV) scripts/aarch64/test.sh
 
-## bench: serving figures and the demo stack's footprint, written to docs/benchmarks.md (not a test)
+## bench: serving figures, the demo stack's footprint and compiled vs MXNet, written to docs/benchmarks.md (not a test)
 bench: $(VENV)/.installed-dev
 	$(BIN)/lis models build
 	$(BIN)/python -m benchmarks.serving

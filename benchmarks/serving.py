@@ -518,9 +518,10 @@ blocks) and give both figures. How the bench measures, and what the figures deci
 
 
 def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: str,
-                    footprint: str = "") -> str:
+                    footprint: str = "", compiled: str = "") -> str:
     """``docs/benchmarks.md``: the latest figures, headed by the machine they come from,
-    then the footprint section (``benchmarks.footprint.footprint_section``) if given."""
+    then the footprint section (``benchmarks.footprint.footprint_section``) and the
+    compiled-vs-framework one (``benchmarks.compile.compile_section``) if given."""
     machine_rows = "\n".join(f"| {name} | {value} |" for name, value in
                               [*facts.items(), ("date", date)])
     return (f"# Benchmarks\n\n"
@@ -529,13 +530,15 @@ def benchmarks_page(facts: dict[str, str], date: str, requests: int, results: st
             f"The latest `make bench` run, on this machine:\n\n"
             f"| machine | |\n|---|---|\n{machine_rows}\n\n"
             f"{requests} requests per row, a 1280x720 JPEG camera frame.\n\n"
-            f"{results}\n\n{PATHS_MEANING}\n" + (f"\n{footprint}" if footprint else ""))
+            f"{results}\n\n{PATHS_MEANING}\n" + (f"\n{footprint}" if footprint else "")
+            + (f"\n{compiled}" if compiled else ""))
 
 
-def write_benchmarks_page(requests: int, results: str, footprint: str = "") -> None:
+def write_benchmarks_page(requests: int, results: str, footprint: str = "",
+                          compiled: str = "") -> None:
     BENCHMARKS_PAGE.parent.mkdir(exist_ok=True)
     BENCHMARKS_PAGE.write_text(benchmarks_page(machine_facts(), time.strftime("%Y-%m-%d"),
-                                               requests, results, footprint))
+                                               requests, results, footprint, compiled))
     print(f"written: {BENCHMARKS_PAGE.relative_to(ROOT)}")
 
 
@@ -550,6 +553,9 @@ def main() -> int:
                         help="skip the demo stack's memory and time-to-ready section")
     parser.add_argument("--no-pipelines", action="store_true",
                         help="skip the camera pipeline's rate and latency")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip MXNet vs lis compile's untuned and tuned artifacts "
+                             "(make bench-compile alone)")
     args = parser.parse_args()
 
     from serve_app.config import load_config
@@ -643,8 +649,14 @@ def main() -> int:
                          *pipeline_verdicts(rows, pipelines)])
     print(f"Measured by `make bench` on: {machine()}; {args.requests} requests per row, "
           f"a 1280x720 JPEG camera frame.\n\n{results}")
+    compiled = ""
+    if not args.no_compile:  # last: with Ray stopped, each runtime in a process of its own
+        from benchmarks.compile import compile_section
+
+        compiled = compile_section()
+        print(compiled, flush=True)
     if not args.no_write:
-        write_benchmarks_page(args.requests, results, footprint)
+        write_benchmarks_page(args.requests, results, footprint, compiled)
     return 0
 
 
