@@ -9,9 +9,13 @@ The repository commits trained weights under ``models/`` (see
 - ``shapes-ssd`` and ``shapes-yolo3``: the MXNet checkpoints compiled into
   Neo/DLR artifacts by ``modelkit.compile.compile_model`` (about a minute each).
 
-Each built folder carries ``labels.txt`` and ``preprocessing.json``. A model is
-rebuilt only when it is missing or when the committed weights changed: the
-build records the SHA-256 of the source folder in ``build/models/.<name>.source``.
+The detectors are compiled with the AutoTVM records committed in
+``models/tuning/<name>.log`` (``lis compile --tune-records``, no new trials):
+tuned schedules where this CPU is the one they were tuned on, TVM's defaults
+elsewhere. Each built folder carries ``labels.txt`` and ``preprocessing.json``.
+A model is rebuilt only when it is missing or when the committed weights (or
+records) changed: the build records the SHA-256 of the source folder (and of
+the records) in ``build/models/.<name>.source``.
 Builds go to a temporary folder renamed into place, so an interrupted build
 leaves no half artifact behind.
 
@@ -49,10 +53,12 @@ __all__ = [
     "model_state",
     "run",
     "source_digest",
+    "tuning_records",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"
+TUNING_DIR = MODELS_DIR / "tuning"
 BUILD_DIR = REPO / "build" / "models"
 DETECTOR_INPUT_SHAPE = (1, 3, 512, 512)
 # Files of a committed model folder that do not change what is built.
@@ -117,7 +123,22 @@ def model_state(model: DemoModel, build_dir: Path = BUILD_DIR) -> str:
     stamp = model.stamp(build_dir)
     if not model.target(build_dir).is_dir() or not stamp.is_file():
         return "missing"
-    return "ready" if stamp.read_text().strip() == source_digest(source) else "stale"
+    return "ready" if stamp.read_text().strip() == _build_digest(model) else "stale"
+
+
+def tuning_records(model: DemoModel) -> Path | None:
+    """The committed AutoTVM records a detector is compiled with, if any."""
+    path = TUNING_DIR / f"{model.name}.log"
+    return path if model.kind == "detector" and path.is_file() else None
+
+
+def _build_digest(model: DemoModel) -> str:
+    """What a build depends on: the source's digest, and the records it compiles with."""
+    digest = source_digest(_built_from(model))
+    records = tuning_records(model)
+    if records is not None and _prebuilt_bundle() is None:
+        digest += " " + hashlib.sha256(records.read_bytes()).hexdigest()
+    return digest
 
 
 def _print(line: str) -> None:
@@ -134,7 +155,7 @@ def build_model(model: DemoModel, build_dir: Path = BUILD_DIR,
         raise ArtifactError(str(model.source), "the committed weights are missing "
                             "(retrain them with `make train-models`)")
     build_dir.mkdir(parents=True, exist_ok=True)
-    digest = source_digest(_built_from(model))
+    digest = _build_digest(model)
     scratch = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=build_dir))
     try:
         staged = scratch / model.name
@@ -164,14 +185,18 @@ def _copy_classifier(source: Path, staged: Path) -> None:
 
 def _compile_detector(model: DemoModel, staged: Path, progress: Progress | None,
                       target: str | None = None, verify: bool = True) -> float | None:
-    from modelkit.compile import DEFAULT_TARGET, compile_model
+    from modelkit.compile import DEFAULT_TARGET, Tuning, compile_model
 
     source = model.source
+    records = tuning_records(model)
+    # A cache of the build's own, gone with it: the user's cache is left alone.
+    tuning = None if records is None else Tuning(0.0, (records,),
+                                                 cache=staged.parent / "tuning-cache")
     return compile_model(
         source / f"{model.name}-symbol.json", source / f"{model.name}-0000.params", staged,
         input_shape=DETECTOR_INPUT_SHAPE, labels=source / LABELS_FILE,
         preprocessing=source / PREPROCESSING_FILE, target=target or DEFAULT_TARGET,
-        verify=verify, progress=progress).max_abs_diff
+        verify=verify, tuning=tuning, progress=progress).max_abs_diff
 
 
 def _compile_classifier(model: DemoModel, staged: Path, progress: Progress | None,

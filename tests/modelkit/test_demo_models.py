@@ -8,6 +8,7 @@ unchanged. Every image is decoded and preprocessed by the serving code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from deployments.dlr_runtime import DLRRuntime
 from deployments.imaging import decode_image, preprocess, read_preprocessing
 from deployments.mxnet_runtime import MXNetClassifierRuntime
-from modelkit.demo import demo_models
+from modelkit.demo import DEMO_MODELS, demo_models, tuning_records
 from modelkit.evaluate import (
     HELD_OUT_SEED,
     IOU_THRESHOLD,
@@ -44,6 +45,21 @@ DETECTOR_IMAGES = 40
 @pytest.fixture(scope="module")
 def artifacts() -> dict[str, Path]:
     return demo_models(progress=None)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_a_detector_is_built_with_its_committed_tuning_records(artifacts: dict[str, Path],
+                                                                name: str) -> None:
+    model = next(model for model in DEMO_MODELS if model.name == name)
+    records = tuning_records(model)
+    assert records is not None and records.is_file()
+    info = json.loads((artifacts[name] / "lis-compile.json").read_text())
+    tuning = info["tuning"]
+    # Applied without new trials; on another CPU than the one they were tuned on the
+    # records apply to no task, and the build uses TVM's default schedules.
+    assert tuning["method"] == "autotvm" and tuning["trials"] == 0
+    assert 0 <= tuning["tasks_with_records"] <= tuning["tasks"]
+    assert info["verified_max_abs_diff"] < 1e-3
 
 
 def _first(make, wanted) -> Sample:  # type: ignore[no-untyped-def]
