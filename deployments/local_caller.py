@@ -38,7 +38,7 @@ from vocabulary.wire import (
     encode_request,
 )
 
-__all__ = ["AllBusy", "LocalCaller", "LocalUnreachable"]
+__all__ = ["RESCAN_PERIOD_S", "AllBusy", "LocalCaller", "LocalUnreachable"]
 
 log = logging.getLogger("ray.serve.lis")
 # How long the list of a service's sockets is kept: replicas come and go in
