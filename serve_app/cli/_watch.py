@@ -10,6 +10,11 @@ Boards are power-cycled and their services restarted by systemd, so a stop
 always stops: the first SIGINT or SIGTERM shuts Ray Serve down, then the
 Ray this process started; a second one, or ``STOP_DEADLINE_S`` passing, kills
 whatever of the stack is left (every process under this one) and exits.
+And a stack that dies under it ends it too: when Ray's GCS or raylet (this
+process's children, when it started that Ray) exits, killed by the kernel's
+out-of-memory killer on a small board or by hand, nothing of lis serves any
+more, so the watcher kills what is left and exits with status 1, for the
+service manager to restart lis (``Restart=on-failure``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _RAY_EXIT_S = 5.0
 # How often the main thread wakes to run a signal handler (see ``Stopper``).
 _WAKE_S = 0.5
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Ray's processes without which nothing serves, by process name.
+_RAY_CORE = {"gcs_server": "GCS", "raylet": "raylet"}
 
 
 class Stopper:
@@ -156,10 +163,50 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="this process started that Ray: stop it too")
     args = parser.parse_args(argv)
     stopper = Stopper(serving=True)
+    core = _ray_core_processes() if args.own_ray else {}
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # one sent during exec runs now
-    stopper.wait()
+    while not stopper.requested.wait(_WAKE_S):
+        ended = _ended(core)
+        if ended:
+            print(f"lis: Ray's {ended} exited under lis: nothing serves any more; ending the "
+                  "stack (exit status 1)", file=sys.stderr, flush=True)
+            _end_children(_RAY_EXIT_S)
+            return 1
     shut_down(args.address, own_ray=args.own_ray)
     return 0
+
+
+def _ray_core_processes() -> dict[int, str]:
+    """The GCS and raylet this process started (its children: ``lis up`` started them), by pid."""
+    core = {}
+    for child in _children_of_this():
+        try:
+            if child.name() in _RAY_CORE:
+                core[child.pid] = _RAY_CORE[child.name()]
+        except psutil.Error:
+            continue
+    return core
+
+
+def _ended(core: dict[int, str]) -> str | None:
+    """Which of ``core`` has exited (reaped here: they are this process's children), if any."""
+    for pid, name in core.items():
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return f"{name} (pid {pid})"  # reaped already: gone all the same
+        if done:
+            how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"status {os.WEXITSTATUS(status)}")
+            return f"{name} (pid {pid}, {how})"
+    return None
+
+
+def _children_of_this() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
 
 
 if __name__ == "__main__":

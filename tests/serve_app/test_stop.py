@@ -148,3 +148,18 @@ def test_a_signal_during_start_up_ends_the_whole_stack(lis: Lis) -> None:
     wait_until(lambda: lis.printed("lis: deploying"), timeout_s=START_TIMEOUT_S,
                interval_s=0.1, message="lis up to start deploying")
     _stop_and_expect_nothing_left(lis, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_ray_dying_under_lis_ends_lis_up_with_status_1(lis: Lis) -> None:
+    # On a small board the kernel's out-of-memory killer may take Ray's raylet:
+    # then nothing serves, and lis up must end for systemd to restart it.
+    wait_until(lambda: lis.printed("lis: serving on"), timeout_s=START_TIMEOUT_S,
+               interval_s=0.5, message="lis up to serve")
+    stack = lis.stack()
+    [raylet] = [p for p in stack if p.name() == "raylet"]
+    raylet.kill()
+    gone, alive = psutil.wait_procs(stack, timeout=GONE_TIMEOUT_S)
+    assert [p.pid for p in alive] == [], f"still running after the raylet died:\n{lis.tail()}"
+    assert "lis: Ray's raylet (pid" in lis.tail() and "signal 9" in lis.tail(), lis.tail()
+    assert next(p.returncode for p in gone if p.pid == lis.process.pid) == 1
