@@ -3,6 +3,7 @@ the Python client's threads), against real replica-side servers (``LocalServer``
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import uuid
@@ -93,26 +94,38 @@ def test_threads_calling_at_once_each_keep_a_connection_of_their_own(node: str) 
         replica.server.stop(5)
 
 
-def test_every_replica_busy_is_told_apart_from_none_listening(node: str) -> None:
+@contextlib.contextmanager
+def _one_request_held(node: str) -> Iterator[Replica]:
+    """A replica that takes one request at a time, running one (from another caller) held
+    at its gate until the block ends."""
     gate = threading.Event()
     replica = Replica(node, "r1", max_ongoing=1, gate=gate)
-    caller = LocalCaller(SERVICE, node, timeout_s=10)
-    first = threading.Thread(target=caller.call, args=(b"held", None))
+    holder = LocalCaller(SERVICE, node, timeout_s=10)
+    first = threading.Thread(target=holder.call, args=(b"held", None))
     first.start()
     try:
+        wait_until(lambda: len(replica.threads) == 1, timeout_s=10,
+                   message="the first request to be running")
+        yield replica
+    finally:
+        gate.set()
+        first.join(10)
+        holder.close()
+        replica.server.stop(5)
+
+
+def test_every_replica_busy_is_told_apart_from_none_listening(node: str) -> None:
+    caller = LocalCaller(SERVICE, node, timeout_s=10)
+    with _one_request_held(node):
         # The client waits for a slot on AllBusy; on any other LocalUnreachable it
         # goes through Ray Serve (serve_app/_same_node.py).
         with pytest.raises(AllBusy):
-            _when_running(replica, lambda: caller.call(b"second", None))
+            caller.call(b"second", None)
         with pytest.raises(LocalUnreachable) as elsewhere:
             caller.call(b"third", None, running_replicas=2)
         assert not isinstance(elsewhere.value, AllBusy)
         assert "runs replicas on other nodes too" in str(elsewhere.value)
-    finally:
-        gate.set()
-        first.join(10)
-        caller.close()
-        replica.server.stop(5)
+    caller.close()
 
 
 def test_the_replicas_error_is_raised_and_the_connection_kept(node: str) -> None:
@@ -132,22 +145,12 @@ def test_no_socket_or_a_busy_replica_means_the_handle(node: str) -> None:
     caller = LocalCaller(SERVICE, node, timeout_s=10)
     with pytest.raises(LocalUnreachable, match="no replica of cameraService listens"):
         caller.call(b"x", None)
-    gate = threading.Event()
-    replica = Replica(node, "r1", max_ongoing=1, gate=gate)
-    other = LocalCaller(SERVICE, node, timeout_s=10)
-    first = threading.Thread(target=other.call, args=(b"held", None))
-    first.start()
-    try:
+    with _one_request_held(node) as replica:
         # The replica runs its most (one, held at the gate): it answers Busy, unstarted.
         with pytest.raises(LocalUnreachable, match="the replica is running 1 requests"):
-            _when_running(replica, lambda: caller.call(b"second", None))
+            caller.call(b"second", None)
         assert replica.threads.count(replica.threads[0]) == 1
-    finally:
-        gate.set()
-        first.join(10)
-        caller.close()
-        other.close()
-        replica.server.stop(5)
+    caller.close()
 
 
 def test_a_replica_that_does_not_answer_in_time_is_a_timeout(node: str) -> None:
@@ -163,9 +166,3 @@ def test_a_replica_that_does_not_answer_in_time_is_a_timeout(node: str) -> None:
         gate.set()
         caller.close()
         replica.server.stop(5)
-
-
-def _when_running(replica: Replica, call: Any) -> Any:
-    wait_until(lambda: len(replica.threads) == 1, timeout_s=10,
-               message="the first request to be running")
-    return call()
