@@ -295,17 +295,21 @@ class FolderWatch:
         return [name for _, name in sorted(ready)]
 
     def _list(self) -> dict[str, tuple[int, int]]:
+        gone = FileNotFoundError(f"no such folder: {self._spec.path}")
         if not self._spec.path.is_dir():
-            raise FileNotFoundError(f"no such folder: {self._spec.path}")
+            raise gone
         found = {}
-        for pattern in self._spec.patterns:
-            for path in self._spec.path.glob(pattern):
-                try:
-                    status = path.stat()
-                except FileNotFoundError:
-                    continue  # moved or deleted since it was listed
-                if path.is_file():
-                    found[path.name] = (status.st_size, status.st_mtime_ns)
+        try:
+            for pattern in self._spec.patterns:
+                for path in self._spec.path.glob(pattern):
+                    try:
+                        status = path.stat()
+                    except FileNotFoundError:
+                        continue  # moved or deleted since it was listed
+                    if path.is_file():
+                        found[path.name] = (status.st_size, status.st_mtime_ns)
+        except FileNotFoundError:
+            raise gone from None  # the folder itself went away while it was listed
         return found
 
     def _frame(self, name: str) -> Frame | None:
