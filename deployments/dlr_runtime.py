@@ -40,7 +40,7 @@ import numpy as np
 
 from deployments._dlr import import_dlr, installed_libdlr
 from deployments.compiled_runtime import (
-    CompiledModelRuntime,
+    NeoModelRuntime,
     first_line,
 )
 from deployments.neo import NeoArtifact
@@ -75,7 +75,7 @@ class _Libdlr:
     bundled: bool
 
 
-class DLRRuntime(CompiledModelRuntime):
+class DLRRuntime(NeoModelRuntime):
     """A Neo/DLR-compiled model; ``predict`` returns the model's raw outputs.
 
     For GluonCV detectors those are ``[class_ids (1,N,1), scores (1,N,1),

@@ -9,7 +9,8 @@ image-classification artifact runs on MXNet. A compiled (Neo/DLR layout)
 model, detector or classifier, runs on DLR when the installed DLR has a native
 library or the artifact bundles one (``deployments.dlr_runtime`` says which);
 else, when ``lis compile`` built it, on TVM's runtime; else the error says what
-to install.
+to install. A ``lis compile`` artifact for TVM's Relay VM (an ONNX detector
+ending in NonMaxSuppression) runs on TVM's runtime everywhere: DLR cannot.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from deployments.imaging import (
     tensor_batch,
 )
 from deployments.labels import read_labels
+from deployments.neo import is_vm_artifact
 from deployments.runtime import ModelRuntime, keep_large_buffers
+from deployments.tvm_runtime import INSTALL_TVM
 from vocabulary.connectors import Algorithm
 from vocabulary.errors import ArtifactError, InferenceFailed, LisError
 from vocabulary.limits import DEFAULT_MAX_PIXELS
@@ -100,6 +103,8 @@ def _is_compiled(folder: Path) -> bool:
 
 
 def _compiled_runtime(model_dir: Path, folder: Path, settings: dict[str, Any]) -> ModelRuntime:
+    if is_vm_artifact(folder):
+        return _virtual_machine_runtime(model_dir, folder, settings)
     if installed_libdlr() is not None or (folder / LIBDLR_FILE).is_file():
         from deployments.dlr_runtime import DLRRuntime
 
@@ -112,13 +117,24 @@ def _compiled_runtime(model_dir: Path, folder: Path, settings: dict[str, Any]) -
                             "(xtc-tvm-python-bindings) to serve it")
     if importlib.util.find_spec("tvm") is None:
         raise ArtifactError(str(model_dir), _NO_RUNTIME + "; or, since `lis compile` built it, "
-                            "install the TVM runtime: pip install "
-                            "xtc-tvm-python-bindings==0.19.0.12")
+                            + INSTALL_TVM)
     from deployments.tvm_runtime import TVMGraphRuntime
 
     log.info("TVM runtime for %s: no DLR native library here, and `lis compile` built it",
              folder)
     return TVMGraphRuntime(model_dir, **settings)
+
+
+def _virtual_machine_runtime(model_dir: Path, folder: Path,
+                             settings: dict[str, Any]) -> ModelRuntime:
+    # DLR 1.6's VM loader refuses TVM 0.19's bytecode: TVM's own runtime serves it, or nothing.
+    if importlib.util.find_spec("tvm") is None:
+        raise ArtifactError(str(model_dir), "this model was compiled for TVM's Relay VM, "
+                            "which only the TVM runtime serves: " + INSTALL_TVM)
+    from deployments.tvm_runtime import TVMVirtualMachineRuntime
+
+    log.info("TVM runtime (Relay VM) for %s: `lis compile` built it for the VM", folder)
+    return TVMVirtualMachineRuntime(model_dir, **settings)
 
 
 class InferencePipeline:

@@ -11,6 +11,14 @@ holding
     preprocessing.json     optional (lis): ``Preprocessing.to_dict()``
     lis-compile.json       optional (lis): how ``lis compile`` built it
 
+A model whose output shapes depend on its data (an ONNX detector ending in
+``NonMaxSuppression``) cannot run on a graph executor: ``lis compile`` builds
+it for TVM's Relay VM instead, and writes ``compiled.so`` with the VM's
+bytecode ``compiled.ro`` in place of the params and graph
+(``read_vm_artifact``). Its input name and shape are in ``lis-compile.json``
+(required there). DLR 1.6 cannot run TVM 0.19's VM bytecode, so only TVM's
+own runtime serves it (``deployments.tvm_runtime``).
+
 DLR itself finds the files by extension and stops at the first ambiguity with
 a bare message; ``read_neo_artifact`` checks the same rules first and names
 the missing or duplicate files. Note that DLR 1.6 refuses a folder with any
@@ -45,15 +53,20 @@ from vocabulary.names import (
     LIBRARY_FILE,
     PARAMS_FILE,
     PREPROCESSING_FILE,
+    VM_CODE_FILE,
 )
 
 __all__ = [
     "NeoArtifact",
+    "VMArtifact",
     "graph_input_shape",
     "host_machine",
+    "is_vm_artifact",
     "library_machine",
     "read_neo_artifact",
+    "read_vm_artifact",
     "write_neo_artifact",
+    "write_vm_artifact",
 ]
 
 
@@ -82,6 +95,56 @@ class NeoArtifact:
     def input_shape(self, input_name: str = "data") -> tuple[int, ...]:
         """The shape the graph was compiled for, read from the graph JSON."""
         return graph_input_shape(self.graph, input_name)
+
+
+@dataclass(frozen=True)
+class VMArtifact:
+    """A validated ``lis compile`` artifact for TVM's Relay VM, extracted to ``directory``."""
+
+    directory: Path
+    library: Path
+    code: Path
+    input_name: str
+    shape: tuple[int, ...]
+    labels: tuple[str, ...] | None
+
+    @property
+    def machine(self) -> str:
+        return library_machine(self.library)
+
+    def input_shape(self, input_name: str = "data") -> tuple[int, ...]:
+        """The shape the model was compiled for (its one input, ``lis-compile.json``'s)."""
+        if input_name != self.input_name:
+            raise ArtifactError(str(self.directory), f"no input {input_name!r}")
+        return self.shape
+
+
+def is_vm_artifact(directory: Path) -> bool:
+    """Whether an extracted artifact folder holds Relay VM bytecode (``compiled.ro``)."""
+    return (directory / VM_CODE_FILE).is_file()
+
+
+def read_vm_artifact(source: Path) -> VMArtifact:
+    """Validate a Relay VM artifact folder or archive and describe it."""
+    directory = materialize(Path(source))
+    library, code = directory / LIBRARY_FILE, directory / VM_CODE_FILE
+    for path in (library, code, directory / COMPILE_INFO_FILE):
+        if not path.is_file():
+            raise ArtifactError(str(directory), f"a Relay VM artifact needs {path.name}")
+    _check_library(library)
+    _check_readable(code)
+    input_name, shape = _compiled_input(directory / COMPILE_INFO_FILE)
+    return VMArtifact(directory=directory, library=library, code=code, input_name=input_name,
+                      shape=shape, labels=read_labels(directory / LABELS_FILE))
+
+
+def _compiled_input(info_file: Path) -> tuple[str, tuple[int, ...]]:
+    info = _load_json(info_file)
+    try:
+        shape = tuple(int(d) for d in info["input_shape"])
+        return str(info.get("input_name", "data")), shape
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(str(info_file), "no 'input_shape' for the model's input") from error
 
 
 def read_neo_artifact(source: Path) -> NeoArtifact:
@@ -135,21 +198,21 @@ def _check_library(path: Path) -> None:
 
 
 def _check_graph(path: Path) -> None:
-    graph = _load_graph(path)
+    graph = _load_json(path)
     if not isinstance(graph, dict) or not {"nodes", "arg_nodes", "heads"} <= graph.keys():
         raise ArtifactError(str(path), "not a TVM graph (needs 'nodes', 'arg_nodes', 'heads')")
 
 
-def _load_graph(path: Path) -> Any:
+def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ArtifactError(str(path), f"unreadable graph JSON: {error}") from error
+        raise ArtifactError(str(path), f"unreadable JSON: {error}") from error
 
 
 def graph_input_shape(graph_file: Path, input_name: str = "data") -> tuple[int, ...]:
     """The compiled shape of input ``input_name`` (TVM graph JSON ``attrs.shape``)."""
-    graph = _load_graph(graph_file)
+    graph = _load_json(graph_file)
     try:
         names = [node["name"] for node in graph["nodes"]]
         entry = graph["node_row_ptr"][names.index(input_name)]
@@ -197,11 +260,36 @@ def write_neo_artifact(
             shutil.copyfile(source, folder / name)
         if libdlr is not None:
             shutil.copyfile(libdlr, folder / LIBDLR_FILE)
-        if labels is not None:
-            write_labels(folder / LABELS_FILE, labels)
-        if preprocessing is not None:
-            (folder / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=2))
-        if compile_info is not None:
-            (folder / COMPILE_INFO_FILE).write_text(json.dumps(dict(compile_info), indent=2))
+        _write_descriptions(folder, labels, preprocessing, compile_info)
         read_neo_artifact(folder)
         return store_artifact(folder, Path(dest))
+
+
+def write_vm_artifact(
+    dest: Path,
+    *,
+    library: Path,
+    code: Path,
+    compile_info: Mapping[str, Any],
+    labels: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> Path:
+    """Assemble a Relay VM artifact at ``dest``; ``compile_info`` names its input's shape."""
+    with tempfile.TemporaryDirectory(prefix="lis-vm-") as scratch:
+        folder = Path(scratch)
+        shutil.copyfile(library, folder / LIBRARY_FILE)
+        shutil.copyfile(code, folder / VM_CODE_FILE)
+        _write_descriptions(folder, labels, preprocessing, compile_info)
+        read_vm_artifact(folder)
+        return store_artifact(folder, Path(dest))
+
+
+def _write_descriptions(folder: Path, labels: Sequence[str] | None,
+                        preprocessing: Preprocessing | None,
+                        compile_info: Mapping[str, Any] | None) -> None:
+    if labels is not None:
+        write_labels(folder / LABELS_FILE, labels)
+    if preprocessing is not None:
+        (folder / PREPROCESSING_FILE).write_text(json.dumps(preprocessing.to_dict(), indent=2))
+    if compile_info is not None:
+        (folder / COMPILE_INFO_FILE).write_text(json.dumps(dict(compile_info), indent=2))

@@ -6,6 +6,12 @@ bundles no ``libdlr.so``. Where the installed DLR has no native library
 either (PyPI's dlr==1.6.0 for aarch64 is pure Python), TVM's own graph
 executor runs the same three files (``deployments.inference`` decides).
 
+A model whose output shapes depend on its data (an ONNX detector ending in
+``NonMaxSuppression``) is built by ``lis compile`` for TVM's Relay VM
+(``compiled.so`` + ``compiled.ro``, ``deployments.neo.read_vm_artifact``).
+DLR 1.6 cannot run TVM 0.19's VM bytecode (its loader checks for version
+0.8.dev0), so ``TVMVirtualMachineRuntime`` serves those on every machine.
+
 TVM loads runtime-only: with ``TVM_USE_RUNTIME_LIB=1`` while ``tvm`` is first
 imported, its Python package loads ``libtvm_runtime.so`` instead of the
 compiler's ``libtvm.so``, which needs libLLVM (absent on a device) and is not
@@ -35,9 +41,10 @@ import numpy as np
 from deployments.compiled_runtime import (
     DEFAULT_INPUT_NAME,
     CompiledModelRuntime,
+    NeoModelRuntime,
     first_line,
 )
-from deployments.neo import NeoArtifact
+from deployments.neo import NeoArtifact, VMArtifact, read_vm_artifact
 from deployments.runtime import (
     DEFAULT_THREADS,
     refuse_mixed_tvm_runtimes,
@@ -46,11 +53,11 @@ from deployments.runtime import (
 )
 from vocabulary.errors import ArtifactError, InvalidArgument, LisError
 
-__all__ = ["TVMGraphRuntime"]
+__all__ = ["INSTALL_TVM", "TVMGraphRuntime", "TVMVirtualMachineRuntime"]
 
 _RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
-_INSTALL_TVM = ("install the TVM runtime: pip install xtc-tvm-python-bindings==0.19.0.12 "
-                "(the pin in requirements-compile.txt)")
+INSTALL_TVM = ("install the TVM runtime: pip install xtc-tvm-python-bindings==0.19.0.12 "
+               "(the pin in requirements-compile.txt)")
 # `lis compile` builds LLVM code for a CPU (x86_64 or aarch64), never for CUDA.
 _CPU_ONLY = "an artifact built by `lis compile` runs on the CPU only"
 
@@ -76,11 +83,20 @@ def _import_tvm_runtime() -> tuple[ModuleType, ModuleType]:
             from tvm.contrib import graph_executor  # noqa: PLC0415
     except (ImportError, OSError, RuntimeError) as error:
         raise LisError(f"the TVM runtime cannot load ({first_line(error)}): "
-                       f"{_INSTALL_TVM}") from error
+                       f"{INSTALL_TVM}") from error
     return tvm, graph_executor
 
 
-class TVMGraphRuntime(CompiledModelRuntime):
+def _prepare_cpu(device: str, threads: int, allow_cpu_fallback: bool) -> str:
+    """The device a TVM runtime runs on (the CPU), in a process without DLR, threads set."""
+    refuse_mixed_tvm_runtimes("tvm")
+    device = select_device(device, False, allow_cpu_fallback=allow_cpu_fallback,
+                           unsupported=_CPU_ONLY)
+    set_thread_count(threads)
+    return device
+
+
+class TVMGraphRuntime(NeoModelRuntime):
     """A ``lis compile`` artifact run by TVM's graph executor, on the CPU.
 
     ``predict`` returns the same raw outputs as ``DLRRuntime`` on that artifact.
@@ -95,11 +111,8 @@ class TVMGraphRuntime(CompiledModelRuntime):
         self._executor: Any = None
 
     def load(self) -> None:
-        refuse_mixed_tvm_runtimes("tvm")
         artifact = self._read_for_this_machine()
-        self.device = select_device(self.device, False, allow_cpu_fallback=self.allow_cpu_fallback,
-                                    unsupported=_CPU_ONLY)
-        set_thread_count(self.threads)
+        self.device = _prepare_cpu(self.device, self.threads, self.allow_cpu_fallback)
         tvm, graph_executor = _import_tvm_runtime()
         self._executor, self._input_name = _create(tvm, graph_executor, artifact)
         self._input_shape = artifact.input_shape(self._input_name)
@@ -136,3 +149,47 @@ def _input_name(graph: dict[str, Any], params: dict[str, Any]) -> str:
     return next((name for name in names if name not in params), DEFAULT_INPUT_NAME)
 
 
+class TVMVirtualMachineRuntime(CompiledModelRuntime[VMArtifact]):
+    """A ``lis compile`` Relay VM artifact (``compiled.so`` + ``compiled.ro``), on the CPU.
+
+    ``predict`` returns the model's outputs as they come: a detector whose
+    number of rows depends on the data answers as many as it found.
+    """
+
+    platform = "tvm"
+    _machine: Any = None  # TVM's VirtualMachine, once loaded
+
+    def _read(self) -> VMArtifact:
+        artifact = read_vm_artifact(self.artifact_dir)
+        self._input_name = artifact.input_name
+        return artifact
+
+    def load(self) -> None:
+        artifact = self._read_for_this_machine()
+        self.device = _prepare_cpu(self.device, self.threads, self.allow_cpu_fallback)
+        self._machine = _create_vm(_import_tvm_runtime()[0], artifact)
+
+    def predict(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._machine is None:
+            raise LisError("the TVM runtime is not loaded (call load() first)")
+        if tuple(batch.shape) != self.input_shape:
+            raise InvalidArgument("input batch shape", tuple(batch.shape), str(self.input_shape))
+        import tvm  # noqa: PLC0415 - loaded runtime-only by load()
+
+        result = self._machine.invoke("main", tvm.nd.array(
+            np.ascontiguousarray(batch, dtype=np.float32)))
+        outputs = result if isinstance(result, tvm.runtime.container.ADT) else [result]
+        return [output.numpy() for output in outputs]
+
+
+def _create_vm(tvm: ModuleType, artifact: VMArtifact) -> Any:
+    """TVM's Relay VM holding the compiled model, on the CPU."""
+    try:
+        with _runtime_only():
+            from tvm.runtime import vm  # noqa: PLC0415
+        executable = vm.Executable.load_exec(artifact.code.read_bytes(),
+                                             tvm.runtime.load_module(str(artifact.library)))
+        return vm.VirtualMachine(executable, tvm.cpu(0))
+    except (tvm.TVMError, OSError, ValueError) as error:
+        raise ArtifactError(str(artifact.directory), "TVM could not load the Relay VM model: "
+                            f"{first_line(error)}") from error

@@ -27,6 +27,7 @@ __all__ = [
     "ENDPOINT_ENV",
     "FAKE_GPU_SUPPORT_ENV",
     "FEEDBACK_DEPLOYMENT",
+    "GRAPH_EXECUTOR",
     "GRAPH_FILE",
     "HTTP_TOKEN_FILE",
     "INGRESS_DEPLOYMENT",
@@ -42,6 +43,8 @@ __all__ = [
     "SYMBOL_PREFIX",
     "TOKEN_ENV",
     "TRANSPORT_ENV",
+    "VM_CODE_FILE",
+    "VM_EXECUTOR",
     "camera_resource",
     "platform_resource",
 ]
@@ -110,7 +113,13 @@ LIBRARY_FILE = "compiled.so"
 PARAMS_FILE = "compiled.params"
 GRAPH_FILE = "compiled_model.json"
 LIBDLR_FILE = "libdlr.so"  # a DLR runtime shipped inside the artifact
+# lis compile, for a model with data-dependent output shapes (NonMaxSuppression):
+# TVM's Relay VM bytecode beside compiled.so, instead of the params and graph.
+VM_CODE_FILE = "compiled.ro"
 COMPILE_INFO_FILE = "lis-compile.json"  # lis: how `lis compile` built it
+# Its "executor": what runs the artifact, a graph executor (DLR, or TVM's) or TVM's Relay VM.
+GRAPH_EXECUTOR = "graph"
+VM_EXECUTOR = "vm"
 # JSON files in a Neo artifact that are not the graph: DLR's own list plus lis's.
 AUXILIARY_JSON_FILES = frozenset({
     SHAPES_FILE, "hyperparams.json", "version.json",
