@@ -18,7 +18,8 @@ VERIFY_TOLERANCE = 1e-3
 
 
 def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
-                    tolerance: float = VERIFY_TOLERANCE, framework: str = "MXNet") -> float:
+                    tolerance: float = VERIFY_TOLERANCE, framework: str = "MXNet",
+                    runtime: str = "DLR") -> float:
     """Largest absolute difference; ``CompileError`` if they disagree.
 
     A detector's outputs (class ids, scores, boxes) are compared only on the
@@ -27,10 +28,11 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
     must be equal.
     """
     if [o.shape for o in reference] != [o.shape for o in actual]:
-        raise CompileError(f"verification failed: DLR output shapes {[o.shape for o in actual]}"
-                           f" differ from {framework}'s {[o.shape for o in reference]}")
+        raise CompileError(f"verification failed: {runtime} output shapes "
+                           f"{[o.shape for o in actual]} differ from {framework}'s "
+                           f"{[o.shape for o in reference]}")
     if _is_detection(reference):
-        reference, actual = _detection_rows(reference, actual, framework)
+        reference, actual = _detection_rows(reference, actual, f"{runtime} and {framework}")
     worst = 0.0
     for expected, got in zip(reference, actual):
         if expected.size == 0:
@@ -49,14 +51,13 @@ def _is_detection(outputs: list[np.ndarray]) -> bool:
 
 
 def _detection_rows(reference: list[np.ndarray], actual: list[np.ndarray],
-                    framework: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                    both: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     valid = reference[0][..., 0] >= 0
     expected, got = [o[valid] for o in reference], [o[valid] for o in actual]
     twins = pair_detections(expected[0][:, 0], expected[1][:, 0], got[0][:, 0], got[1][:, 0])
     got = [o[twins] for o in got]
     if not np.array_equal(expected[0], got[0]):
-        raise CompileError(f"verification failed: DLR and {framework} detect different class "
-                           "ids")
+        raise CompileError(f"verification failed: {both} detect different class ids")
     return expected[1:], got[1:]
 
 

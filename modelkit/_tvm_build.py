@@ -6,10 +6,14 @@ files and stdout:
 
 - stdout: one line per stage, ``STAGE <text>``, which the parent shows with
   the elapsed time; everything else (TVM's warnings) goes to the log;
-- ``<work>/build/``: ``compiled.so``, ``compiled.params``, ``compiled_model.json``;
+- ``<work>/build/``: ``compiled.so``, ``compiled.params``, ``compiled_model.json``; or,
+  for a model whose output shapes depend on its data (NonMaxSuppression), which
+  the graph executor cannot run, ``compiled.so`` and ``compiled.ro``: TVM's
+  Relay VM executable (its library and bytecode);
 - ``<work>/reference.npz``: the source framework's outputs for ``<work>/input.npy``
   (MXNet's, or ONNX Runtime's for an ONNX model);
-- ``<work>/result.json``: the resolved target, and what tuning did (``modelkit._tune``);
+- ``<work>/result.json``: the resolved target, the executor (``graph`` or ``vm``), and
+  what tuning did (``modelkit._tune``);
 - ``<work>/tuning.log``: with tuning, the AutoTVM records the build applied;
 - ``<work>/error.txt``: on failure, one line saying what went wrong.
 """
@@ -31,11 +35,14 @@ from typing import Any
 import numpy as np
 
 from modelkit._tune import TuningOptions, tune
+from vocabulary.names import GRAPH_EXECUTOR, VM_EXECUTOR
 
 # The TVM tuning log lookup would otherwise try the network.
 os.environ.setdefault("TOPHUB_LOCATION", "NONE")
 
 _INPUT_NAME = "data"
+# What lis serves of a detector: class ids, scores, boxes in input pixels.
+_DETECTOR_OUTPUTS = "class ids [1, K, 1], scores [1, K, 1], boxes [1, K, 4]"
 _CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++", "armv7l": "arm-linux-gnueabihf-g++"}
 
 
@@ -140,9 +147,36 @@ def _import_onnx(path: str, input_name: str, shape: tuple[int, ...]) -> tuple[An
     import onnx  # noqa: PLC0415
     from tvm import relay  # noqa: PLC0415
 
+    model = onnx.load(path)
+    _smallest_topk_as_largest(model)
     # Weights frozen as constants: the artifact's graph then has one input, the image.
-    return relay.frontend.from_onnx(onnx.load(path), shape={input_name: shape},
+    return relay.frontend.from_onnx(model, shape={input_name: shape},
                                     dtype="float32", freeze_params=True)
+
+
+def _smallest_topk_as_largest(model: Any) -> None:
+    """Rewrite each ``TopK(largest=0)`` of ``model`` as ``-TopK(largest=1)`` of ``-x``.
+
+    TVM 0.19 imports an ascending TopK as a slice ending at INT64_MAX, which its
+    DynamicToStatic pass then fails to fit in int32; MXNet's exporter writes one
+    for ``box_nms`` (the NMS indices, sorted back into order).
+    """
+    from onnx import helper  # noqa: PLC0415
+
+    nodes = []
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "TopK" or attributes.get("largest", 1) != 0:
+            nodes.append(node)
+            continue
+        negated, values = f"{node.output[0]}_lis_negated_in", f"{node.output[0]}_lis_negated"
+        nodes += [helper.make_node("Neg", [node.input[0]], [negated]),
+                  helper.make_node("TopK", [negated, *node.input[1:]],
+                                   [values, *node.output[1:]], axis=attributes.get("axis", -1),
+                                   largest=1, sorted=attributes.get("sorted", 1)),
+                  helper.make_node("Neg", [values], [node.output[0]])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _with_softmax(mod: Any) -> Any:
@@ -160,10 +194,10 @@ def _with_softmax(mod: Any) -> Any:
 
 
 def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
-           cross_compiler: str | None, work: Path, tuning: TuningOptions | None) -> dict | None:
-    """Build into ``<work>/build``; what tuning did, or None without tuning."""
+           cross_compiler: str | None, work: Path, tuning: TuningOptions | None,
+           reference: list[np.ndarray]) -> tuple[str, dict | None]:
+    """Build into ``<work>/build``: the executor it needs, what tuning did (None without)."""
     import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
-    from tvm import autotvm, relay  # noqa: PLC0415
 
     _stage("importing the model into TVM Relay")
     try:
@@ -173,6 +207,74 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
         raise BuildFailure(f"unsupported operator: {' '.join(str(error).split())}") from error
     if softmax:
         mod = _with_softmax(mod)
+    if _has_dynamic_shapes(mod):
+        _check_detector_outputs(reference)
+        if tuning:
+            raise BuildFailure("--tune and --tune-records apply to models the graph executor "
+                               "runs; this one needs the Relay VM (data-dependent output "
+                               "shapes): compile it without them")
+        _build_vm(mod, params, target, cross_compiler, work)
+        return VM_EXECUTOR, None
+    return GRAPH_EXECUTOR, _build_graph(mod, params, target, cross_compiler, work, tuning)
+
+
+def _has_dynamic_shapes(mod: Any) -> bool:
+    """Whether some value in ``mod`` has a shape known only when it runs (``?``)."""
+    from tvm import ir, relay, tir  # noqa: PLC0415
+
+    mod = relay.transform.InferType()(mod)
+    found: list[bool] = []
+
+    def visit(expr: Any) -> None:
+        if found or isinstance(expr, ir.Op):  # an operator itself has no type
+            return
+        if _type_has_any(expr.checked_type, tir.Any):
+            found.append(True)
+
+    relay.analysis.post_order_visit(mod["main"], visit)
+    return bool(found)
+
+
+def _type_has_any(checked: Any, any_type: type) -> bool:
+    if hasattr(checked, "fields"):  # a tuple type
+        return any(_type_has_any(field, any_type) for field in checked.fields)
+    return any(isinstance(dim, any_type) for dim in getattr(checked, "shape", ()))
+
+
+def _check_detector_outputs(outputs: list[np.ndarray]) -> None:
+    """A model the VM runs is a detector (NMS): its outputs must be what lis serves."""
+    found = ", ".join(f"{list(o.shape)} {o.dtype}" for o in outputs)
+    shapes = [o.shape for o in outputs]
+    if (len(shapes) != 3 or any(len(s) != 3 or s[:2] != shapes[0][:2] for s in shapes)
+            or [s[2] for s in shapes] != [1, 1, 4] or shapes[0][0] != 1):
+        raise BuildFailure(f"the model has data-dependent output shapes (NonMaxSuppression), "
+                           f"so lis serves it as a detector, which must answer 3 outputs: "
+                           f"{_DETECTOR_OUTPUTS}, padding rows with class id -1; this one "
+                           f"answers {len(outputs)}: {found}")
+
+
+def _build_vm(mod: Any, params: dict, target: str, cross_compiler: str | None,
+              work: Path) -> None:
+    import tvm  # noqa: PLC0415
+    from tvm import relay  # noqa: PLC0415
+
+    _stage(f"building for TVM's Relay VM (data-dependent output shapes), target {target!r} "
+           "(the longest stage)")
+    with tvm.transform.PassContext(opt_level=3):
+        executable = relay.vm.compile(mod, target=target, params=params)
+    _stage("writing compiled.so, compiled.ro")
+    code, library = executable.save()
+    out = work / "build"
+    out.mkdir(parents=True, exist_ok=True)
+    _export_library(library, out / "compiled.so", cross_compiler)
+    (out / "compiled.ro").write_bytes(code)
+
+
+def _build_graph(mod: Any, params: dict, target: str, cross_compiler: str | None,
+                 work: Path, tuning: TuningOptions | None) -> dict | None:
+    import tvm  # noqa: PLC0415
+    from tvm import autotvm, relay  # noqa: PLC0415
+
     records, summary = (_tune(mod, params, target, cross_compiler, tuning, work)
                         if tuning else ([], None))
     _stage(f"building for target {target!r} (the longest stage)"
@@ -183,7 +285,7 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
     _stage("writing compiled.so, compiled.params, compiled_model.json")
     out = work / "build"
     out.mkdir(parents=True, exist_ok=True)
-    _export_library(lib, out / "compiled.so", cross_compiler)
+    _export_library(lib.get_lib(), out / "compiled.so", cross_compiler)
     (out / "compiled_model.json").write_text(lib.get_graph_json())
     (out / "compiled.params").write_bytes(relay.save_param_dict(lib.get_params()))
     return summary
@@ -203,16 +305,16 @@ def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
     return records, summary
 
 
-def _export_library(lib: Any, path: Path, cross_compiler: str | None) -> None:
+def _export_library(library: Any, path: Path, cross_compiler: str | None) -> None:
     if cross_compiler is None:
-        lib.get_lib().export_library(str(path))
+        library.export_library(str(path))
         return
     if shutil.which(cross_compiler) is None:
         raise BuildFailure(f"cross compiler {cross_compiler} not found "
                            "(Debian: apt-get install g++-aarch64-linux-gnu)")
     from tvm.contrib import cc  # noqa: PLC0415
 
-    lib.get_lib().export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
+    library.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
 
 
 def _summary(error: BaseException) -> str:
@@ -262,9 +364,11 @@ def _main(args: argparse.Namespace) -> None:
     tuning = None if args.tune_minutes is None else TuningOptions(
         args.tune_minutes, tuple(args.tune_records),
         *([args.tuning_cache] if args.tuning_cache else []))
-    summary = _build(load, args.softmax, target, cross_compiler, args.work, tuning)
+    executor, summary = _build(load, args.softmax, target, cross_compiler, args.work, tuning,
+                               outputs)
     (args.work / "result.json").write_text(json.dumps(
-        {"target": target, "cross_compiler": cross_compiler, "tuning": summary}))
+        {"target": target, "cross_compiler": cross_compiler, "executor": executor,
+         "tuning": summary}))
 
 
 def main(argv: list[str] | None = None) -> int:

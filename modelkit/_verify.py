@@ -1,9 +1,11 @@
-"""The DLR half of ``lis compile``'s verification, run as ``python -m modelkit._verify``.
+"""The runtime half of ``lis compile``'s verification, run as ``python -m modelkit._verify``.
 
-A fresh process (never the one that loaded TVM) loads the new artifact with
-``deployments.dlr_runtime.DLRRuntime`` exactly as serving will, runs
-``<work>/input.npy`` and saves the outputs to ``<work>/dlr.npz``. On failure
-it writes one line to ``<work>/verify-error.txt``.
+A fresh process (never the one that loaded TVM's compiler) loads the new
+artifact exactly as serving will: with ``deployments.dlr_runtime.DLRRuntime``,
+or, for a Relay VM artifact, which DLR cannot run, with
+``deployments.tvm_runtime.TVMVirtualMachineRuntime`` (runtime-only TVM, no
+DLR in the process). It runs ``<work>/input.npy`` and saves the outputs to
+``<work>/dlr.npz``. On failure it writes one line to ``<work>/verify-error.txt``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.dlr_runtime import DLRRuntime
+from deployments.neo import is_vm_artifact
+from deployments.runtime import ModelRuntime
 from vocabulary.errors import LisError
 
 
+def _runtime(artifact: Path) -> ModelRuntime:
+    # Each imported only where it serves: DLR and TVM never share a process.
+    if is_vm_artifact(artifact):
+        from deployments.tvm_runtime import TVMVirtualMachineRuntime  # noqa: PLC0415
+
+        return TVMVirtualMachineRuntime(artifact)
+    from deployments.dlr_runtime import DLRRuntime  # noqa: PLC0415
+
+    return DLRRuntime(artifact)
+
+
 def _run(artifact: Path, work: Path) -> None:
-    runtime = DLRRuntime(artifact)
+    runtime = _runtime(artifact)
     runtime.load()
     outputs = runtime.predict(np.load(work / "input.npy"))
     np.savez(work / "dlr.npz", *outputs)

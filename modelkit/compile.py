@@ -12,8 +12,13 @@ runtime and crash when loaded into one process:
 1. ``modelkit._tvm_build`` computes the source framework's outputs for a
    deterministic input (MXNet, imported before TVM; or ONNX Runtime), then
    builds the model with Relay;
-2. ``modelkit._verify`` loads the result with DLR, exactly as serving does,
-   and runs the same input.
+2. ``modelkit._verify`` loads the result with the runtime that serves it (DLR;
+   TVM's own for a Relay VM artifact), exactly as serving does, and runs the
+   same input.
+
+A model whose output shapes depend on its data (an ONNX detector ending in
+NonMaxSuppression) cannot run on a graph executor: it is built for TVM's
+Relay VM (``deployments.neo.write_vm_artifact``), which TVM's runtime serves.
 
 This process compares the two and reports the largest difference. Stages are
 shown as they happen; a failure is one ``CompileError`` line that points at
@@ -45,14 +50,14 @@ from deployments.labels import read_labels
 from deployments.neo import (
     host_machine,
     library_machine,
-    read_neo_artifact,
     write_neo_artifact,
+    write_vm_artifact,
 )
 from modelkit._child import Clock, Progress, run_child
 from modelkit._compare import VERIFY_TOLERANCE, compare_outputs, pair_detections
 from modelkit._source import ONNX_SUFFIX, Source, resolve_source
 from vocabulary.errors import ArtifactError, CompileError
-from vocabulary.names import COMPILE_INFO_FILE
+from vocabulary.names import COMPILE_INFO_FILE, GRAPH_EXECUTOR, LIBRARY_FILE, VM_EXECUTOR
 
 __all__ = [
     "DEFAULT_DETECTION_INPUT_SHAPE",
@@ -93,6 +98,7 @@ class CompileResult:
     max_abs_diff: float | None   # None when verification was skipped
     target: str                  # the LLVM target string actually used
     seconds: float
+    executor: str = GRAPH_EXECUTOR  # VM_EXECUTOR: for the Relay VM, TVM's runtime serves it
 
 
 def _print_progress(line: str) -> None:
@@ -127,7 +133,9 @@ def compile_model(
     ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
     defaults to the IC artifact's own, else ``"detector"``. ``tuning``
     (``Tuning``) tunes the model's schedules, or applies known records; it is
-    recorded in ``lis-compile.json``.
+    recorded in ``lis-compile.json``. A model with data-dependent output shapes
+    (an ONNX detector ending in NonMaxSuppression) is built for TVM's Relay VM
+    and verified on TVM's runtime (``CompileResult.executor``).
     """
     started = time.monotonic()
     source = resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
@@ -143,11 +151,12 @@ def compile_model(
     work = Path(tempfile.mkdtemp(prefix=f".lis-compile-{output.name}-", dir=output.parent))
     clock = Clock(started, progress or (lambda _line: None))
     try:
-        resolved_target, max_diff = _compile_in(work, job, output, verify, clock)
+        resolved_target, executor, max_diff = _compile_in(work, job, output, verify, clock)
     except ArtifactError as error:
         raise CompileError(f"{error} (full log: {work / 'compile.log'})") from error
     shutil.rmtree(work, ignore_errors=True)
-    return CompileResult(output, max_diff, resolved_target, time.monotonic() - started)
+    return CompileResult(output, max_diff, resolved_target, time.monotonic() - started,
+                         executor)
 
 
 @dataclass(frozen=True)
@@ -183,25 +192,41 @@ class Tuning:
 
 
 def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
-                clock: Clock) -> tuple[str, float | None]:
+                clock: Clock) -> tuple[str, str, float | None]:
     files = job.source.model.name + (f" + {job.source.params.name}" if job.source.params else "")
     clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
               + (", softmax appended" if job.softmax else ""))
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
-    resolved_target, tuned = _build(job, work, clock)
-    built = work / "build"
-    staged = write_neo_artifact(
-        work / "artifact", library=built / "compiled.so", graph=built / "compiled_model.json",
-        params=built / "compiled.params", labels=job.labels, preprocessing=job.preprocessing,
-        compile_info={**_compile_info(job.source, job.shape, resolved_target), "tuning": tuned})
+    resolved_target, executor, tuned = _build(job, work, clock)
+    info = {**_compile_info(job.source, job.shape, resolved_target), "executor": executor,
+            "tuning": tuned}
+    staged = _write_artifact(work, job, executor, info)
     if job.tuning and job.tuning.export:
         _export_records(work / "tuning.log", job.tuning.export, clock)
-    max_diff = _verify(staged, work, clock, job.source.framework) if verify else None
+    max_diff = (_verify(staged, work, clock, job.source.framework, _runtime_name(executor))
+                if verify else None)
     if max_diff is not None:
         _record_difference(staged, max_diff)
     store_artifact(staged, output)
     clock.say(f"wrote {output}")
-    return resolved_target, max_diff
+    return resolved_target, executor, max_diff
+
+
+def _runtime_name(executor: str) -> str:
+    """What runs the artifact, in messages: Relay VM artifacts only TVM's runtime."""
+    return "the TVM runtime" if executor == VM_EXECUTOR else "DLR"
+
+
+def _write_artifact(work: Path, job: _Job, executor: str, info: dict[str, object]) -> Path:
+    built = work / "build"
+    if executor == VM_EXECUTOR:
+        return write_vm_artifact(work / "artifact", library=built / "compiled.so",
+                                 code=built / "compiled.ro", labels=job.labels,
+                                 preprocessing=job.preprocessing, compile_info=info)
+    return write_neo_artifact(
+        work / "artifact", library=built / "compiled.so", graph=built / "compiled_model.json",
+        params=built / "compiled.params", labels=job.labels, preprocessing=job.preprocessing,
+        compile_info=info)
 
 
 # --- inputs --------------------------------------------------------------------------
@@ -293,7 +318,8 @@ def _verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarr
 def _compile_info(source: Source, shape: tuple[int, ...], target: str) -> dict[str, object]:
     files: dict[str, object] = ({"onnx": source.model.name} if source.params is None else
                                 {"symbol": source.model.name, "params": source.params.name})
-    return {**files, "input_shape": list(shape), "target": target}
+    return {**files, "input_name": source.input_name, "input_shape": list(shape),
+            "target": target}
 
 
 def _record_difference(artifact: Path, max_diff: float) -> None:
@@ -320,7 +346,8 @@ def _export_records(records: Path, export: Path, clock: Clock) -> None:
     clock.say(f"exported {count} tuning record(s) to {export}")
 
 
-def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, dict | None]:
+def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict | None]:
+    """The resolved target, the executor the artifact needs and what tuning did."""
     source = job.source
     model = (["--onnx", str(source.model), "--input-name", source.input_name]
              if source.params is None else
@@ -332,24 +359,25 @@ def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, dict | None]:
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
     result = json.loads((work / "result.json").read_text())
-    return str(result["target"]), result["tuning"]
+    return str(result["target"]), str(result["executor"]), result["tuning"]
 
 
-def _verify(artifact: Path, work: Path, clock: Clock, framework: str) -> float | None:
-    built_for = library_machine(read_neo_artifact(artifact).library)
+def _verify(artifact: Path, work: Path, clock: Clock, framework: str,
+            runtime: str) -> float | None:
+    built_for = library_machine(artifact / LIBRARY_FILE)
     if built_for != host_machine():
         clock.say(f"not verified: the artifact is for {built_for}, this machine is "
                   f"{host_machine()}")
         return None
-    clock.say("verifying: loading the artifact with DLR in a fresh process")
+    clock.say(f"verifying: loading the artifact with {runtime} in a fresh process")
     returncode = run_child("modelkit._verify", ["--artifact", str(artifact), "--work", str(work)],
                             work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "verify-error.txt", "verification", returncode)
     reference = _outputs(work / "reference.npz")
     actual = _outputs(work / "dlr.npz")
-    max_diff = compare_outputs(reference, actual, framework=framework)
-    clock.say(f"verified: DLR vs {framework} max abs difference {max_diff:.3g} "
+    max_diff = compare_outputs(reference, actual, framework=framework, runtime=runtime)
+    clock.say(f"verified: {runtime} vs {framework} max abs difference {max_diff:.3g} "
               f"over {len(actual)} output(s)")
     return max_diff
 
@@ -439,7 +467,8 @@ def run(args: argparse.Namespace) -> int:
                            softmax=args.softmax, tuning=_tuning(args))
     framework = "ONNX Runtime" if Path(symbol).suffix.lower() == ONNX_SUFFIX else "MXNet"
     difference = ("not verified" if result.max_abs_diff is None
-                  else f"DLR vs {framework} max abs difference {result.max_abs_diff:.3g}")
+                  else f"{_runtime_name(result.executor)} vs {framework} max abs difference "
+                       f"{result.max_abs_diff:.3g}")
     print(f"compiled {result.artifact} for {result.target!r} in {result.seconds:.0f} s; "
           f"{difference}")
     return 0
