@@ -1,5 +1,8 @@
 """ONNX models made from the test suite's own MXNet checkpoints, for `lis compile`'s ONNX input.
 
+``export_onnx_detector`` exports the demo SSD lis trains (``models/shapes-ssd``)
+with the same exporter: its ``box_nms`` becomes ``NonMaxSuppression``.
+
 MXNet 1.9's exporter (``mxnet.onnx``) writes opset 13 operators but declares
 the opset of the installed ``onnx`` package, which redefined some of them
 since: the graph is made with the exporter and declared opset 13 here.
@@ -12,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 OPSET = 13
+REPO = Path(__file__).resolve().parents[2]
+# The demo SSD, trained by `make train-models` and committed (an MXNet checkpoint).
+DEMO_SSD = REPO / "models" / "shapes-ssd" / "shapes-ssd"
+DEMO_SSD_SHAPE = (1, 3, 512, 512)
 
 
 def export_onnx(symbol_file: Path, params_file: Path, shape: tuple[int | str, ...], path: Path,
@@ -44,6 +51,19 @@ def export_onnx(symbol_file: Path, params_file: Path, shape: tuple[int | str, ..
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="lis-tests")
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def export_onnx_detector(path: Path, *, outputs: int = 3) -> Path:
+    """The demo SSD as ONNX at ``path``, answering its first ``outputs`` outputs only."""
+    import onnx  # noqa: PLC0415
+
+    export_onnx(DEMO_SSD.with_name("shapes-ssd-symbol.json"),
+                DEMO_SSD.with_name("shapes-ssd-0000.params"), DEMO_SSD_SHAPE, path,
+                traced=DEMO_SSD_SHAPE)
+    model = onnx.load(str(path))
+    del model.graph.output[outputs:]
     onnx.save(model, str(path))
     return path
 
