@@ -5,7 +5,9 @@ MXNet's own ONNX exporter (``_onnx_models.export_onnx_detector``), whose
 ``box_nms`` becomes ``NonMaxSuppression``: output shapes that depend on the
 data, which a graph executor cannot run. The artifact is served by TVM's
 runtime (DLR 1.6 cannot run TVM 0.19's VM bytecode), in a fresh interpreter as
-a replica would load it, and must answer a real scene as ONNX Runtime does.
+a replica would load it, and must answer a real scene as ONNX Runtime does. A detector made by hand
+(``_onnx_models.tiny_nms_detector``) answers as many rows as NonMaxSuppression
+keeps, no padding: it is served as is too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from deployments.imaging import DETECTOR_PREPROCESSING, prepare_image
 from deployments.output import detections
 from modelkit.compile import VERIFY_TOLERANCE, compile_model
 from modelkit.shapes import box_iou, detection_sample
-from tests.modelkit._onnx_models import DEMO_SSD_SHAPE, export_onnx_detector, run_onnx
+from tests.modelkit._onnx_models import (
+    DEMO_SSD_SHAPE,
+    export_onnx_detector,
+    run_onnx,
+    tiny_nms_detector,
+)
 from vocabulary.errors import CompileError
 from vocabulary.names import COMPILE_INFO_FILE, GRAPH_FILE, PARAMS_FILE, VM_CODE_FILE
 
@@ -33,6 +40,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 LABELS = REPO / "models" / "shapes-ssd" / "labels.txt"
 SIDE = DEMO_SSD_SHAPE[3]
+TINY_SIDE = 64
 # A 512x512 scene of the demo's generator with four shapes, all three classes.
 SCENE = detection_sample(seed=0, index=1)
 
@@ -106,30 +114,51 @@ def test_an_onnx_detector_compiles_for_the_relay_vm_verified_against_onnx_runtim
     assert info["input_name"] == "data" and info["input_shape"] == list(DEMO_SSD_SHAPE)
 
 
-def test_the_tvm_runtime_serves_it_as_onnx_runtime_answers_a_real_scene(
-        vm_artifact: dict[str, Any], onnx_detector: Path, tmp_path: Path) -> None:
+def _served_as_onnx_runtime_answers(artifact: Path, model: Path, side: int,
+                                    tmp_path: Path) -> list[list[float]]:
+    """The connector's rows for ``SCENE`` served from ``artifact``, held to ONNX Runtime's."""
     image = tmp_path / f"scene.{SCENE.extension}"
     image.write_bytes(SCENE.encoded)
-
-    report = _serve(vm_artifact["result"].artifact, image, SCENE.content_type)
-
+    report = _serve(artifact, image, SCENE.content_type)
     # Where DLR has a native library (this machine) too: the VM is TVM's alone, runtime-only.
     assert report["runtime"] == "TVMVirtualMachineRuntime"
     assert report["libraries"] == ["libtvm_runtime.so"] and report["imported"] == ["tvm"]
-    served = json.loads(report["body"])["prediction"]
-    spec = DETECTOR_PREPROCESSING.with_overrides(width=SIDE, height=SIDE)
-    expected = detections(*run_onnx(onnx_detector,
-                                    prepare_image(SCENE.encoded, SCENE.content_type, spec)),
-                          SIDE, SIDE)
-    assert len(served) == len(expected) >= len(SCENE.shapes)
+    served: list[list[float]] = json.loads(report["body"])["prediction"]
+    spec = DETECTOR_PREPROCESSING.with_overrides(width=side, height=side)
+    batch = prepare_image(SCENE.encoded, SCENE.content_type, spec)
+    expected = detections(*run_onnx(model, batch), side, side)
+    assert len(served) == len(expected) > 0
     for got, want in zip(served, expected, strict=True):
         assert got[0] == want[0]
         np.testing.assert_allclose(got[1:], want[1:], atol=VERIFY_TOLERANCE)
+    return served
+
+
+def test_the_tvm_runtime_serves_it_as_onnx_runtime_answers_a_real_scene(
+        vm_artifact: dict[str, Any], onnx_detector: Path, tmp_path: Path) -> None:
+    served = _served_as_onnx_runtime_answers(vm_artifact["result"].artifact, onnx_detector,
+                                             SIDE, tmp_path)
     # And the detector sees the scene: each drawn shape found, its class, IoU > 0.7.
     for shape in SCENE.shapes:
         box = [c / SIDE for c in shape.box]
         assert any(row[0] == shape.class_id and row[1] > 0.5 and box_iou(row[2:], box) > 0.7
                    for row in served), (shape, served)
+
+
+def test_a_detector_whose_detection_count_depends_on_the_image_is_served_as_is(
+        tmp_path: Path) -> None:
+    model = tiny_nms_detector(tmp_path / "tiny.onnx", side=TINY_SIDE)
+    batches = [np.random.RandomState(seed).uniform(-2, 2, (1, 3, TINY_SIDE, TINY_SIDE))
+               for seed in (0, 1)]
+    counts = {run_onnx(model, batch.astype(np.float32))[0].shape[1] for batch in batches}
+    assert len(counts) == 2  # K is the image's, not a padded maximum
+
+    result = compile_model(model, None, tmp_path / "vm", preprocessing="detector",
+                           progress=None)
+
+    assert result.executor == "vm"
+    assert result.max_abs_diff is not None and result.max_abs_diff <= VERIFY_TOLERANCE
+    _served_as_onnx_runtime_answers(result.artifact, model, TINY_SIDE, tmp_path)
 
 
 def test_without_the_tvm_runtime_a_vm_artifact_says_what_to_install(
