@@ -13,6 +13,7 @@ keeps, no padding: it is served as is too.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ import pytest
 
 from deployments.imaging import DETECTOR_PREPROCESSING, prepare_image
 from deployments.output import detections
-from modelkit.compile import VERIFY_TOLERANCE, compile_model
+from deployments.neo import read_vm_artifact
+from modelkit.compile import VERIFY_TOLERANCE, Tuning, compile_model
 from modelkit.shapes import box_iou, detection_sample
 from tests.modelkit._onnx_models import (
     DEMO_SSD_SHAPE,
@@ -31,6 +33,7 @@ from tests.modelkit._onnx_models import (
     run_onnx,
     tiny_nms_detector,
 )
+from serve_app import cli
 from vocabulary.errors import CompileError
 from vocabulary.names import COMPILE_INFO_FILE, GRAPH_FILE, PARAMS_FILE, VM_CODE_FILE
 
@@ -181,3 +184,36 @@ def test_a_detector_without_the_three_outputs_is_refused_naming_what_it_has(
         in message
     assert "this one answers 2: [1, 100, 1] float32, [1, 100, 1] float32" in message
     assert not (tmp_path / "vm").exists()
+
+
+def test_the_command_line_says_which_runtime_verified_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_nms_detector(tmp_path / "tiny.onnx", side=TINY_SIDE)
+    assert cli.main(["compile", str(model), "--input-shape", f"1,3,{TINY_SIDE},{TINY_SIDE}",
+                     "--preprocessing", "detector", "-o", str(tmp_path / "vm.tar.gz")]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"compiled {tmp_path / 'vm.tar.gz'} for 'llvm")
+    assert "; the TVM runtime vs ONNX Runtime max abs difference " in summary
+    assert read_vm_artifact(tmp_path / "vm.tar.gz").shape == (1, 3, TINY_SIDE, TINY_SIDE)
+
+
+def test_tuning_records_are_refused_for_the_relay_vm(tmp_path: Path) -> None:
+    model = tiny_nms_detector(tmp_path / "tiny.onnx", side=TINY_SIDE)
+    with pytest.raises(CompileError, match=r"--tune and --tune-records apply to models the "
+                                           r"graph executor runs; this one needs the Relay VM"):
+        compile_model(model, None, tmp_path / "vm", tuning=Tuning(minutes=0.0,
+                                                                  cache=tmp_path / "cache"),
+                      progress=None)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
+                    reason="needs Debian's g++-aarch64-linux-gnu")
+def test_a_vm_artifact_cross_compiles_for_aarch64_without_claiming_verification(
+        tmp_path: Path) -> None:
+    model = tiny_nms_detector(tmp_path / "tiny.onnx", side=TINY_SIDE)
+    lines: list[str] = []
+    result = compile_model(model, None, tmp_path / "jetson", target="aarch64",
+                           progress=lines.append)
+    assert result.executor == "vm" and result.max_abs_diff is None
+    assert read_vm_artifact(result.artifact).machine == "aarch64"
+    assert any("not verified: the artifact is for aarch64" in line for line in lines)
