@@ -16,11 +16,14 @@ from deployments.neo import (
     LIBRARY_FILE,
     PARAMS_FILE,
     host_machine,
+    is_vm_artifact,
     read_neo_artifact,
+    read_vm_artifact,
     write_neo_artifact,
+    write_vm_artifact,
 )
 from vocabulary.errors import ArtifactError
-from vocabulary.names import PREPROCESSING_FILE
+from vocabulary.names import PREPROCESSING_FILE, VM_CODE_FILE
 
 
 @pytest.fixture
@@ -131,3 +134,40 @@ def test_writer_names_files_and_validates(tmp_path: Path, tiny_neo_artifact: Pat
                            graph=tiny_neo_artifact / COMPILE_INFO_FILE,
                            params=tiny_neo_artifact / PARAMS_FILE)
     assert not (tmp_path / "bad").exists()
+
+
+# --- Relay VM artifacts (lis compile of a detector with NonMaxSuppression) ---------
+
+def _vm_artifact(tmp_path: Path, tiny_neo_artifact: Path, info: dict[str, object]) -> Path:
+    """A VM artifact's layout, as the writer makes it (the bytecode's content is not read)."""
+    code = tmp_path / "code.ro"
+    code.write_bytes(b"bytecode")
+    return write_vm_artifact(tmp_path / "vm", library=tiny_neo_artifact / LIBRARY_FILE,
+                             code=code, labels=["a", "b"], compile_info=info)
+
+
+def test_a_vm_artifact_is_described_from_its_compile_info(tmp_path: Path,
+                                                          tiny_neo_artifact: Path) -> None:
+    folder = _vm_artifact(tmp_path, tiny_neo_artifact,
+                          {"input_name": "image", "input_shape": [1, 3, 96, 128]})
+    assert is_vm_artifact(folder) and not is_vm_artifact(tiny_neo_artifact)
+    artifact = read_vm_artifact(folder)
+    assert (artifact.library.name, artifact.code.name) == (LIBRARY_FILE, VM_CODE_FILE)
+    assert artifact.input_shape("image") == (1, 3, 96, 128)
+    assert artifact.labels == ("a", "b") and artifact.machine == host_machine()
+    with pytest.raises(ArtifactError, match="no input 'data'"):
+        artifact.input_shape("data")
+
+
+def test_a_vm_artifact_without_its_input_shape_is_refused(tmp_path: Path,
+                                                         tiny_neo_artifact: Path) -> None:
+    with pytest.raises(ArtifactError, match="no 'input_shape' for the model's input"):
+        _vm_artifact(tmp_path, tiny_neo_artifact, {"input_name": "data"})
+    assert not (tmp_path / "vm").exists()
+
+
+def test_a_vm_artifact_missing_a_file_names_it(tmp_path: Path, tiny_neo_artifact: Path) -> None:
+    folder = _vm_artifact(tmp_path, tiny_neo_artifact, {"input_shape": [1, 3, 64, 64]})
+    (folder / COMPILE_INFO_FILE).unlink()
+    with pytest.raises(ArtifactError, match="a Relay VM artifact needs lis-compile.json"):
+        read_vm_artifact(folder)
