@@ -247,9 +247,9 @@ def _check_detector_outputs(outputs: list[np.ndarray]) -> None:
     shapes = [o.shape for o in outputs]
     if (len(shapes) != 3 or any(len(s) != 3 or s[:2] != shapes[0][:2] for s in shapes)
             or [s[2] for s in shapes] != [1, 1, 4] or shapes[0][0] != 1):
-        raise BuildFailure(f"the model has data-dependent output shapes (NonMaxSuppression), "
-                           f"so lis serves it as a detector, which must answer 3 outputs: "
-                           f"{_DETECTOR_OUTPUTS}, padding rows with class id -1; this one "
+        raise BuildFailure(f"the model's output shapes depend on its data (as NonMaxSuppression's "
+                           f"do), so lis serves it as a detector, which must answer 3 outputs: "
+                           f"{_DETECTOR_OUTPUTS}, any padding rows with class id -1; this one "
                            f"answers {len(outputs)}: {found}")
 
 
