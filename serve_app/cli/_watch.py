@@ -15,6 +15,16 @@ process's children, when it started that Ray) exits, killed by the kernel's
 out-of-memory killer on a small board or by hand, nothing of lis serves any
 more, so the watcher kills what is left and exits with status 1, for the
 service manager to restart lis (``Restart=on-failure``).
+
+A signal must not be lost on the way from ``lis up`` into the watcher. The
+kernel hands a process-directed signal to any thread that does not block it,
+Ray's threads included; CPython's C-level handler notes it there, and the
+Python handler would run later on the main thread. A signal noted just before
+the ``exec``, or handled just before it, is gone after it: the watcher would
+wait for a stop that had already come (``tests/serve_app/test_stop.py``
+shows it). So ``lis up`` has the C-level handler write each
+signal's number into a pipe (``signal.set_wakeup_fd``, in any thread, at
+once) whose read end the watcher inherits and reads before it waits.
 """
 
 from __future__ import annotations
@@ -26,11 +36,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import psutil
 
-__all__ = ["STOP_DEADLINE_S", "Stopper", "become_watcher", "main"]
+__all__ = ["STOP_DEADLINE_S", "Stopper", "become_watcher", "main", "record_signals"]
 
 # From the first signal to the end of the whole stack, come what may: within
 # the 30 s a board's service manager is promised, and well within systemd's 90.
@@ -67,13 +77,17 @@ class Stopper:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            kill_the_stack(f"a second {signal.Signals(signum).name}")
-        self.requested.set()
-        threading.Thread(target=self._watchdog, name="lis-stop-watchdog", daemon=True).start()
+        self.request(signal.Signals(signum))
         if not self.serving:
             raise KeyboardInterrupt
+
+    def request(self, signum: signal.Signals) -> None:
+        """A stop signal came: stop now, or at once if one came already."""
+        self._signals += 1
+        if self._signals > 1:
+            kill_the_stack(f"a second {signum.name}")
+        self.requested.set()
+        threading.Thread(target=self._watchdog, name="lis-stop-watchdog", daemon=True).start()
 
     def _watchdog(self) -> None:
         threading.Event().wait(STOP_DEADLINE_S)  # a deadline: time passes on purpose
@@ -84,14 +98,48 @@ class Stopper:
             pass
 
 
+def record_signals() -> int:
+    """Have every signal with a Python handler noted in a pipe; its read end, inheritable.
+
+    Called on the main thread before Ray starts any thread. The watcher that
+    ``become_watcher`` starts reads the pipe (``--signals-fd``) before it waits.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)  # the C-level handler never waits on a full pipe
+    os.set_inheritable(read_end, True)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    return read_end
+
+
+def _recorded_stop(fd: int) -> signal.Signals | None:
+    """The first stop signal noted in the pipe ``record_signals`` made, if any; closes it."""
+    try:
+        noted = os.read(fd, 4096)
+    except BlockingIOError:
+        noted = b""
+    finally:
+        os.close(fd)
+    return next((signal.Signals(n) for n in noted if n in _STOP_SIGNALS), None)
+
+
+def _say(line: str, stream: TextIO | None = None) -> None:
+    """Print (to stderr by default); a stream that is gone (its terminal closed, its reader
+    ended) must not stop the stop."""
+    try:
+        print(line, file=stream or sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def shut_down(address: str | None, *, own_ray: bool) -> None:
     """Ray Serve's applications down, then the Ray this process started (if it did).
 
-    ``address`` is None when the stop came before Ray was started or joined.
+    ``address`` is None (or empty) when the stop came before Ray was started or joined.
     """
-    print("lis: shutting down", flush=True)
     try:
-        if address is not None:
+        _say("lis: shutting down", sys.stdout)
+        if address:
             import ray
             from ray import serve
 
@@ -120,7 +168,7 @@ def _end_children(grace_s: float) -> None:
 
 def kill_the_stack(reason: str) -> NoReturn:
     """SIGKILL every process this one started (Ray's included), then exit at once."""
-    print(f"lis: {reason}: killing what is left of the stack", file=sys.stderr, flush=True)
+    _say(f"lis: {reason}: killing what is left of the stack")
     children = _children()
     for child in children:
         _signal(child, signal.SIGKILL)
@@ -142,17 +190,19 @@ def _signal(process: psutil.Process, signum: signal.Signals) -> None:
         pass  # already gone
 
 
-def become_watcher(address: str, *, own_ray: bool) -> NoReturn:
+def become_watcher(address: str, *, own_ray: bool, signals_fd: int) -> NoReturn:
     """Replace this process with ``main``: Ray and lis's serving code leave its memory.
 
     The stop signals are blocked first: the mask survives ``exec``, so a
     signal sent while the new program starts waits for its handler instead of
-    killing it with the default action. ``os.execv`` does not return.
+    killing it with the default action. One noted before (``record_signals``)
+    waits in the pipe ``signals_fd``. ``os.execv`` does not return.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    argv = [sys.executable, "-m", "serve_app.cli._watch", "--address", address]
+    argv = [sys.executable, "-m", "serve_app.cli._watch", "--address", address,
+            "--signals-fd", str(signals_fd)]
     os.execv(sys.executable, argv + (["--own-ray"] if own_ray else []))
 
 
@@ -161,15 +211,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", required=True, help="the Ray the services run on")
     parser.add_argument("--own-ray", action="store_true",
                         help="this process started that Ray: stop it too")
+    parser.add_argument("--signals-fd", type=int,
+                        help="a pipe holding the signals noted before the exec")
     args = parser.parse_args(argv)
     stopper = Stopper(serving=True)
     core = _ray_core_processes() if args.own_ray else {}
+    came = _recorded_stop(args.signals_fd) if args.signals_fd is not None else None
+    if came is not None:
+        stopper.request(came)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # one sent during exec runs now
     while not stopper.requested.wait(_WAKE_S):
         ended = _ended(core)
         if ended:
-            print(f"lis: Ray's {ended} exited under lis: nothing serves any more; ending the "
-                  "stack (exit status 1)", file=sys.stderr, flush=True)
+            _say(f"lis: Ray's {ended} exited under lis: nothing serves any more; ending the "
+                 "stack (exit status 1)")
             _end_children(_RAY_EXIT_S)
             return 1
     shut_down(args.address, own_ray=args.own_ray)

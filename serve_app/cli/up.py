@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 
 from cluster.ray_start import connect_ray
-from serve_app.cli._watch import Stopper, become_watcher, shut_down
+from serve_app.cli._watch import Stopper, become_watcher, record_signals, shut_down
 from serve_app.config import demo_config_path, load_config
 from serve_app.deploy import deploy, wait_for_services
 from serve_app.http_token import bound_http_host, http_token
@@ -83,9 +83,12 @@ def _example(config: Any, host: str, port: int, token: str | None,
 
 def run(args: argparse.Namespace) -> int:
     stopper = Stopper()
+    signals_fd = record_signals()  # before Ray's threads: a signal they catch is noted too
     started = _Started(own_ray=not args.address)
     try:
         _start(args, stopper, started)
+        # From here a signal only notes the stop (and the pipe keeps it for the watcher).
+        stopper.serving = not args.detach
     except KeyboardInterrupt:
         if not stopper.requested.is_set():
             raise  # not one of our signals: leave as the CLI does
@@ -94,11 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     if args.log_to_console:  # the replicas' lines stream to this process, Ray's driver: it stays
-        stopper.serving = True
         stopper.wait()
         shut_down(started.address, own_ray=started.own_ray)
         return 0
-    become_watcher(started.address or "", own_ray=started.own_ray)
+    become_watcher(started.address or "", own_ray=started.own_ray, signals_fd=signals_fd)
 
 
 def _import_deployer() -> None:

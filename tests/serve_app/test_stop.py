@@ -163,3 +163,82 @@ def test_ray_dying_under_lis_ends_lis_up_with_status_1(lis: Lis) -> None:
     assert [p.pid for p in alive] == [], f"still running after the raylet died:\n{lis.tail()}"
     assert "lis: Ray's raylet (pid" in lis.tail() and "signal 9" in lis.tail(), lis.tail()
     assert next(p.returncode for p in gone if p.pid == lis.process.pid) == 1
+
+
+# What `lis up` does from the moment it says it serves to its exec into the watcher,
+# with a stop signal caught on the way by one of its other threads (Ray's, in lis
+# up) and handled in this image, where what the handler did is lost in the exec;
+# `sleep` stands for the Ray this process started (a child that outlives the exec).
+_SIGNAL_BEFORE_EXEC = """\
+import signal, subprocess, sys, threading
+from serve_app.cli._watch import Stopper, become_watcher, record_signals
+
+stopper = Stopper(serving=True)
+signals_fd = record_signals()
+ray_like = subprocess.Popen(["sleep", "600"])
+print(ray_like.pid, flush=True)
+other = threading.Thread(target=threading.Event().wait, daemon=True)
+other.start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+signal.pthread_kill(other.ident, signal.%s)
+while not stopper.requested.wait(0.01):  # handled here first: in short waits, as the
+    pass                                  # main thread runs Python's handlers between them
+become_watcher("", own_ray=True, signals_fd=signals_fd)
+"""
+
+
+def _watcher_after(script: str, **popen: object) -> tuple[subprocess.Popen[bytes], int]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    watcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env,
+                               **popen)  # type: ignore[call-overload]
+    assert watcher.stdout is not None
+    return watcher, int(watcher.stdout.readline())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_caught_just_before_the_exec_still_stops_the_stack(
+        signum: signal.Signals) -> None:
+    watcher, child = _watcher_after(_SIGNAL_BEFORE_EXEC % signum.name, stderr=subprocess.PIPE)
+    try:
+        out, err = watcher.communicate(timeout=GONE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        watcher.kill()
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the watcher never saw the stop signal lis up had caught before its exec")
+    assert watcher.returncode == 0, err.decode()
+    assert b"lis: shutting down" in out
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_stop_whose_output_is_gone_still_ends_the_stack() -> None:
+    # `lis up`'s terminal closed, or whatever read its output ended: printing the
+    # shutdown fails, and used to end the watcher there, with its Ray left running.
+    script = "\n".join(line for line in _SIGNAL_BEFORE_EXEC.splitlines()
+                       if not line.startswith(("signal.pthread_kill", "while", "    pass")))
+    watcher, child = _watcher_after(script, stderr=subprocess.DEVNULL)
+    assert watcher.stdout is not None
+    wait_until(lambda: _is_the_watcher(watcher.pid), timeout_s=60, message="the watcher to run")
+    watcher.stdout.close()
+    watcher.send_signal(signal.SIGINT)
+    try:
+        watcher.wait(timeout=GONE_TIMEOUT_S)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    gone, alive = psutil.wait_procs([psutil.Process(child)] if psutil.pid_exists(child) else [],
+                                    timeout=GONE_TIMEOUT_S)
+    for left in alive:
+        left.kill()
+    assert alive == [], "the Ray-like child outlived a stop whose output was gone"
+
+
+def _is_the_watcher(pid: int) -> bool:
+    """The process has become the watcher and unblocked its stop signals."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    blocked = int(next(line.split()[1] for line in status.splitlines()
+                       if line.startswith("SigBlk:")), 16)
+    return b"serve_app.cli._watch" in cmdline and not blocked & (1 << (signal.SIGINT - 1))
