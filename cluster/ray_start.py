@@ -18,6 +18,7 @@ from deployments.ray_internals import (
     reread_ray_environment,
     start_lean_head,
 )
+from deployments.runtime import DEFAULT_THREADS, thread_environment
 from vocabulary.connectors import PLATFORMS
 from vocabulary.names import RAY_NAMESPACE, platform_resource
 
@@ -28,6 +29,7 @@ __all__ = [
     "connect_ray",
     "direct_ingress_port",
     "local_platform",
+    "worker_threads",
 ]
 
 # A local node advertises one unit of its platform; replicas ask for 0.001.
@@ -60,6 +62,20 @@ SERVE_THROUGHPUT_ENVIRONMENT = {
 # on the LAN. A driver needs it too, to reach that Ray by "auto".
 LOOPBACK_ONLY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 _DIRECT_INGRESS_KEY = b"lis:direct-ingress-port"
+# The workers of a box's own Ray (``connect_ray`` starting it) are ready to be
+# replicas before any replica is asked for. Ray starts one worker per CPU when
+# the first driver connects; each imports Ray Serve as it starts (Ray's
+# ``preload_python_modules``), and has the thread environment of a replica
+# with DEFAULT_THREADS runtime threads (``worker_threads``), so a replica that
+# asks for that needs no runtime environment of its own, and Ray gives it one
+# of those warm workers instead of starting a new one. Measured with the demo
+# services on the 2-core reference box: the replicas ran 3.3-3.9 s after
+# Ray Serve was asked for them instead of 4.4-4.7 s; each half alone did not
+# help (docs/performance.md).
+_WORKER_THREADS = DEFAULT_THREADS
+WARM_WORKER_ENVIRONMENT = {**thread_environment(_WORKER_THREADS),
+                           "RAY_preload_python_modules": "ray.serve"}
+_WORKER_THREADS_KEY = b"lis:worker-threads"
 
 
 def direct_ingress_port() -> int | None:
@@ -73,6 +89,18 @@ def direct_ingress_port() -> int | None:
     later driver (``lis reload``) deploys the way the cluster was started.
     """
     value = kv_get(_DIRECT_INGRESS_KEY)
+    return int(value) if value else None
+
+
+def worker_threads() -> int | None:
+    """The runtime threads every worker of the connected Ray is set up for, if it is a
+    box's own Ray (``WARM_WORKER_ENVIRONMENT``); None on a cluster, whose nodes lis did
+    not start, or with no Ray connected."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    value = kv_get(_WORKER_THREADS_KEY)
     return int(value) if value else None
 
 
@@ -119,23 +147,25 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
     if log_to_driver:  # replicas write their lines to stderr too, which Ray streams here
         os.environ["RAY_SERVE_LOG_TO_STDERR"] = "1"
     platforms = PLATFORMS if any_platform else (local_platform(),)
-    # Only the Ray started here and this process's connection to it are one-box:
-    # a `ray start` run later from this process (a test's own cluster) must not be.
-    with _loopback_only():
+    # Only the Ray started here and this process's connection to it are one-box,
+    # with warm workers: a `ray start` run later from this process (a test's own
+    # cluster) must not be, nor a program it starts run with one thread.
+    with _environment({**LOOPBACK_ONLY_ENVIRONMENT, **WARM_WORKER_ENVIRONMENT}):
         address = start_lean_head(
             num_cpus=num_cpus, log_monitor=log_to_driver, outlive_caller=outlive_caller,
             resources={platform_resource(p): PLATFORM_UNITS for p in platforms})
         ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=log_to_driver)
+    kv_put(_WORKER_THREADS_KEY, str(_WORKER_THREADS).encode())
     if http_port is not None:
         kv_put(_DIRECT_INGRESS_KEY, str(http_port).encode())
     return address
 
 
 @contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """``LOOPBACK_ONLY_ENVIRONMENT`` for the processes started, and the calls made, meanwhile."""
-    saved = {name: os.environ.get(name) for name in LOOPBACK_ONLY_ENVIRONMENT}
-    os.environ.update(LOOPBACK_ONLY_ENVIRONMENT)
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment of the processes started, and the calls made, meanwhile."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     reread_ray_environment()
     try:
         yield

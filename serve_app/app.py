@@ -30,6 +30,7 @@ from deployments.pipelines.deployment import (
     pipeline_deployment,
 )
 from deployments.ray_internals import versioned
+from cluster.ray_start import worker_threads
 from deployments.runtime import thread_environment
 from deployments.service import InferenceService
 from serve_app._local import LocalLimits, local_aware_policy
@@ -102,14 +103,14 @@ def replica_demand(spec: ServiceSpec) -> dict[str, float]:
     return {name: amount for name, amount in demand.items() if amount}
 
 
-def _actor_options(spec: ServiceSpec) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "num_cpus": spec.num_cpus,
-        "resources": _custom_resources(spec),
-        # Thread pools are sized when native libraries load, before any lis
-        # code runs in the worker: set them in the worker's environment.
-        "runtime_env": {"env_vars": thread_environment(spec.runtime_threads)},
-    }
+def _actor_options(spec: ServiceSpec, node_threads: int | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": spec.num_cpus, "resources": _custom_resources(spec)}
+    # Thread pools are sized when native libraries load, before any lis code
+    # runs in the worker: a replica needs them in its worker's environment.
+    # A box's own Ray starts every worker with them for `node_threads` threads
+    # (cluster.ray_start.worker_threads); otherwise the replica asks Ray for them.
+    if spec.runtime_threads != node_threads:
+        options["runtime_env"] = {"env_vars": thread_environment(spec.runtime_threads)}
     if spec.num_gpus:
         options["num_gpus"] = spec.num_gpus
     if spec.memory_limit_kb:
@@ -162,11 +163,12 @@ def service_version(spec: ServiceSpec, config: LisConfig, model_version: str | N
 
 
 def _service_deployment(spec: ServiceSpec, config: LisConfig, feedback: Any,
-                        model_version: str | None, restart: str | None) -> Application:
+                        model_version: str | None, restart: str | None,
+                        node_threads: int | None) -> Application:
     return versioned(
         InferenceService, service_version(spec, config, model_version, restart),
         name=spec.name,
-        ray_actor_options=_actor_options(spec),
+        ray_actor_options=_actor_options(spec, node_threads),
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         max_queued_requests=spec.max_queued_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
@@ -206,9 +208,10 @@ def build_app(config: LisConfig, *, token: str | None = None,
         from deployments.feedback.deployment import build_feedback_worker
 
         feedback = build_feedback_worker(config.feedback)
+    threads = worker_threads()
     services = {spec.name: _service_deployment(spec, config, feedback,
                                                model_versions.get(spec.name),
-                                               restart.get(spec.name))
+                                               restart.get(spec.name), threads)
                 for spec in config.services}
     # Each pipeline calls its service through the handle this binding gives it.
     pipelines = {spec.name: build_pipeline(spec, services[spec.service],

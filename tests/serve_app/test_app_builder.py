@@ -36,17 +36,27 @@ def _specs(tmp_path: Path):
 
 def test_replicas_ask_for_their_platform_gpus_memory_and_threads(tmp_path: Path) -> None:
     jetson, gateway = _specs(tmp_path)
-    options = app_builder._actor_options(jetson)
+    options = app_builder._actor_options(jetson, None)
     assert options["resources"] == {"connector-platform:Aarch64JTX2": 0.001, "camera-bus": 1}
     assert options["num_gpus"] == 0.5 and options["num_cpus"] == 2
     assert options["memory"] == 500000 * 1024
     assert options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
     assert options["runtime_env"]["env_vars"]["TVM_NUM_THREADS"] == "2"
 
-    options = app_builder._actor_options(gateway)
+    options = app_builder._actor_options(gateway, None)
     assert options["resources"] == {"connector-platform:x86-64": 0.001}
     assert "num_gpus" not in options and "memory" not in options
     assert options["runtime_env"]["env_vars"]["MXNET_CPU_WORKER_NTHREADS"] == "3"
+
+
+def test_a_replica_whose_threads_its_node_sets_for_every_worker_asks_for_no_runtime_env(
+        tmp_path: Path) -> None:
+    # A box's own Ray starts its workers warm (cluster.ray_start): a replica
+    # that needs no environment of its own can take one of them.
+    jetson, gateway = _specs(tmp_path)
+    assert "runtime_env" not in app_builder._actor_options(jetson, 2)
+    assert app_builder._actor_options(gateway, 2)["runtime_env"]["env_vars"][
+        "OMP_NUM_THREADS"] == "3"
 
 
 def test_scaling_is_fixed_or_ray_serve_autoscaling(tmp_path: Path) -> None:

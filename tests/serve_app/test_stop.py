@@ -151,6 +151,24 @@ def test_a_signal_during_start_up_ends_the_whole_stack(lis: Lis) -> None:
 
 
 @pytest.mark.slow
+def test_a_replica_on_a_warm_worker_keeps_its_thread_caps_and_the_stack_stops(lis: Lis) -> None:
+    # lis up's own Ray starts its workers with a replica's thread environment,
+    # and the replica asks for none of its own (cluster.ray_start): the caps
+    # must still be in the replica's environment when its runtime loads.
+    wait_until(lambda: lis.printed("lis: serving on"), timeout_s=START_TIMEOUT_S,
+               interval_s=0.5, message="lis up to serve")
+    [replica] = [p for p in lis.stack() if "ServeReplica:lis:stoppable" in p.name()
+                 or "ServeReplica:lis:stoppable" in " ".join(p.cmdline())]
+    environment = replica.environ()
+    assert {name: environment.get(name) for name in ("OMP_NUM_THREADS", "TVM_NUM_THREADS",
+                                                     "OMP_WAIT_POLICY", "TVM_BIND_THREADS")} \
+        == {"OMP_NUM_THREADS": "1", "TVM_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+            "TVM_BIND_THREADS": "0"}
+    assert "ray.serve" in environment.get("RAY_preload_python_modules", "")
+    assert _stop_and_expect_nothing_left(lis, signal.SIGINT) == 0
+
+
+@pytest.mark.slow
 def test_ray_dying_under_lis_ends_lis_up_with_status_1(lis: Lis) -> None:
     # On a small board the kernel's out-of-memory killer may take Ray's raylet:
     # then nothing serves, and lis up must end for systemd to restart it.
