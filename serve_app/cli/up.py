@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         shut_down(started.address, own_ray=started.own_ray)
         return 0
     if args.detach:
+        if started.own_ray:
+            print(f"lis: detached; its Ray ({started.address}) keeps serving until "
+                  "`ray stop`", flush=True)
         return 0
     if args.log_to_console:  # the replicas' lines stream to this process, Ray's driver: it stays
         stopper.wait()
@@ -132,10 +135,11 @@ def _start(args: argparse.Namespace, stopper: Stopper, started: _Started) -> Non
     # What deploying imports (Ray Serve, the application's modules: 0.6 s of
     # CPU) loads while Ray's processes start, instead of after them.
     threading.Thread(target=_import_deployer, name="lis-import", daemon=True).start()
-    # A Ray started here outlives this process's exec into the watcher, which stops it.
+    # A Ray started here outlives this process: its exec into the watcher, which
+    # stops it, or its return with --detach, which leaves the services serving.
     started.address = connect_ray(args.address, any_platform=args.any_platform,
                                   log_to_driver=args.log_to_console, http_port=args.port,
-                                  outlive_caller=not args.detach)
+                                  outlive_caller=True)
     if args.address:
         # A Serve already running keeps the host it was first started with, whatever
         # --host says. (A Ray started just now runs no Serve yet.)

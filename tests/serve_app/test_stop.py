@@ -14,7 +14,9 @@ exit code -15): both SIGTERM cases fail there.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,6 +183,50 @@ def test_ray_dying_under_lis_ends_lis_up_with_status_1(lis: Lis) -> None:
     assert [p.pid for p in alive] == [], f"still running after the raylet died:\n{lis.tail()}"
     assert "lis: Ray's raylet (pid" in lis.tail() and "signal 9" in lis.tail(), lis.tail()
     assert next(p.returncode for p in gone if p.pid == lis.process.pid) == 1
+
+
+@pytest.mark.slow
+def test_lis_up_detached_returns_and_its_own_ray_keeps_serving(
+        tiny_classifier_artifact: Path, tmp_path: Path) -> None:
+    # It used to end the Ray it had just started as it returned, services and all.
+    config = tmp_path / "services.yaml"
+    config.write_text(SERVICES.format(model=tiny_classifier_artifact))
+    port = _free_port()
+    done = subprocess.run([str(Path(sys.executable).with_name("lis")), "up", str(config),
+                           "--port", str(port), "--detach"], capture_output=True, text=True,
+                          timeout=START_TIMEOUT_S, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    printed = done.stdout + done.stderr
+    detached = re.search(r"lis: detached; its Ray \(127\.0\.0\.1:(\d+)\)", printed)
+    assert done.returncode == 0 and detached, printed[-3000:]
+    stack = _ray_of(f"127.0.0.1:{detached.group(1)}")
+    try:
+        image = cv2.imencode(".jpg", np.full((64, 64, 3), 120, np.uint8))[1].tobytes()
+        answer = requests.post(f"http://127.0.0.1:{port}/inference/stoppable", data=image,
+                               headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+    finally:
+        for process in stack:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(stack, timeout=GONE_TIMEOUT_S)
+    assert any(p.info["cmdline"] and "gcs_server" in p.info["cmdline"][0] for p in stack)
+
+
+def _ray_of(gcs_address: str) -> list[psutil.Process]:
+    """Every process of the Ray whose GCS listens on ``gcs_address`` (by its session)."""
+    def cmdline(process: psutil.Process) -> str:
+        return " ".join(process.info["cmdline"] or [])
+
+    processes = list(psutil.process_iter(["cmdline"]))
+    sessions = {found for p in processes if gcs_address in cmdline(p)
+                for found in re.findall(r"session_\d{4}-[\d_-]+", cmdline(p))}
+    assert len(sessions) == 1, sessions
+    [session] = sessions
+    ours = [p for p in processes if session in cmdline(p)]
+    # Ray's agents rename themselves ("ray::DashboardAgent"): the raylet's children.
+    return ours + [child for p in ours if p.info["cmdline"] and
+                   p.info["cmdline"][0].endswith("raylet") for child in p.children()
+                   if child not in ours]
 
 
 # What `lis up` does from the moment it says it serves to its exec into the watcher,
