@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TextIO
 
@@ -201,7 +202,9 @@ def become_watcher(address: str, *, own_ray: bool, signals_fd: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    argv = [sys.executable, "-m", "serve_app.cli._watch", "--address", address,
+    # Run as a file, not `-m serve_app.cli._watch`: that would import the
+    # serve_app package first, and with it the client (10 MB of a board's memory).
+    argv = [sys.executable, str(Path(__file__).resolve()), "--address", address,
             "--signals-fd", str(signals_fd)]
     os.execv(sys.executable, argv + (["--own-ray"] if own_ray else []))
 
@@ -265,4 +268,7 @@ def _children_of_this() -> list[psutil.Process]:
 
 
 if __name__ == "__main__":
+    # Run as a file: Python put this file's folder first on the path, where the
+    # stop's imports (cluster, Ray) expect the project's root.
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
     sys.exit(main())

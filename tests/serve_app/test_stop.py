@@ -305,4 +305,4 @@ def _is_the_watcher(pid: int) -> bool:
         return False
     blocked = int(next(line.split()[1] for line in status.splitlines()
                        if line.startswith("SigBlk:")), 16)
-    return b"serve_app.cli._watch" in cmdline and not blocked & (1 << (signal.SIGINT - 1))
+    return b"serve_app/cli/_watch.py" in cmdline and not blocked & (1 << (signal.SIGINT - 1))
