@@ -10,7 +10,7 @@ import numpy as np
 
 from vocabulary.errors import CompileError
 
-__all__ = ["VERIFY_TOLERANCE", "compare_outputs", "pair_detections"]
+__all__ = ["VERIFY_TOLERANCE", "compare_outputs", "detection_count", "pair_detections"]
 
 # Verification fails above this difference, relative to each output's scale
 # (max(1, largest value)): 1e-3 on probabilities, half a pixel on 512-px boxes.
@@ -43,6 +43,11 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
                                f"{diff:.3g}")
         worst = max(worst, diff)
     return worst
+
+
+def detection_count(outputs: list[np.ndarray]) -> int | None:
+    """The detections (rows with a class id) in a detector's outputs; None for other models."""
+    return int(np.count_nonzero(outputs[0][..., 0] >= 0)) if _is_detection(outputs) else None
 
 
 def _is_detection(outputs: list[np.ndarray]) -> bool:
