@@ -17,6 +17,13 @@ and rebuilt when the compiler or the records change.
 
 ``python -m benchmarks.compile --tune-minutes N`` tunes the models first
 (N minutes each, on top of the committed records) and rewrites their records.
+
+``python -m benchmarks.compile --target "llvm -mcpu=core-avx2" --mxnet-isa AVX2``
+emulates a CPU with fewer instructions on this one: the untuned artifact is
+compiled for that target, MXNet's oneDNN is capped with ``DNNL_MAX_CPU_ISA``,
+and the two are measured in alternating rounds (``--rounds``), since this
+machine's speed drifts by 10-25 % over minutes.
+
 Each measurement runs in a fresh process, so MXNet's and TVM's thread pools
 never share one.
 """
@@ -36,6 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelkit.compile import DEFAULT_TARGET
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "build" / "bench" / "compile"
 RECORDS_DIR = ROOT / "models" / "tuning"
@@ -50,6 +59,7 @@ UNTUNED_MAX = 1.0
 # What decides the compiled code: an artifact is rebuilt when one of these changes.
 _TOOLCHAIN = ("modelkit/_tvm_build.py",)
 _TUNING = ("modelkit/_tune.py",)
+ROUNDS = 3          # alternating MXNet / artifact rounds of a capped comparison
 
 
 @dataclass(frozen=True)
@@ -91,8 +101,8 @@ def _export(model: str, size: int) -> Path:
     return prefix
 
 
-def _stamp(model: str, tuned: bool) -> str:
-    digest = hashlib.sha256()
+def _stamp(model: str, tuned: bool, target: str = DEFAULT_TARGET) -> str:
+    digest = hashlib.sha256(target.encode())
     for name in _TOOLCHAIN + (_TUNING if tuned else ()):
         digest.update((ROOT / name).read_bytes())
     if tuned and records_file(model).is_file():
@@ -100,15 +110,18 @@ def _stamp(model: str, tuned: bool) -> str:
     return digest.hexdigest()
 
 
-def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0) -> tuple[Path, dict]:
+def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
+              target: str = DEFAULT_TARGET) -> tuple[Path, dict]:
     """The compiled artifact (cached by its stamp) and its ``lis-compile.json``."""
     from modelkit.compile import Tuning, compile_model  # noqa: PLC0415
 
     prefix = _export(model, size)
-    out = BENCH_DIR / f"{model}-{'tuned' if tuned else 'untuned'}"
+    slug = "" if target == DEFAULT_TARGET else "-" + "".join(
+        c if c.isalnum() else "_" for c in target)
+    out = BENCH_DIR / f"{model}-{'tuned' if tuned else 'untuned'}{slug}"
     stamp = out.with_name(out.name + ".stamp")
     if tune_minutes or not (out.is_dir() and stamp.is_file()
-                            and stamp.read_text() == _stamp(model, tuned)):
+                            and stamp.read_text() == _stamp(model, tuned, target)):
         shutil.rmtree(out, ignore_errors=True)
         records = records_file(model)
         tuning = Tuning(tune_minutes, (records,) if records.is_file() else (),
@@ -117,9 +130,9 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0) -> 
         os.environ["LIS_TUNING_CACHE"] = str(BENCH_DIR / "tuning-cache")
         compile_model(prefix.with_name(f"{model}-symbol.json"),
                       prefix.with_name(f"{model}-0000.params"), out,
-                      input_shape=(1, 3, size, size), preprocessing="detector",
+                      input_shape=(1, 3, size, size), target=target, preprocessing="detector",
                       tuning=tuning, progress=_progress)
-        stamp.write_text(_stamp(model, tuned))
+        stamp.write_text(_stamp(model, tuned, target))
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
         _made_file(model).write_text(json.dumps({**info["tuning"], "cpu": _cpu()}, indent=2)
@@ -131,10 +144,14 @@ def _progress(line: str) -> None:
     print(f"  {line}", file=sys.stderr, flush=True)
 
 
-def _p50(kind: str, path: Path, size: int) -> float:
-    """p50 in ms, measured in a fresh process with THREADS threads."""
+def _p50(kind: str, path: Path, size: int, mxnet_isa: str | None = None) -> float:
+    """p50 in ms, measured in a fresh process with THREADS threads.
+
+    ``mxnet_isa`` caps the instructions MXNet's oneDNN uses (``DNNL_MAX_CPU_ISA``: ``AVX2``).
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TVM_NUM_THREADS=str(THREADS),
-               MXNET_CPU_WORKER_NTHREADS="1", PYTHONPATH=str(ROOT))
+               MXNET_CPU_WORKER_NTHREADS="1", PYTHONPATH=str(ROOT),
+               **({"DNNL_MAX_CPU_ISA": mxnet_isa} if mxnet_isa else {}))
     output = subprocess.run([sys.executable, "-m", "benchmarks.compile", "--measure", kind,
                              str(path), str(size)], env=env, check=True, capture_output=True,
                             text=True).stdout
@@ -189,6 +206,39 @@ def measure(tune_minutes: float = 0.0) -> list[Row]:
     return rows
 
 
+def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS) -> str:
+    """The markdown table of MXNet (ISA capped) vs the untuned artifact for ``target``.
+
+    Each round measures both in fresh processes, in alternating order, so that the
+    machine's drift falls on both; the table gives the median and range of the rounds' p50s.
+    """
+    lines = [f"Machine: {_cpu()}, {os.cpu_count()} cores; MXNet with DNNL_MAX_CPU_ISA="
+             f"{mxnet_isa or '(none)'}, artifact untuned for `{target}`; batch 1, {THREADS} "
+             f"threads, p50 of {RUNS} runs after {WARMUP} warm-up runs, {rounds} alternating "
+             "rounds, each runtime in a fresh process.",
+             "",
+             "| model | input | MXNet p50, median (range) | artifact p50, median (range) "
+             "| artifact / MXNet |",
+             "|---|---|---|---|---|"]
+    for model, size in MODELS:
+        prefix = _export(model, size)
+        artifact, _ = _artifact(model, size, tuned=False, target=target)
+        mxnet: list[float] = []
+        compiled: list[float] = []
+        for turn in range(rounds):
+            order = [("mxnet", prefix, mxnet), ("dlr", artifact, compiled)]
+            for kind, path, times in order[::-1] if turn % 2 else order:
+                times.append(_p50(kind, path, size, mxnet_isa))
+        ratio = statistics.median(compiled) / statistics.median(mxnet)
+        lines.append(f"| {model} | {size} | {_spread(mxnet)} | {_spread(compiled)} | "
+                     f"{_verdict(ratio, UNTUNED_MAX)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _spread(times: list[float]) -> str:
+    return f"{statistics.median(times):.1f} ms ({min(times):.1f}-{max(times):.1f})"
+
+
 def _made(model: str) -> str:
     if not _made_file(model).is_file():
         return "no records"
@@ -241,12 +291,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tune-minutes", type=float, default=0.0,
                         help="tune each model this long first, and rewrite models/tuning/")
+    parser.add_argument("--target", help="compare MXNet with the untuned artifact for this "
+                        "LLVM target only (e.g. 'llvm -mcpu=core-avx2'), in alternating rounds")
+    parser.add_argument("--mxnet-isa", help="with --target: cap MXNet's oneDNN at this ISA "
+                        "(DNNL_MAX_CPU_ISA, e.g. AVX2)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"with --target: alternating rounds (default {ROUNDS})")
     parser.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "SIZE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         kind, path, size = args.measure
         print(f"{_measure(kind, Path(path), int(size)):.3f}")
+        return 0
+    if args.target:
+        print(capped_section(args.target, args.mxnet_isa, args.rounds))
         return 0
     print(compile_section(args.tune_minutes))
     return 0
