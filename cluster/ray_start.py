@@ -26,6 +26,7 @@ __all__ = [
     "LOOPBACK_ONLY_ENVIRONMENT",
     "PLATFORM_UNITS",
     "SERVE_THROUGHPUT_ENVIRONMENT",
+    "WARM_WORKER_ENVIRONMENT",
     "connect_ray",
     "direct_ingress_port",
     "local_platform",
