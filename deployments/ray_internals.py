@@ -98,6 +98,11 @@ def start_lean_head(*, num_cpus: int | None, resources: dict[str, float],
     With ``outlive_caller`` the head keeps running after this process exits
     or execs (``lis up`` does, to wait for Ctrl-C without Ray loaded) and
     whoever remains stops it; otherwise Ray's reaper ends it with this process.
+
+    Ray's ``Node`` waits for its raylet to register by asking the GCS once a
+    second (``GlobalStateAccessor::GetNode``), so a raylet registered 0.1 s
+    after the first question is seen 0.9 s later; lis asks every 20 ms first,
+    and Ray's own question then finds the node at once.
     """
     from ray._private.node import Node
     from ray._private.parameter import RayParams
@@ -107,8 +112,41 @@ def start_lean_head(*, num_cpus: int | None, resources: dict[str, float],
                              raise_on_failure: bool) -> None:
             return None  # the usage-stats host: nothing to host with usage statistics off
 
+        def start_ray_processes(self) -> None:
+            super().start_ray_processes()
+            _wait_until_registered(self.get_gcs_client(), self._node_id)
+
     params = RayParams(num_cpus=num_cpus, resources=resources, include_dashboard=False,
                        include_log_monitor=log_monitor, no_monitor=True)
     node = _HeadWithoutApiServer(params, head=True, shutdown_at_exit=False,
                                  spawn_reaper=not outlive_caller)
     return str(node.address)
+
+
+_REGISTRATION_POLL_S = 0.02
+_REGISTRATION_WAIT_S = 30.0  # Ray's own raylet_start_wait_time_s
+
+
+def _wait_until_registered(gcs_client: Any, node_id_hex: str,
+                           wait_s: float = _REGISTRATION_WAIT_S) -> bool:
+    """Whether the GCS listed the raylet ``node_id_hex`` as alive within ``wait_s``
+    (when not, Ray's own wait that follows reports the failure)."""
+    import time
+
+    from ray._raylet import NodeID
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+    from ray.exceptions import GetTimeoutError, RpcError
+
+    selector = GetAllNodeInfoRequest.NodeSelector(node_id=NodeID.from_hex(node_id_hex).binary())
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if gcs_client.get_all_node_info(timeout=1, node_selectors=[selector],
+                                            state_filter=GcsNodeInfo.GcsNodeState.ALIVE):
+                return True
+        except (RpcError, GetTimeoutError, TimeoutError):
+            pass  # a GCS busy with the raylet's start may answer late; ask again
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_REGISTRATION_POLL_S)

@@ -33,6 +33,7 @@ import pytest
 import requests
 from waiting import wait_until
 
+from cluster.ray_start import FAST_CONNECT_ENVIRONMENT
 from serve_app.cli._watch import STOP_DEADLINE_S
 
 START_TIMEOUT_S = 240
@@ -167,6 +168,10 @@ def test_a_replica_on_a_warm_worker_keeps_its_thread_caps_and_the_stack_stops(li
         == {"OMP_NUM_THREADS": "1", "TVM_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
             "TVM_BIND_THREADS": "0"}
     assert "ray.serve" in environment.get("RAY_preload_python_modules", "")
+    [raylet] = [p for p in lis.stack() if p.name() == "raylet"]
+    raylet_environment = raylet.environ()
+    assert {name: raylet_environment.get(name) for name in FAST_CONNECT_ENVIRONMENT} \
+        == FAST_CONNECT_ENVIRONMENT
     assert _stop_and_expect_nothing_left(lis, signal.SIGINT) == 0
 
 

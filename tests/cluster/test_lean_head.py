@@ -1,0 +1,48 @@
+"""The one-box Ray head that ``lis up`` starts (``deployments.ray_internals.start_lean_head``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Run in a process of its own: the head ends with it (Ray's reaper), and this
+# test process's Ray, if any, is left alone.
+_PROBE = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from ray._raylet import NodeID
+from ray._private.node import Node
+from deployments import ray_internals
+
+seen = {}
+original = ray_internals._wait_until_registered
+def recording(gcs_client, node_id_hex, *args):
+    seen["answer"] = original(gcs_client, node_id_hex, *args)
+    seen["node"] = node_id_hex
+    seen["unknown"] = original(gcs_client, NodeID.from_random().hex(), 0.2)
+    return seen["answer"]
+ray_internals._wait_until_registered = recording
+address = ray_internals.start_lean_head(num_cpus=1, resources={}, log_monitor=False,
+                                        outlive_caller=False)
+print(json.dumps({**seen, "address": address}))
+"""
+
+
+@pytest.mark.slow
+def test_the_head_waits_for_its_own_raylet_and_no_other() -> None:
+    # lis asks the GCS for its raylet itself (Ray asks once a second): the
+    # question must name the raylet just started, find it, and not find a
+    # node that is not there.
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
+                          text=True, timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0",
+                                                       "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["answer"] is True and seen["unknown"] is False, seen
+    assert len(seen["node"]) == 56, seen
