@@ -58,8 +58,9 @@ ROLES: dict[str, str] = {
               "the shared-memory object store (plasma)",
     "dashboard (head)": "Ray's dashboard head process; with include_dashboard=False (lis) "
                         "it loads only its usage-stats module, no web UI",
-    "dashboard agent": "per-node agent: metrics export (Prometheus/OpenCensus), "
-                       "events, log and health endpoints for the dashboard",
+    "dashboard agent": "per-node agent under the raylet; on a box lis runs it minimal "
+                       "(no gRPC or HTTP server: Ray's metrics export, the dashboard's "
+                       "endpoints and job submission are off)",
     "runtime-env agent": "per-node agent that builds runtime environments (pip, "
                          "working_dir...) before a worker starts",
     "log monitor": "tails the workers' log files and publishes their lines to "

@@ -30,7 +30,11 @@ def recording(gcs_client, node_id_hex, *args):
 ray_internals._wait_until_registered = recording
 address = ray_internals.start_lean_head(num_cpus=1, resources={}, log_monitor=False,
                                         outlive_caller=False)
-print(json.dumps({**seen, "address": address}))
+import psutil
+# The agent renames itself (ray::DashboardAgent); the raylet's flags say how it is run.
+agents = [part for p in psutil.Process().children(recursive=True) if p.name() == "raylet"
+          for part in p.cmdline() if part.startswith("--dashboard_agent_command=")]
+print(json.dumps({**seen, "address": address, "agents": agents}))
 """
 
 
@@ -46,3 +50,15 @@ def test_the_head_waits_for_its_own_raylet_and_no_other() -> None:
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["answer"] is True and seen["unknown"] is False, seen
     assert len(seen["node"]) == 56, seen
+
+
+@pytest.mark.slow
+def test_the_head_runs_its_dashboard_agent_minimal() -> None:
+    # No dashboard, metrics pipeline or job server on a box: the agent runs
+    # without its gRPC and HTTP servers (deployments.ray_internals).
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
+                          text=True, timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0",
+                                                       "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [agent] = json.loads(done.stdout.strip().splitlines()[-1])["agents"]
+    assert "--minimal" in agent.split(), agent
