@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,27 +39,28 @@ print(json.dumps({**seen, "address": address, "agents": agents}))
 """
 
 
+@pytest.fixture(scope="module")
+def started() -> dict[str, Any]:
+    """What the probe saw while it started a head, and the head's address."""
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
+                          text=True, timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0",
+                                                       "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
-def test_the_head_waits_for_its_own_raylet_and_no_other() -> None:
+def test_the_head_waits_for_its_own_raylet_and_no_other(started: dict[str, Any]) -> None:
     # lis asks the GCS for its raylet itself (Ray asks once a second): the
     # question must name the raylet just started, find it, and not find a
     # node that is not there.
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
-                          text=True, timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0",
-                                                       "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["answer"] is True and seen["unknown"] is False, seen
-    assert len(seen["node"]) == 56, seen
+    assert started["answer"] is True and started["unknown"] is False, started
+    assert len(started["node"]) == 56, started
 
 
 @pytest.mark.slow
-def test_the_head_runs_its_dashboard_agent_minimal() -> None:
+def test_the_head_runs_its_dashboard_agent_minimal(started: dict[str, Any]) -> None:
     # No dashboard, metrics pipeline or job server on a box: the agent runs
     # without its gRPC and HTTP servers (deployments.ray_internals).
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT)], capture_output=True,
-                          text=True, timeout=120, env={"RAY_USAGE_STATS_ENABLED": "0",
-                                                       "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    [agent] = json.loads(done.stdout.strip().splitlines()[-1])["agents"]
+    [agent] = started["agents"]
     assert "--minimal" in agent.split(), agent
