@@ -23,9 +23,9 @@ from vocabulary.connectors import PLATFORMS
 from vocabulary.names import RAY_NAMESPACE, platform_resource
 
 __all__ = [
+    "FAST_CONNECT_ENVIRONMENT",
     "LOOPBACK_ONLY_ENVIRONMENT",
     "PLATFORM_UNITS",
-    "FAST_CONNECT_ENVIRONMENT",
     "SERVE_THROUGHPUT_ENVIRONMENT",
     "WARM_WORKER_ENVIRONMENT",
     "connect_ray",
