@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from deployments.local_socket import peer_uid, receive_frame, service_sockets
+from deployments.local_socket import peer_uid, receive_answer_frame, send_frame, service_sockets
 from vocabulary.errors import InferenceTimeout, LisError
 from vocabulary.wire import (
     MAX_ANSWER_BYTES,
@@ -83,7 +83,9 @@ class LocalCaller:
         request = LocalRequest(self.service, content_type, algo_type, self.timeout_s, body)
         reasons: list[str] = []
         busy = 0
-        for path in random.sample(paths, len(paths)):  # spread the callers over the replicas
+        if len(paths) > 1:
+            paths = random.sample(paths, len(paths))  # spread the callers over the replicas
+        for path in paths:
             answer = self._ask(path, request)
             if isinstance(answer, InferenceResult):
                 with self._lock:
@@ -128,10 +130,11 @@ class LocalCaller:
                 return f"{path.name}: {error}"
             if connection is None:
                 return f"{path.name}: not this user's socket"
-            connection.settimeout(self.timeout_s)
+            if connection.gettimeout() != self.timeout_s:
+                connection.settimeout(self.timeout_s)
             try:
-                connection.sendall(encode_request(request))
-                frame = receive_frame(connection, MAX_ANSWER_BYTES)
+                send_frame(connection, encode_request(request))
+                frame = receive_answer_frame(connection, MAX_ANSWER_BYTES)
             except TimeoutError:
                 connection.close()  # its late answer must not be read as the next one's
                 raise InferenceTimeout(self.service, self.timeout_s) from None

@@ -55,6 +55,7 @@ from vocabulary.wire import (
     WIRE_VERSION,
     Answer,
     Busy,
+    Frame,
     InferenceResult,
     LocalRequest,
     Refused,
@@ -75,7 +76,9 @@ __all__ = [
     "current_node_id",
     "peer_uid",
     "read_answer",
+    "receive_answer_frame",
     "receive_frame",
+    "send_frame",
     "service_sockets",
     "socket_path",
     "sockets_root",
@@ -92,6 +95,9 @@ REFUSED = Refused("the replica is stopping")
 STALE_AFTER_S = 60.0
 # The custom autoscaling metric: requests a replica is answering over its socket.
 LOCAL_ONGOING_METRIC = "lis_local_ongoing_requests"
+# A caller's first read of an answer: a connector's answer is a few hundred bytes to a
+# few kilobytes, so its whole frame as a rule.
+_ANSWER_FIRST_READ = 64 * 1024
 # struct ucred: pid, uid, gid.
 _PEER_CREDENTIALS = struct.Struct("3i")
 # systemd's RuntimeDirectory= for the service, then the user's runtime directory.
@@ -250,7 +256,7 @@ def _warn_once(message: str) -> None:
 
 
 def write_request(writer: asyncio.StreamWriter, request: LocalRequest) -> None:
-    writer.write(encode_request(request))
+    writer.writelines(encode_request(request))
 
 
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
@@ -439,28 +445,70 @@ class LocalServer:
 
 
 def _receive_exactly(connection: socket.socket, size: int) -> bytes | None:
-    data = bytearray()
+    """``size`` bytes; ``None`` if the other side closed before the first."""
+    if size == 0:
+        return b""
+    chunk = connection.recv(size)  # as a rule all of it: one copy, nothing to join
+    if len(chunk) == size or not chunk:
+        return chunk or None
+    data = bytearray(chunk)
     while len(data) < size:
         chunk = connection.recv(min(size - len(data), 1 << 20))
         if not chunk:
-            if data:
-                raise ConnectionResetError("the connection closed mid-frame")
-            return None
+            raise ConnectionResetError("the connection closed mid-frame")
         data += chunk
     return bytes(data)
 
 
 def receive_frame(connection: socket.socket, max_body_bytes: int) -> tuple[bytes, bytes] | None:
-    """One frame's (header, body) from a blocking socket; ``None`` when the other side closed."""
+    """One frame's (header, body) from a blocking socket; ``None`` when the other side closed.
+
+    Exactly the frame's bytes are read: a caller may send its next request at once.
+    """
     prefix = _receive_exactly(connection, FRAME_PREFIX.size)
     if prefix is None:
         return None
     header_size, body_size = frame_sizes(prefix, max_body_bytes)
-    header = _receive_exactly(connection, header_size)
-    body = _receive_exactly(connection, body_size) if header is not None else None
-    if header is None or body is None:
+    return _more(connection, header_size), _more(connection, body_size)
+
+
+def receive_answer_frame(connection: socket.socket, max_body_bytes: int
+                         ) -> tuple[bytes, bytes] | None:
+    """``receive_frame`` for a caller waiting on its answer: prefix, header and body in
+    one read as a rule (a socket with a timeout polls before each read).
+
+    A replica sends one answer per request and nothing unasked, so bytes past
+    the frame are a malformed answer (``InvalidArgument``).
+    """
+    data = connection.recv(_ANSWER_FIRST_READ)
+    if not data:
+        return None
+    while len(data) < FRAME_PREFIX.size:
+        data += _more(connection, FRAME_PREFIX.size - len(data))
+    header_size, body_size = frame_sizes(data[:FRAME_PREFIX.size], max_body_bytes)
+    end = FRAME_PREFIX.size + header_size
+    size = end + body_size
+    if len(data) > size:
+        raise InvalidArgument("answer frame", f"{len(data) - size} bytes past its end",
+                              "one frame per request")
+    if len(data) < size:
+        data += _more(connection, size - len(data))
+    return data[FRAME_PREFIX.size:end], data[end:]
+
+
+def _more(connection: socket.socket, size: int) -> bytes:
+    """The next ``size`` bytes of a frame already begun."""
+    rest = _receive_exactly(connection, size)
+    if rest is None:
         raise ConnectionResetError("the connection closed mid-frame")
-    return header, body
+    return rest
+
+
+def send_frame(connection: socket.socket, frame: Frame) -> None:
+    """Both buffers of ``frame`` in one call, the body not copied."""
+    sent = connection.sendmsg(frame)
+    if sent < len(frame[0]) + len(frame[1]):  # a full socket buffer: the rest as it drains
+        connection.sendall(memoryview(b"".join(frame))[sent:])
 
 
 def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | None:
@@ -470,4 +518,4 @@ def _receive(connection: socket.socket, max_body_bytes: int) -> LocalRequest | N
 
 
 def _send(connection: socket.socket, answer: Answer) -> None:
-    connection.sendall(encode_answer(answer))
+    send_frame(connection, encode_answer(answer))

@@ -11,7 +11,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["kv_get", "kv_put", "reread_ray_environment", "serve_details", "serve_logs_dir", "start_lean_head", "versioned"]
+__all__ = ["kv_get", "kv_put", "ray_connection", "reread_ray_environment", "serve_details",
+           "serve_logs_dir", "start_lean_head", "versioned"]
 
 
 def versioned(deployment: Any, version: str, **options: Any) -> Any:
@@ -40,6 +41,19 @@ def kv_put(key: bytes, value: bytes) -> None:
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(key, value)
+
+
+def ray_connection() -> object | None:
+    """This process's connection to Ray (its core worker); None when it has none.
+
+    A new ``ray.init`` makes a new one, so a value kept for one connection is
+    known stale by identity, without asking Ray: ``ray.get_runtime_context()``
+    costs the client's every call tens of microseconds right after a wait on a
+    socket, when Ray's layers of Python are cold.
+    """
+    from ray._private import worker
+
+    return getattr(worker.global_worker, "core_worker", None)
 
 
 def reread_ray_environment() -> None:

@@ -264,7 +264,7 @@ class InferenceService:
             self.log.exception("unexpected failure")
             raise
         finally:
-            self._access_log.write(status, 1000 * stages.elapsed_s(), str(stages), len(body),
+            self._access_log.write(status, 1000 * stages.elapsed_s(), stages, len(body),
                                    mislabelled=mislabelled(body, content_type))
 
     def _check_request(self, body: bytes, algo_type: str | None) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from deployments.local_caller import AllBusy, LocalCaller, LocalUnreachable
 from deployments.local_socket import current_node_id, service_sockets
+from deployments.ray_internals import ray_connection
 from serve_app._handles import deployment_handle, describe_service_sync
 from serve_app._local import LocalLimits, LocalRoute, LocalUnavailable
 from serve_app.service_state import service_states
@@ -64,8 +65,9 @@ class _Limits:
 class _SameNode:
     """What this process knows of the services on its node, and its roads to them."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, connection: object) -> None:
         self.node_id = node_id
+        self.connection = connection  # the Ray connection ``node_id`` was asked of
         self._limits: dict[str, _Limits] = {}
         self._running: dict[str, int] | None = None
         self._counted_at = 0.0
@@ -195,18 +197,22 @@ _lock = threading.Lock()
 def _node() -> _SameNode | None:
     """This process's view; None where it cannot have one (no Ray node to ask)."""
     global _same_node
-    try:
-        node_id = current_node_id()
-    except Exception:  # noqa: BLE001 - not in a Ray worker or driver: Ray's road
-        return None
+    connection = ray_connection()
     known = _same_node
-    if known is not None and known.node_id == node_id:
-        return known
+    if connection is None or (known is not None and known.connection is connection):
+        return None if connection is None else known
     with _lock:
         # First call, or a driver that joined another Ray since (a restarted lis):
         # the old node's roads and limits are no one's now.
-        if _same_node is None or _same_node.node_id != node_id:
-            _same_node = _SameNode(node_id)
+        if _same_node is None or _same_node.connection is not connection:
+            try:
+                node_id = current_node_id()
+            except Exception:  # noqa: BLE001 - not in a Ray worker or driver: Ray's road
+                return None
+            if _same_node is None or _same_node.node_id != node_id:
+                _same_node = _SameNode(node_id, connection)
+            else:
+                _same_node.connection = connection
         return _same_node
 
 

@@ -33,6 +33,7 @@ from vocabulary.errors import InvalidArgument, LisError, PayloadTooLarge, from_w
 
 __all__ = [
     "FRAME_PREFIX",
+    "Frame",
     "MAX_ANSWER_BYTES",
     "MAX_HEADER_BYTES",
     "METADATA_KEY",
@@ -53,6 +54,9 @@ __all__ = [
 
 # (stage, seconds) of a replica's steps for one request: prepare, wait, model.
 StageTimes = tuple[tuple[str, float], ...]
+# An encoded frame as two buffers, its prefix and header then its body: a
+# request's image is sent as it is (``socket.sendmsg``), never copied into one.
+Frame = tuple[bytes, bytes]
 
 # The local path's frame format. Sockets of another version live in another
 # folder (``deployments.local_socket``): an ingress and a replica of two lis
@@ -72,6 +76,15 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 METADATA_KEY = "an HTTP token: letters, digits and !#$%&'*+-.^_`|~ (RFC 7230 tchar)"
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters)
 
+# One of each, made once: ``json.dumps``/``json.loads`` with options build a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a frame may carry")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 _REQUEST_KEYS = frozenset({"service", "content_type", "algo_type", "timeout_s"})
 _RESULT_KEYS = frozenset({"content_type", "stages_s"})
 
@@ -136,7 +149,7 @@ def frame_sizes(prefix: bytes, max_body_bytes: int) -> tuple[int, int]:
     return header_size, body_size
 
 
-def encode_request(request: LocalRequest) -> bytes:
+def encode_request(request: LocalRequest) -> Frame:
     header = {"service": request.service, "content_type": request.content_type,
               "algo_type": request.algo_type, "timeout_s": request.timeout_s}
     return _frame(header, request.body)
@@ -155,7 +168,7 @@ def decode_request(header: bytes, body: bytes) -> LocalRequest:
                         timeout_s=timeout_s, body=body)
 
 
-def encode_answer(answer: Answer) -> bytes:
+def encode_answer(answer: Answer) -> Frame:
     if isinstance(answer, Refused):
         return _frame({"refused": answer.reason}, b"")
     if isinstance(answer, Busy):
@@ -185,14 +198,14 @@ def decode_answer(header: bytes, body: bytes) -> Answer:
     return InferenceResult(text, _text(fields, "content_type"), _stages(fields["stages_s"]))
 
 
-def _frame(header: dict[str, Any], body: bytes) -> bytes:
-    data = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    return FRAME_PREFIX.pack(len(data), len(body)) + data + body
+def _frame(header: dict[str, Any], body: bytes) -> Frame:
+    data = _ENCODER.encode(header).encode()
+    return FRAME_PREFIX.pack(len(data), len(body)) + data, body
 
 
 def _header(data: bytes, keys: frozenset[str] | None) -> dict[str, Any]:
     try:
-        fields = json.loads(data.decode(), parse_constant=_no_constant)
+        fields = _DECODER.decode(data.decode())
     except (ValueError, RecursionError):  # not UTF-8, not JSON, NaN, nested too deep
         raise InvalidArgument("frame header", data[:40], "a JSON object") from None
     if not isinstance(fields, dict):
@@ -200,10 +213,6 @@ def _header(data: bytes, keys: frozenset[str] | None) -> dict[str, Any]:
     if keys is not None and fields.keys() != keys:
         raise InvalidArgument("frame header keys", sorted(fields), ", ".join(sorted(keys)))
     return fields
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number a frame may carry")
 
 
 def _error(value: Any) -> LisError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,9 +15,9 @@ import pytest
 from waiting import wait_until
 
 from deployments.local_caller import AllBusy, LocalCaller, LocalUnreachable
-from deployments.local_socket import LocalServer, socket_path
-from vocabulary.errors import AlgorithmMismatch, InferenceTimeout
-from vocabulary.wire import InferenceResult
+from deployments.local_socket import LocalServer, receive_answer_frame, send_frame, socket_path
+from vocabulary.errors import AlgorithmMismatch, InferenceTimeout, InvalidArgument
+from vocabulary.wire import MAX_ANSWER_BYTES, InferenceResult, decode_answer, encode_answer
 
 SERVICE = "cameraService"
 
@@ -166,3 +167,68 @@ def test_a_replica_that_does_not_answer_in_time_is_a_timeout(node: str) -> None:
         gate.set()
         caller.close()
         replica.server.stop(5)
+
+
+class _Chunks:
+    """A socket's receiving end that hands out bytes in the pieces given, as a stream may."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+
+    def recv(self, size: int) -> bytes:
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        if len(piece) > size:
+            piece, rest = piece[:size], piece[size:]
+            self.pieces.insert(0, rest)
+        return piece
+
+
+def _answer_bytes(body: bytes = b'{"prediction": []}') -> bytes:
+    return b"".join(encode_answer(InferenceResult(body.decode(), "application/json")))
+
+
+def test_an_answer_that_arrives_in_pieces_is_read_whole() -> None:
+    # The caller reads an answer's frame in one read as a rule; pieces cut through its
+    # prefix, its header and its body must give the same frame.
+    whole = _answer_bytes(b"x" * 3000)
+    expected = receive_answer_frame(_Chunks(whole), MAX_ANSWER_BYTES)
+    for cuts in ((3,), (8, 20), (5, 9, 40, 2000)):
+        pieces = [whole[a:b] for a, b in zip((0, *cuts), (*cuts, len(whole)))]
+        assert receive_answer_frame(_Chunks(*pieces), MAX_ANSWER_BYTES) == expected  # type: ignore[arg-type]
+    assert decode_answer(*expected).body == "x" * 3000  # type: ignore[misc]
+
+
+def test_bytes_past_an_answer_or_a_cut_answer_are_errors() -> None:
+    whole = _answer_bytes()
+    with pytest.raises(InvalidArgument, match="answer frame.*3 bytes past its end"):
+        receive_answer_frame(_Chunks(whole + b"abc"), MAX_ANSWER_BYTES)  # type: ignore[arg-type]
+    for cut in (4, 12, len(whole) - 1):
+        with pytest.raises(ConnectionResetError, match="mid-frame"):
+            receive_answer_frame(_Chunks(whole[:cut]), MAX_ANSWER_BYTES)  # type: ignore[arg-type]
+    assert receive_answer_frame(_Chunks(), MAX_ANSWER_BYTES) is None  # type: ignore[arg-type]
+
+
+def test_a_frame_larger_than_the_socket_buffer_is_sent_whole() -> None:
+    # ``send_frame`` hands both buffers to one sendmsg; on a socket with a timeout (the
+    # caller's) it takes what a full buffer holds, and the rest goes as the buffer drains.
+    head, body = b"head", bytes(range(256)) * 8192  # 2 MB
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sender.settimeout(30)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(head) + len(body):
+            received.extend(receiver.recv(1 << 16))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        send_frame(sender, (head, body))
+        reader.join(30)
+        assert bytes(received) == head + body
+    finally:
+        sender.close()
+        receiver.close()

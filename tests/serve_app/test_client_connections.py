@@ -81,3 +81,29 @@ def test_each_thread_has_its_own_and_a_new_token_a_new_one(
     calls()
     assert server.requests[-1][1] == "Bearer a-token-set-later"
     assert len({port for port, _ in server.requests}) == 3
+
+
+def test_in_the_cluster_the_node_is_asked_of_ray_once_per_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asking Ray (``get_runtime_context``) on every call cost tens of microseconds
+    # right after each wait on a socket; a driver that joins Ray again (a restarted
+    # lis, a new node) must still be seen.
+    import serve_app._same_node as same_node
+
+    asked: list[str] = []
+    connection: list[object | None] = [object()]
+
+    def node_id() -> str:
+        asked.append(f"node{len(asked) + 1}")
+        return asked[-1]
+
+    monkeypatch.setattr(same_node, "ray_connection", lambda: connection[0])
+    monkeypatch.setattr(same_node, "current_node_id", node_id)
+    monkeypatch.setattr(same_node, "_same_node", None)
+    first = same_node._node()
+    assert first is not None and same_node._node() is first and asked == ["node1"]
+    connection[0] = object()  # ray.shutdown(), then ray.init() to another lis
+    second = same_node._node()
+    assert second is not None and second is not first and second.node_id == "node2"
+    connection[0] = None  # not in Ray at all: Ray's road, nothing asked
+    assert same_node._node() is None and asked == ["node1", "node2"]
