@@ -78,8 +78,36 @@ def records_file(model: str) -> Path:
 
 
 def _made_file(model: str) -> Path:
-    """How the committed records were made: budget, trials, seconds, CPU."""
+    """How the committed records were made, per target: budget, trials, seconds, CPU."""
     return RECORDS_DIR / f"{model}.json"
+
+
+def _record_target(line: str) -> str:
+    """The target an AutoTVM record (one JSON line) was tuned for."""
+    return str(json.loads(line)["input"][0])
+
+
+def _keep_other_targets(model: str, before: list[str], target: str) -> None:
+    """Put back the records of other targets that an export for ``target`` replaced.
+
+    A records file holds each CPU's records (a build applies only its own target's):
+    tuning on a second machine adds its records beside the first one's.
+    """
+    others = [line for line in before if line.strip() and _record_target(line) != target]
+    fresh = records_file(model).read_text().splitlines(keepends=True)
+    records_file(model).write_text("".join(others + fresh))
+
+
+def _write_made(model: str, tuning: dict, target: str) -> None:
+    entries = [entry for entry in _made_entries(model) if entry.get("target") != target]
+    entries.append({**tuning, "target": target, "cpu": _cpu()})
+    _made_file(model).write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def _made_entries(model: str) -> list[dict]:
+    if not _made_file(model).is_file():
+        return []
+    return list(json.loads(_made_file(model).read_text()))
 
 
 def _export(model: str, size: int) -> Path:
@@ -124,6 +152,7 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
                             and stamp.read_text() == _stamp(model, tuned, target)):
         shutil.rmtree(out, ignore_errors=True)
         records = records_file(model)
+        before = records.read_text().splitlines(keepends=True) if records.is_file() else []
         tuning = Tuning(tune_minutes, (records,) if records.is_file() else (),
                         export=records if tune_minutes else None) if tuned else None
         # A cache of the bench's own: the committed records, and what it tunes.
@@ -135,9 +164,16 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
         stamp.write_text(_stamp(model, tuned, target))
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
-        _made_file(model).write_text(json.dumps({**info["tuning"], "cpu": _cpu()}, indent=2)
-                                     + "\n")
+        canonical = _canonical_target(info["target"])
+        _keep_other_targets(model, before, canonical)
+        _write_made(model, info["tuning"], canonical)
     return out, info
+
+
+def _canonical_target(target: str) -> str:
+    import tvm  # noqa: PLC0415
+
+    return str(tvm.target.Target(target))
 
 
 def _progress(line: str) -> None:
@@ -206,33 +242,48 @@ def measure(tune_minutes: float = 0.0) -> list[Row]:
     return rows
 
 
-def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS) -> str:
-    """The markdown table of MXNet (ISA capped) vs the untuned artifact for ``target``.
+def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS,
+                   tune_minutes: float = 0.0) -> str:
+    """The markdown table of MXNet (ISA capped) vs the untuned artifact for ``target``, and
+    with ``tune_minutes`` the artifact tuned for it too (its records kept in ``models/tuning/``
+    beside other targets').
 
-    Each round measures both in fresh processes, in alternating order, so that the
-    machine's drift falls on both; the table gives the median and range of the rounds' p50s.
+    Each round measures each in a fresh process, the order turning round after round, so
+    that the machine's drift falls on all; the table gives the median and range of the
+    rounds' p50s.
     """
+    tuned = tune_minutes > 0
     lines = [f"Machine: {_cpu()}, {os.cpu_count()} cores; MXNet with DNNL_MAX_CPU_ISA="
-             f"{mxnet_isa or '(none)'}, artifact untuned for `{target}`; batch 1, {THREADS} "
-             f"threads, p50 of {RUNS} runs after {WARMUP} warm-up runs, {rounds} alternating "
-             "rounds, each runtime in a fresh process.",
+             f"{mxnet_isa or '(none)'}, artifacts for `{target}`"
+             + (f", tuned {tune_minutes:g} min per model in this run" if tuned else "")
+             + f"; batch 1, {THREADS} threads, p50 of {RUNS} runs after {WARMUP} warm-up runs, "
+             f"{rounds} alternating rounds, each runtime in a fresh process.",
              "",
-             "| model | input | MXNet p50, median (range) | artifact p50, median (range) "
-             "| artifact / MXNet |",
-             "|---|---|---|---|---|"]
+             "| model | input | MXNet p50, median (range) | untuned p50, median (range) "
+             "| untuned / MXNet |" + (" tuned p50, median (range) | tuned / MXNet |" if tuned
+                                      else ""),
+             "|---|---|---|---|---|" + ("---|---|" if tuned else "")]
     for model, size in MODELS:
         prefix = _export(model, size)
-        artifact, _ = _artifact(model, size, tuned=False, target=target)
-        mxnet: list[float] = []
-        compiled: list[float] = []
+        kinds = [("mxnet", prefix), ("dlr", _artifact(model, size, tuned=False, target=target)[0])]
+        if tuned:
+            kinds.append(("dlr", _artifact(model, size, tuned=True, tune_minutes=tune_minutes,
+                                           target=target)[0]))
+        times: list[list[float]] = [[] for _ in kinds]
         for turn in range(rounds):
-            order = [("mxnet", prefix, mxnet), ("dlr", artifact, compiled)]
-            for kind, path, times in order[::-1] if turn % 2 else order:
-                times.append(_p50(kind, path, size, mxnet_isa))
-        ratio = statistics.median(compiled) / statistics.median(mxnet)
-        lines.append(f"| {model} | {size} | {_spread(mxnet)} | {_spread(compiled)} | "
-                     f"{_verdict(ratio, UNTUNED_MAX)} |")
+            for index in _turned(len(kinds), turn):
+                kind, path = kinds[index]
+                times[index].append(_p50(kind, path, size, mxnet_isa))
+        mxnet = statistics.median(times[0])
+        cells = [f"{_spread(found)} | {_verdict(statistics.median(found) / mxnet, limit)}"
+                 for found, limit in zip(times[1:], (UNTUNED_MAX, TUNED_MAX))]
+        lines.append(f"| {model} | {size} | {_spread(times[0])} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _turned(count: int, turn: int) -> list[int]:
+    """0..count-1 rotated by ``turn``: each runtime goes first, middle and last in turn."""
+    return [(index + turn) % count for index in range(count)]
 
 
 def _spread(times: list[float]) -> str:
@@ -240,11 +291,11 @@ def _spread(times: list[float]) -> str:
 
 
 def _made(model: str) -> str:
-    if not _made_file(model).is_file():
-        return "no records"
-    made = json.loads(_made_file(model).read_text())
-    return (f"{made['minutes']:g} min budget: {made['trials']} trials in "
-            f"{made['seconds'] / 60:.1f} min on {made['cpu']}")
+    """How each target's records were made, the targets joined."""
+    made = [f"`{entry['target']}`: {entry['minutes']:g} min budget, {entry['trials']} trials "
+            f"in {entry['seconds'] / 60:.1f} min on {entry['cpu']}"
+            for entry in _made_entries(model)]
+    return "; ".join(made) or "no records"
 
 
 def _cpu() -> str:
@@ -256,6 +307,14 @@ def _cpu() -> str:
 
 def _verdict(ratio: float, limit: float) -> str:
     return f"{ratio:.2f}x {'met' if ratio <= limit else 'NOT met'} (≤ {limit}x)"
+
+
+def _tuned_verdict(row: Row) -> str:
+    """The tuned artifact's verdict; none where no record applied (it is the untuned one)."""
+    if row.tuned_tasks.startswith("0/"):
+        return (f"{row.tuned_ms / row.mxnet_ms:.2f}x, no verdict: no record for this CPU's "
+                f"target (`python -m benchmarks.compile --tune-minutes N` makes them)")
+    return _verdict(row.tuned_ms / row.mxnet_ms, TUNED_MAX)
 
 
 def compile_section(tune_minutes: float = 0.0) -> str:
@@ -282,7 +341,7 @@ def compile_section(tune_minutes: float = 0.0) -> str:
             f"| {row.model} | {row.size} | {row.mxnet_ms:.1f} ms | {row.untuned_ms:.1f} ms | "
             f"{row.tuned_ms:.1f} ms | {row.tuned_tasks} | "
             f"{_verdict(row.untuned_ms / row.mxnet_ms, UNTUNED_MAX)} | "
-            f"{_verdict(row.tuned_ms / row.mxnet_ms, TUNED_MAX)} |")
+            f"{_tuned_verdict(row)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -290,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tune-minutes", type=float, default=0.0,
-                        help="tune each model this long first, and rewrite models/tuning/")
+                        help="tune each model this long first, and rewrite models/tuning/ "
+                        "(with --target: for that target, and add a tuned column)")
     parser.add_argument("--target", help="compare MXNet with the untuned artifact for this "
                         "LLVM target only (e.g. 'llvm -mcpu=core-avx2'), in alternating rounds")
     parser.add_argument("--mxnet-isa", help="with --target: cap MXNet's oneDNN at this ISA "
@@ -305,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_measure(kind, Path(path), int(size)):.3f}")
         return 0
     if args.target:
-        print(capped_section(args.target, args.mxnet_isa, args.rounds))
+        print(capped_section(args.target, args.mxnet_isa, args.rounds, args.tune_minutes))
         return 0
     print(compile_section(args.tune_minutes))
     return 0
