@@ -16,13 +16,15 @@ returns the markdown section; artifacts are cached under ``build/bench/compile/`
 and rebuilt when the compiler or the records change.
 
 ``python -m benchmarks.compile --tune-minutes N`` tunes the models first
-(N minutes each, on top of the committed records) and rewrites their records.
+(N minutes each, on top of the committed records) and rewrites their records
+for this CPU's target, keeping other targets' (one file holds each CPU's).
 
 ``python -m benchmarks.compile --target "llvm -mcpu=core-avx2" --mxnet-isa AVX2``
 emulates a CPU with fewer instructions on this one: the untuned artifact is
 compiled for that target, MXNet's oneDNN is capped with ``DNNL_MAX_CPU_ISA``,
 and the two are measured in alternating rounds (``--rounds``), since this
-machine's speed drifts by 10-25 % over minutes.
+machine's speed drifts by 10-25 % over minutes. With ``--tune-minutes N`` the
+artifact tuned for that target is measured too, its records kept likewise.
 
 Each measurement runs in a fresh process, so MXNet's and TVM's thread pools
 never share one.
