@@ -4,11 +4,12 @@ Through Ray Serve's replica logger each line cost the request path a record,
 two formattings and two file checks (Ray's rotating handler sizes each
 record by formatting it), then a write and a flush of its own; sampled on
 the 2-core reference box it was a quarter of the time the classifier
-replica's request threads held the GIL. Here a request appends its figures to a list, and a thread formats
-and writes what gathered every half second in one write: a request's own
-thread does no formatting at all (on the local path it runs right after a
-wake-up, when the code it touches is cold and costs several times more). A replica killed outright loses at most its last half second
-of lines (Ray Serve's own throughput mode buffers its request logs the same
+replica's request threads held the GIL. Here a request appends its figures
+to a list, and a thread formats and writes what gathered every half second in
+one write: a request's own thread formats nothing (on the local path it runs
+right after a wake-up, when the code it touches is cold and costs several
+times more). A replica killed outright loses at most its last half second of
+lines (Ray Serve's own throughput mode buffers its request logs the same
 way); one that stops cleanly writes them all.
 
 File: ``<Ray's serve log folder>/access_<deployment>_<replica id>.log``, the
