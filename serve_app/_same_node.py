@@ -198,21 +198,19 @@ def _node() -> _SameNode | None:
     """This process's view; None where it cannot have one (no Ray node to ask)."""
     global _same_node
     connection = ray_connection()
+    if connection is None:
+        return None  # not in a Ray worker or driver: Ray's road
     known = _same_node
-    if connection is None or (known is not None and known.connection is connection):
-        return None if connection is None else known
+    if known is not None and known.connection is connection:
+        return known
     with _lock:
-        # First call, or a driver that joined another Ray since (a restarted lis):
-        # the old node's roads and limits are no one's now.
+        # First call, or a driver that joined Ray again since (a restarted lis):
+        # the old connection's roads and limits are no one's now.
         if _same_node is None or _same_node.connection is not connection:
             try:
-                node_id = current_node_id()
-            except Exception:  # noqa: BLE001 - not in a Ray worker or driver: Ray's road
+                _same_node = _SameNode(current_node_id(), connection)
+            except Exception:  # noqa: BLE001 - Ray cannot say (shutting down): Ray's road
                 return None
-            if _same_node is None or _same_node.node_id != node_id:
-                _same_node = _SameNode(node_id, connection)
-            else:
-                _same_node.connection = connection
         return _same_node
 
 
