@@ -55,6 +55,20 @@ else
   "${pip[@]}" install --no-deps .
 fi
 
+# The tests of `lis compile --target aarch64` link with Debian's cross linker:
+# installed here where apt can (root on Debian, as CI), else those tests skip.
+if [ "$level" = dev ] && ! command -v aarch64-linux-gnu-g++ >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      g++-aarch64-linux-gnu >/dev/null \
+      || echo "lis install: g++-aarch64-linux-gnu could not be installed:" \
+              "the aarch64 cross-compile tests will skip" >&2
+  else
+    echo "lis install: no aarch64-linux-gnu-g++ (Debian: apt-get install" \
+         "g++-aarch64-linux-gnu): the aarch64 cross-compile tests will skip" >&2
+  fi
+fi
+
 # Switch DLR's telemetry off at install time too (see deployments/_dlr.py).
 "$py" -c "from deployments._dlr import disable_phone_home; disable_phone_home()"
 "$py" -m pip check
