@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "TuningOptions", "cache_file", "merge_records",
+__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "Record", "TuningOptions", "best_by_workload",
+           "cache_file", "extract_tasks", "merge_records", "read_records", "record_cost",
            "records_for", "tune"]
 
 CACHE_ENV = "LIS_TUNING_CACHE"
@@ -70,7 +71,7 @@ def _canonical(target: str) -> str:
     return str(tvm.target.Target(target))
 
 
-def _read(path: Path) -> list[Record]:
+def read_records(path: Path) -> list[Record]:
     from tvm import autotvm  # noqa: PLC0415
 
     if not path.is_file():
@@ -79,16 +80,17 @@ def _read(path: Path) -> list[Record]:
             if res.error_no == 0]
 
 
-def _best_by_workload(records: Iterable[Record]) -> dict[tuple, Record]:
+def best_by_workload(records: Iterable[Record]) -> dict[tuple, Record]:
+    """The cheapest record of each (target, workload)."""
     best: dict[tuple, Record] = {}
     for inp, res in records:
         key = (str(inp.target), inp.task.workload)
-        if key not in best or _cost(res) < _cost(best[key][1]):
+        if key not in best or record_cost(res) < record_cost(best[key][1]):
             best[key] = (inp, res)
     return best
 
 
-def _cost(result: Any) -> float:
+def record_cost(result: Any) -> float:
     return sum(result.costs) / len(result.costs)
 
 
@@ -105,41 +107,42 @@ def _append(path: Path, records: Iterable[Record]) -> None:
 def merge_records(source: Path, cache: Path) -> int:
     """Add ``source``'s successful records to the cache, each in its target's log."""
     by_target: dict[str, list[Record]] = {}
-    for inp, res in _read(source):
+    for inp, res in read_records(source):
         by_target.setdefault(str(inp.target), []).append((inp, res))
     for target, records in by_target.items():
-        known = _best_by_workload(_read(cache_file(cache, target)))
-        fresh = [(inp, res) for (_, workload), (inp, res) in _best_by_workload(records).items()
+        known = best_by_workload(read_records(cache_file(cache, target)))
+        fresh = [(inp, res) for (_, workload), (inp, res) in best_by_workload(records).items()
                  if (target, workload) not in known
-                 or _cost(res) < _cost(known[(target, workload)][1])]
+                 or record_cost(res) < record_cost(known[(target, workload)][1])]
         _append(cache_file(cache, target), fresh)
     return sum(len(records) for records in by_target.values())
 
 
 def records_for(tasks: Iterable[Any], target: str, cache: Path) -> list[Record]:
     """The best known record of each task, for exactly this target."""
-    known = _best_by_workload(_read(cache_file(cache, target)))
+    known = best_by_workload(read_records(cache_file(cache, target)))
     canonical = _canonical(target)
     return [known[(canonical, task.workload)] for task in tasks
             if (canonical, task.workload) in known]
 
 
-def extract_tasks(mod: Any, params: dict, target: str) -> list[Any]:
+def extract_tasks(mod: Any, params: dict, target: str, stage: Stage) -> list[Any]:
+    """The model's tuning tasks: its convolutions and dense layers (TVM builds the model
+    once to find them: about half a minute for the reference SSD on two cores)."""
     from tvm import autotvm, relay  # noqa: PLC0415
 
+    stage("extracting the tuning tasks (convolutions, dense layers)")
     ops = [relay.op.get(name) for name in _TUNED_OPS]
     return list(autotvm.task.extract_from_program(mod["main"], target=target, params=params,
                                                   ops=ops))
 
 
-def tune(mod: Any, params: dict, target: str, options: TuningOptions,
+def tune(tasks: list[Any], target: str, options: TuningOptions,
          stage: Stage) -> tuple[list[Record], dict[str, object]]:
-    """Tune the model's tasks not known yet; the best record of each task, and a summary."""
+    """Tune the tasks not known yet; the best record of each task, and a summary."""
     for source in options.imported:
         count = merge_records(source, options.cache)
         stage(f"imported {count} tuning record(s) from {source}")
-    stage("extracting the tuning tasks (convolutions, dense layers)")
-    tasks = extract_tasks(mod, params, target)
     known = {task.workload for task in _known(tasks, target, options.cache)}
     todo = [task for task in tasks if task.workload not in known]
     started, trials, left = time.monotonic(), 0, len(todo)
@@ -218,14 +221,14 @@ def _tune_task(task: Any, seconds: float, log: Path) -> _TaskResult:
 def _summarise(task: Any, measured: list[Record], has_default: bool, log: Path,
                seconds: float) -> _TaskResult:
     ok = [(inp, res) for inp, res in measured if res.error_no == 0]
-    best = min(ok, key=lambda record: _cost(record[1]), default=None)
+    best = min(ok, key=lambda record: record_cost(record[1]), default=None)
     if best is None:
         return _TaskResult(len(measured), seconds, 0.0, 1.0)
     _append(log, [best])
-    default_cost = (_cost(measured[0][1]) if has_default and measured[0][1].error_no == 0
-                    else _cost(best[1]))
-    return _TaskResult(len(measured), seconds, task.flop / _cost(best[1]) / 1e9,
-                       default_cost / _cost(best[1]))
+    default_cost = (record_cost(measured[0][1]) if has_default and measured[0][1].error_no == 0
+                    else record_cost(best[1]))
+    return _TaskResult(len(measured), seconds, task.flop / record_cost(best[1]) / 1e9,
+                       default_cost / record_cost(best[1]))
 
 
 class _Proposals:

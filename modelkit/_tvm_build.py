@@ -12,8 +12,8 @@ files and stdout:
   Relay VM executable (its library and bytecode);
 - ``<work>/reference.npz``: the source framework's outputs for ``<work>/input.npy``
   (MXNet's, or ONNX Runtime's for an ONNX model);
-- ``<work>/result.json``: the resolved target, the executor (``graph`` or ``vm``), and
-  what tuning did (``modelkit._tune``);
+- ``<work>/result.json``: the resolved target, the executor (``graph`` or ``vm``), what
+  tuning did (``modelkit._tune``) and what lis's shipped records gave (``modelkit._shipped``);
 - ``<work>/tuning.log``: with tuning, the AutoTVM records the build applied;
 - ``<work>/error.txt``: on failure, one line saying what went wrong.
 """
@@ -28,13 +28,15 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelkit._tune import TuningOptions, tune
+from modelkit._shipped import cpu_class, shipped_records
+from modelkit._tune import TuningOptions, extract_tasks, tune
 from vocabulary.names import GRAPH_EXECUTOR, VM_EXECUTOR
 
 # The TVM tuning log lookup would otherwise try the network.
@@ -193,10 +195,19 @@ def _with_softmax(mod: Any) -> Any:
     return relay.transform.InferType()(mod)
 
 
+@dataclass(frozen=True)
+class _Schedules:
+    """Where the build's schedules come from besides TVM's defaults."""
+
+    tuning: TuningOptions | None   # --tune / --tune-records; None: no tuning
+    shipped: bool                  # the records lis ships for the target's CPU class
+
+
 def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
-           cross_compiler: str | None, work: Path, tuning: TuningOptions | None,
-           reference: list[np.ndarray]) -> tuple[str, dict | None]:
-    """Build into ``<work>/build``: the executor it needs, what tuning did (None without)."""
+           cross_compiler: str | None, work: Path, schedules: _Schedules,
+           reference: list[np.ndarray]) -> tuple[str, dict[str, dict | None]]:
+    """Build into ``<work>/build``: the executor it needs, and what tuning did and the
+    shipped records gave (``"tuning"``, ``"shipped_records"``: None where nothing)."""
     import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
 
     _stage("importing the model into TVM Relay")
@@ -209,13 +220,14 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
         mod = _with_softmax(mod)
     if _has_dynamic_shapes(mod):
         _check_detector_outputs(reference)
-        if tuning:
+        if schedules.tuning:
             raise BuildFailure("--tune and --tune-records apply to models the graph executor "
                                "runs; this one needs the Relay VM (data-dependent output "
                                "shapes): compile it without them")
         _build_vm(mod, params, target, cross_compiler, work)
-        return VM_EXECUTOR, None
-    return GRAPH_EXECUTOR, _build_graph(mod, params, target, cross_compiler, work, tuning)
+        return VM_EXECUTOR, {"tuning": None, "shipped_records": None}
+    tuned, shipped = _build_graph(mod, params, target, cross_compiler, work, schedules)
+    return GRAPH_EXECUTOR, {"tuning": tuned, "shipped_records": shipped}
 
 
 def _has_dynamic_shapes(mod: Any) -> bool:
@@ -271,24 +283,53 @@ def _build_vm(mod: Any, params: dict, target: str, cross_compiler: str | None,
 
 
 def _build_graph(mod: Any, params: dict, target: str, cross_compiler: str | None,
-                 work: Path, tuning: TuningOptions | None) -> dict | None:
+                 work: Path, schedules: _Schedules) -> tuple[dict | None, dict | None]:
+    """Build with the records known for ``target``: what tuning did, what lis's shipped
+    records gave (None where there were none to apply)."""
     import tvm  # noqa: PLC0415
     from tvm import autotvm, relay  # noqa: PLC0415
 
-    records, summary = (_tune(mod, params, target, cross_compiler, tuning, work)
-                        if tuning else ([], None))
+    tuning = schedules.tuning
+    own, summary = (_tune(mod, params, target, cross_compiler, tuning, work) if tuning
+                    else ([], None))
+    shipped, shipped_summary = (shipped_records(target, own) if schedules.shipped
+                                else ([], None))
     _stage(f"building for target {target!r} (the longest stage)"
-           + (f", with {len(records)} tuned schedule(s)" if tuning else ""))
-    schedules = autotvm.apply_history_best(records) if tuning else contextlib.nullcontext()
-    with schedules, tvm.transform.PassContext(opt_level=3):
+           + (f", with {len(own)} tuned schedule(s)" if tuning else "")
+           + (f", and the records lis ships for {shipped_summary['class']} CPUs where a layer "
+              "matches" if shipped_summary else ""))
+    records = own + shipped
+    used: set = set()
+    context = (_applying(records, {inp.task.workload for inp, _ in shipped}, used)
+               if tuning or records else contextlib.nullcontext())
+    with context, tvm.transform.PassContext(opt_level=3):
         lib = relay.build(mod, target=target, params=params)
+    if shipped_summary:
+        shipped_summary["applied"] = len(used)
+        _stage(f"{len(used)} layer(s) built with a record lis ships for "
+               f"{shipped_summary['class']} CPUs (--no-shipped-records: TVM's defaults)")
     _stage("writing compiled.so, compiled.params, compiled_model.json")
     out = work / "build"
     out.mkdir(parents=True, exist_ok=True)
     _export_library(lib.get_lib(), out / "compiled.so", cross_compiler)
     (out / "compiled_model.json").write_text(lib.get_graph_json())
     (out / "compiled.params").write_bytes(relay.save_param_dict(lib.get_params()))
-    return summary
+    return summary, shipped_summary
+
+
+def _applying(records: list, watched: set, used: set) -> Any:
+    """AutoTVM's history-best context, noting in ``used`` each ``watched`` workload the
+    build asked for and got: proof that a record was applied, not only offered."""
+    from tvm import autotvm  # noqa: PLC0415
+
+    class Applying(autotvm.task.ApplyHistoryBest):
+        def _query_inside(self, target: Any, workload: Any) -> Any:
+            config = super()._query_inside(target, workload)
+            if config is not None and workload in watched:
+                used.add(workload)
+            return config
+
+    return Applying(records)
 
 
 def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
@@ -299,7 +340,7 @@ def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
                            "--tune-records (docs/models.md)")
     from tvm import autotvm  # noqa: PLC0415
 
-    records, summary = tune(mod, params, target, tuning, _stage)
+    records, summary = tune(extract_tasks(mod, params, target, _stage), target, tuning, _stage)
     (work / "tuning.log").write_text(
         "".join(autotvm.record.encode(inp, res) + "\n" for inp, res in records))
     return records, summary
@@ -342,6 +383,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="tune (0: known records only); without it, no tuning")
     parser.add_argument("--tune-records", type=Path, action="append", default=[])
     parser.add_argument("--tuning-cache", type=Path)
+    parser.add_argument("--no-shipped-records", dest="shipped", action="store_false")
     return parser.parse_args(argv)
 
 
@@ -364,11 +406,11 @@ def _main(args: argparse.Namespace) -> None:
     tuning = None if args.tune_minutes is None else TuningOptions(
         args.tune_minutes, tuple(args.tune_records),
         *([args.tuning_cache] if args.tuning_cache else []))
-    executor, summary = _build(load, args.softmax, target, cross_compiler, args.work, tuning,
-                               outputs)
+    executor, schedules = _build(load, args.softmax, target, cross_compiler, args.work,
+                                 _Schedules(tuning, args.shipped), outputs)
     (args.work / "result.json").write_text(json.dumps(
         {"target": target, "cross_compiler": cross_compiler, "executor": executor,
-         "tuning": summary}))
+         **schedules}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,7 @@ def compile_model(
     verify: bool = True,
     softmax: bool = False,
     tuning: Tuning | None = None,
+    shipped_records: bool = True,
     progress: Progress | None = _print_progress,
 ) -> CompileResult:
     """Compile an MXNet or ONNX model into a Neo/DLR artifact at ``output``.
@@ -143,7 +144,9 @@ def compile_model(
     ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
     defaults to the IC artifact's own, else ``"detector"``. ``tuning``
     (``Tuning``) tunes the model's schedules, or applies known records; it is
-    recorded in ``lis-compile.json``. A model with data-dependent output shapes
+    recorded in ``lis-compile.json``, as are the records lis ships for the target's CPU
+    class (``modelkit._shipped``), which a graph-executor build applies to the layers they
+    know unless ``shipped_records`` is False. A model with data-dependent output shapes
     (an ONNX detector ending in NonMaxSuppression) is built for TVM's Relay VM
     and verified on TVM's runtime (``CompileResult.executor``).
     """
@@ -151,7 +154,7 @@ def compile_model(
     source = resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
     shape = _input_shape(input_shape, source)
     job = _Job(source, shape, _preprocessing(preprocessing, source, shape),
-               _labels(labels, source), target, softmax, tuning)
+               _labels(labels, source), target, softmax, tuning, shipped_records)
     if source.params is not None:
         _check_symbol(source.model)
     _check_tvm()
@@ -178,6 +181,7 @@ class _Job:
     target: str
     softmax: bool = False
     tuning: Tuning | None = None
+    shipped_records: bool = True
 
 
 @dataclass(frozen=True)
@@ -207,9 +211,9 @@ def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
     clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
               + (", softmax appended" if job.softmax else ""))
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
-    resolved_target, executor, tuned = _build(job, work, clock)
+    resolved_target, executor, schedules = _build(job, work, clock)
     info = {**_compile_info(job.source, job.shape, resolved_target), "executor": executor,
-            "tuning": tuned}
+            **schedules}
     staged = _write_artifact(work, job, executor, info)
     if job.tuning and job.tuning.export:
         _export_records(work / "tuning.log", job.tuning.export, clock)
@@ -358,20 +362,23 @@ def _export_records(records: Path, export: Path, clock: Clock) -> None:
     clock.say(f"exported {count} tuning record(s) to {export}")
 
 
-def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict | None]:
-    """The resolved target, the executor the artifact needs and what tuning did."""
+def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict[str, dict | None]]:
+    """The resolved target, the executor the artifact needs, and what tuning did and the
+    shipped records gave (``"tuning"``, ``"shipped_records"``)."""
     source = job.source
     model = (["--onnx", str(source.model), "--input-name", source.input_name]
              if source.params is None else
              ["--symbol", str(source.model), "--params", str(source.params)])
     arguments = [*model, "--input-shape", ",".join(map(str, job.shape)), "--target", job.target,
                  "--work", str(work), *(["--softmax"] if job.softmax else []),
-                 *(job.tuning.arguments() if job.tuning else [])]
+                 *(job.tuning.arguments() if job.tuning else []),
+                 *([] if job.shipped_records else ["--no-shipped-records"])]
     returncode = run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
     result = json.loads((work / "result.json").read_text())
-    return str(result["target"]), str(result["executor"]), result["tuning"]
+    return (str(result["target"]), str(result["executor"]),
+            {"tuning": result["tuning"], "shipped_records": result["shipped_records"]})
 
 
 @dataclass(frozen=True)
@@ -462,6 +469,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without --tune, the build uses known records and tunes nothing")
     tuning.add_argument("--export-records", type=Path, metavar="FILE",
                         help="write the tuning records the build applied to FILE")
+    tuning.add_argument("--no-shipped-records", dest="shipped_records", action="store_false",
+                        help="build the layers no record of this target knows with TVM's "
+                             "default schedules, not the records lis ships for the CPU's class "
+                             "(x86 with AVX2, without AVX-512)")
 
 
 def _tuning(args: argparse.Namespace) -> Tuning | None:
@@ -487,7 +498,8 @@ def run(args: argparse.Namespace) -> int:
     result = compile_model(symbol, params, args.output, input_shape=args.input_shape,
                            target=args.target, labels=args.labels,
                            preprocessing=args.preprocessing, verify=args.verify,
-                           softmax=args.softmax, tuning=_tuning(args))
+                           softmax=args.softmax, tuning=_tuning(args),
+                           shipped_records=args.shipped_records)
     framework = "ONNX Runtime" if Path(symbol).suffix.lower() == ONNX_SUFFIX else "MXNet"
     difference = ("not verified" if result.max_abs_diff is None
                   else f"{_runtime_name(result.executor)} vs {framework} max abs difference "

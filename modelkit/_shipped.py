@@ -1,0 +1,77 @@
+"""The schedules lis ships: AutoTVM records a build applies without ``--tune``.
+
+TVM's own answer for builds nobody tuned is TopHub: records for common
+networks, downloaded on first use, which lis turns off (no download at run
+time). lis ships its own instead, one AutoTVM log per CPU class in
+``modelkit/records/<class>.log``: the records ``--tune`` made for the
+reference detectors' layers (GluonCV SSD-512 and YOLOv3-416 on MobileNet 1.0;
+``models/tuning/README.md`` says how). A build for a target of that class
+applies the record of each layer whose workload (operator, shapes, strides,
+dtypes) is in the file; its other layers keep TVM's default schedule. Records
+of the build's own target (``--tune``, the cache, ``--tune-records``) come
+first: they were measured on the CPU itself.
+
+A class is shipped only where its records were measured to matter: on an x86
+CPU with AVX2 but not AVX-512, TVM's default schedules lose to MXNet's oneDNN
+and the records win; with AVX-512 the defaults already beat it
+(docs/models.md). ``$LIS_SHIPPED_RECORDS`` names another folder of
+``<class>.log`` files, so a fleet can ship its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from modelkit._tune import Record, read_records, record_cost
+
+__all__ = ["SHIPPED_ENV", "X86_AVX2", "cpu_class", "shipped_records"]
+
+SHIPPED_ENV = "LIS_SHIPPED_RECORDS"
+_PACKAGED = Path(__file__).resolve().parent / "records"
+X86_AVX2 = "x86-avx2"
+
+
+def cpu_class(target: str) -> str | None:
+    """The shipped-records class of an LLVM target string; None where lis ships none."""
+    import tvm  # noqa: PLC0415
+    from tvm.target import codegen  # noqa: PLC0415
+
+    parsed = tvm.target.Target(target)
+    if parsed.kind.name != "llvm":
+        return None
+    triple = str(parsed.attrs.get("mtriple", "") or "")
+    if triple and not triple.startswith("x86_64"):
+        return None
+    if (codegen.target_has_features(["avx2", "fma"], parsed)
+            and not codegen.target_has_features("avx512f", parsed)):
+        return X86_AVX2
+    return None
+
+
+def _folder() -> Path:
+    return Path(os.environ.get(SHIPPED_ENV) or _PACKAGED).expanduser()
+
+
+def shipped_records(target: str,
+                    own: Iterable[Record]) -> tuple[list[Record], dict[str, object] | None]:
+    """The shipped records for ``target``'s class, the cheapest per workload, less the
+    workloads ``own`` has a record for; and a summary, None where the class ships none.
+
+    The build offers them all (finding which layers they match would cost a build of its
+    own) and sets the summary's ``"applied"`` to the records it asked for and used.
+    """
+    kind = cpu_class(target)
+    path = _folder() / f"{kind}.log" if kind else None
+    if path is None or not path.is_file():
+        return [], None
+    taken = {inp.task.workload for inp, _ in own}
+    shipped: dict[tuple, Record] = {}
+    for inp, res in read_records(path):
+        known = shipped.get(inp.task.workload)
+        if inp.task.workload not in taken and (known is None
+                                               or record_cost(res) < record_cost(known[1])):
+            shipped[inp.task.workload] = (inp, res)
+    return list(shipped.values()), {"class": kind, "file": str(path), "applied": 0}
