@@ -20,11 +20,14 @@ and rebuilt when the compiler or the records change.
 for this CPU's target, keeping other targets' (one file holds each CPU's).
 
 ``python -m benchmarks.compile --target "llvm -mcpu=core-avx2" --mxnet-isa AVX2``
-emulates a CPU with fewer instructions on this one: the untuned artifact is
+emulates a CPU with fewer instructions on this one: the artifacts are
 compiled for that target, MXNet's oneDNN is capped with ``DNNL_MAX_CPU_ISA``,
-and the two are measured in alternating rounds (``--rounds``), since this
-machine's speed drifts by 10-25 % over minutes. With ``--tune-minutes N`` the
-artifact tuned for that target is measured too, its records kept likewise.
+and they are measured in alternating rounds (``--rounds``), since this
+machine's speed drifts by 10-25 % over minutes. Where lis ships records for the
+target's CPU class (``modelkit._shipped``), the artifact built without them
+(TVM's defaults) is measured beside ``lis compile``'s. With ``--tune-minutes N``
+the artifact tuned for that target is measured too, its records kept likewise.
+``--models`` measures other GluonCV detectors than the reference two.
 
 Each measurement runs in a fresh process, so MXNet's and TVM's thread pools
 never share one.
@@ -61,6 +64,8 @@ UNTUNED_MAX = 1.0
 # What decides the compiled code: an artifact is rebuilt when one of these changes.
 _TOOLCHAIN = ("modelkit/_tvm_build.py",)
 _TUNING = ("modelkit/_tune.py",)
+_SHIPPED = ("modelkit/_shipped.py",)
+_SHIPPED_DIR = "modelkit/records"
 ROUNDS = 3          # alternating MXNet / artifact rounds of a capped comparison
 
 
@@ -131,27 +136,34 @@ def _export(model: str, size: int) -> Path:
     return prefix
 
 
-def _stamp(model: str, tuned: bool, target: str = DEFAULT_TARGET) -> str:
+def _stamp(model: str, tuned: bool, target: str = DEFAULT_TARGET, shipped: bool = True) -> str:
     digest = hashlib.sha256(target.encode())
-    for name in _TOOLCHAIN + (_TUNING if tuned else ()):
+    for name in _TOOLCHAIN + (_TUNING if tuned else ()) + (_SHIPPED if shipped else ()):
         digest.update((ROOT / name).read_bytes())
+    for path in sorted((ROOT / _SHIPPED_DIR).glob("*.log")) if shipped else ():
+        digest.update(path.read_bytes())
     if tuned and records_file(model).is_file():
         digest.update(records_file(model).read_bytes())
     return digest.hexdigest()
 
 
 def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
-              target: str = DEFAULT_TARGET) -> tuple[Path, dict]:
-    """The compiled artifact (cached by its stamp) and its ``lis-compile.json``."""
+              target: str = DEFAULT_TARGET, shipped: bool = True) -> tuple[Path, dict]:
+    """The compiled artifact (cached by its stamp) and its ``lis-compile.json``.
+
+    ``shipped=False``: built with TVM's default schedules where no record of the target's
+    own applies, not the records lis ships for the CPU's class (``--no-shipped-records``).
+    """
     from modelkit.compile import Tuning, compile_model  # noqa: PLC0415
 
     prefix = _export(model, size)
     slug = "" if target == DEFAULT_TARGET else "-" + "".join(
         c if c.isalnum() else "_" for c in target)
-    out = BENCH_DIR / f"{model}-{'tuned' if tuned else 'untuned'}{slug}"
+    out = BENCH_DIR / (f"{model}-{'tuned' if tuned else 'untuned'}{slug}"
+                       + ("" if shipped else "-tvm-defaults"))
     stamp = out.with_name(out.name + ".stamp")
     if tune_minutes or not (out.is_dir() and stamp.is_file()
-                            and stamp.read_text() == _stamp(model, tuned, target)):
+                            and stamp.read_text() == _stamp(model, tuned, target, shipped)):
         shutil.rmtree(out, ignore_errors=True)
         records = records_file(model)
         before = records.read_text().splitlines(keepends=True) if records.is_file() else []
@@ -162,8 +174,8 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
         compile_model(prefix.with_name(f"{model}-symbol.json"),
                       prefix.with_name(f"{model}-0000.params"), out,
                       input_shape=(1, 3, size, size), target=target, preprocessing="detector",
-                      tuning=tuning, progress=_progress)
-        stamp.write_text(_stamp(model, tuned, target))
+                      tuning=tuning, shipped_records=shipped, progress=_progress)
+        stamp.write_text(_stamp(model, tuned, target, shipped))
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
         canonical = _canonical_target(info["target"])
@@ -245,10 +257,12 @@ def measure(tune_minutes: float = 0.0) -> list[Row]:
 
 
 def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS,
-                   tune_minutes: float = 0.0) -> str:
-    """The markdown table of MXNet (ISA capped) vs the untuned artifact for ``target``, and
-    with ``tune_minutes`` the artifact tuned for it too (its records kept in ``models/tuning/``
-    beside other targets').
+                   tune_minutes: float = 0.0,
+                   models: tuple[tuple[str, int], ...] = MODELS) -> str:
+    """The markdown table of MXNet (ISA capped) vs the artifacts for ``target``: built with
+    TVM's default schedules, as ``lis compile`` builds it without ``--tune`` (with the
+    records lis ships for the CPU's class, where any applies), and with ``tune_minutes``
+    tuned for it too (its records kept in ``models/tuning/`` beside other targets').
 
     Each round measures each in a fresh process, the order turning round after round, so
     that the machine's drift falls on all; the table gives the median and range of the
@@ -261,26 +275,50 @@ def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS,
              + f"; batch 1, {THREADS} threads, p50 of {RUNS} runs after {WARMUP} warm-up runs, "
              f"{rounds} alternating rounds, each runtime in a fresh process.",
              "",
-             "| model | input | MXNet p50, median (range) | untuned p50, median (range) "
-             "| untuned / MXNet |" + (" tuned p50, median (range) | tuned / MXNet |" if tuned
-                                      else ""),
-             "|---|---|---|---|---|" + ("---|---|" if tuned else "")]
-    for model, size in MODELS:
-        prefix = _export(model, size)
-        kinds = [("mxnet", prefix), ("dlr", _artifact(model, size, tuned=False, target=target)[0])]
+             "| model | input | MXNet p50, median (range) | TVM's defaults "
+             "(`--no-shipped-records`) | shipped records used | `lis compile` (no `--tune`) "
+             "| `lis compile` / MXNet |" + (" tuned | tuned / MXNet |" if tuned else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]
+    for model, size in models:
+        untuned, info = _artifact(model, size, tuned=False, target=target)
+        shipped = info.get("shipped_records") or {}
+        kinds = [("mxnet", _export(model, size)), ("dlr", untuned)]
+        if shipped.get("applied"):
+            kinds.append(("dlr", _artifact(model, size, tuned=False, target=target,
+                                           shipped=False)[0]))
         if tuned:
             kinds.append(("dlr", _artifact(model, size, tuned=True, tune_minutes=tune_minutes,
                                            target=target)[0]))
-        times: list[list[float]] = [[] for _ in kinds]
-        for turn in range(rounds):
-            for index in _turned(len(kinds), turn):
-                kind, path = kinds[index]
-                times[index].append(_p50(kind, path, size, mxnet_isa))
-        mxnet = statistics.median(times[0])
-        cells = [f"{_spread(found)} | {_verdict(statistics.median(found) / mxnet, limit)}"
-                 for found, limit in zip(times[1:], (UNTUNED_MAX, TUNED_MAX))]
-        lines.append(f"| {model} | {size} | {_spread(times[0])} | {' | '.join(cells)} |")
+        times = _rounds(kinds, size, mxnet_isa, rounds)
+        mxnet, default = times[0], times[1]
+        bare = times[2] if shipped.get("applied") else None
+        cells = [_spread(mxnet),
+                 f"{_spread(bare)}, {_ratio(bare, mxnet)}" if bare else "the same artifact",
+                 f"{shipped['applied']} layers" if shipped else "none (no class)",
+                 _spread(default), _verdict(_ratio_of(default, mxnet), UNTUNED_MAX)]
+        if tuned:
+            cells += [_spread(times[-1]), _verdict(_ratio_of(times[-1], mxnet), TUNED_MAX)]
+        lines.append(f"| {model} | {size} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _rounds(kinds: list[tuple[str, Path]], size: int, mxnet_isa: str | None,
+            rounds: int) -> list[list[float]]:
+    """Each runtime's p50 per round, the order turning round after round."""
+    times: list[list[float]] = [[] for _ in kinds]
+    for turn in range(rounds):
+        for index in _turned(len(kinds), turn):
+            kind, path = kinds[index]
+            times[index].append(_p50(kind, path, size, mxnet_isa))
+    return times
+
+
+def _ratio_of(times: list[float], reference: list[float]) -> float:
+    return statistics.median(times) / statistics.median(reference)
+
+
+def _ratio(times: list[float], reference: list[float]) -> str:
+    return f"{_ratio_of(times, reference):.2f}x MXNet"
 
 
 def _turned(count: int, turn: int) -> list[int]:
@@ -347,6 +385,14 @@ def compile_section(tune_minutes: float = 0.0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _models(text: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return tuple((name, int(size)) for name, size in
+                     (item.rsplit(":", 1) for item in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:SIZE[,NAME:SIZE...]") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -359,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(DNNL_MAX_CPU_ISA, e.g. AVX2)")
     parser.add_argument("--rounds", type=int, default=ROUNDS,
                         help=f"with --target: alternating rounds (default {ROUNDS})")
+    parser.add_argument("--models", type=_models, default=MODELS, metavar="NAME:SIZE,...",
+                        help="with --target: other GluonCV detectors, e.g. "
+                             "ssd_512_mobilenet1.0_coco:512 (default: the reference two)")
     parser.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "SIZE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -367,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_measure(kind, Path(path), int(size)):.3f}")
         return 0
     if args.target:
-        print(capped_section(args.target, args.mxnet_isa, args.rounds, args.tune_minutes))
+        print(capped_section(args.target, args.mxnet_isa, args.rounds, args.tune_minutes,
+                             args.models))
         return 0
     print(compile_section(args.tune_minutes))
     return 0
