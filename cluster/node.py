@@ -26,7 +26,12 @@ from typing import Literal
 
 from cluster import _token
 from cluster.platform import DevicePlatform, detect_platform
-from cluster.ray_start import PLATFORM_UNITS, SERVE_THROUGHPUT_ENVIRONMENT
+from cluster.ray_start import (
+    LOG_ROTATION_ENVIRONMENT,
+    PLATFORM_UNITS,
+    SERVE_THROUGHPUT_ENVIRONMENT,
+    log_rotation_environment,
+)
 from vocabulary.connectors import PLATFORMS
 from vocabulary.errors import ConfigError, ConfigIssue
 from vocabulary.names import CAMERA_NAME_PATTERN, camera_resource, platform_resource
@@ -147,8 +152,9 @@ def plan_node(options: NodeOptions, device: DevicePlatform,
     args += _dashboard_args(options, device, decisions)
     token, generate = _token_decision(options, environ, decisions)
     tls_env = _tls_environment(options, environ, decisions)
+    rotation = log_rotation_environment(environ)
     env = {"RAY_USAGE_STATS_ENABLED": "0", **token.environment(), **tls_env,
-           **SERVE_THROUGHPUT_ENVIRONMENT}
+           **SERVE_THROUGHPUT_ENVIRONMENT, **rotation}
     decisions.append(Decision("usage stats", "off", "RAY_USAGE_STATS_ENABLED=0 and "
                               "--disable-usage-stats: Ray sends no usage statistics"))
     decisions.append(Decision("serve", "high-throughput", "gRPC between deployments, user "
@@ -156,6 +162,7 @@ def plan_node(options: NodeOptions, device: DevicePlatform,
                               "replica logs to files only, a calmer controller loop and "
                               "metrics export "
                               "(" + ", ".join(sorted(SERVE_THROUGHPUT_ENVIRONMENT)) + ")"))
+    decisions.append(_logs_decision(environ, rotation))
     args.append("--disable-usage-stats")
     if options.block:
         args.append("--block")
@@ -164,6 +171,14 @@ def plan_node(options: NodeOptions, device: DevicePlatform,
     return NodePlan(role=options.role, command=(_ray_executable(), "start", *args),
                     environment=env, unset=unset, decisions=tuple(decisions), token=token,
                     generate_token=generate, join_hint=_join_hint(options, token))
+
+
+def _logs_decision(environ: Mapping[str, str], rotation: dict[str, str]) -> Decision:
+    values = {name: environ.get(name, value) for name, value in LOG_ROTATION_ENVIRONMENT.items()}
+    reason = ("Ray's default keeps 3 GB a file, and its dashboard agent without a dashboard "
+              "logs every second" if rotation else "from the environment")
+    return Decision("logs", f"{values['RAY_ROTATION_MAX_BYTES']} bytes and "
+                    f"{values['RAY_ROTATION_BACKUP_COUNT']} old per file", reason)
 
 
 def _check_supported(device: DevicePlatform) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from cluster._token import LOCAL_TOKEN_FILE, cluster_auth_environment, local_ray_token
 from cluster.platform import detect_platform
@@ -24,6 +24,7 @@ from vocabulary.names import RAY_NAMESPACE, platform_resource
 
 __all__ = [
     "FAST_CONNECT_ENVIRONMENT",
+    "LOG_ROTATION_ENVIRONMENT",
     "LOOPBACK_ONLY_ENVIRONMENT",
     "PLATFORM_UNITS",
     "SERVE_THROUGHPUT_ENVIRONMENT",
@@ -31,6 +32,7 @@ __all__ = [
     "connect_ray",
     "direct_ingress_port",
     "local_platform",
+    "log_rotation_environment",
     "worker_threads",
 ]
 
@@ -88,6 +90,24 @@ _WORKER_THREADS_KEY = b"lis:worker-threads"
 # keeps Ray's 10 s budget for the connections of the raylet and its workers.
 FAST_CONNECT_ENVIRONMENT = {"RAY_raylet_client_connect_timeout_milliseconds": "100",
                             "RAY_raylet_client_num_connect_attempts": "100"}
+# Ray keeps each process's log up to 512 MB with five old ones: 3 GB a file, on
+# a board whose /tmp may be RAM (Debian 13 mounts it as tmpfs). A lis box
+# writes some logs without end: each replica's access lines, and, with no
+# dashboard (lis's lean head, or `lis node --dashboard off`), Ray's dashboard
+# agent logs a traceback every second while it waits for a dashboard that
+# never comes (its event module: 37 MB a day). Each file is kept to 16 MiB and
+# two old ones (48 MiB); the replicas' access logs follow the same figures.
+# Ray's processes read these when they start, the C++ ones too; a value the
+# user set wins.
+LOG_ROTATION_ENVIRONMENT = {"RAY_ROTATION_MAX_BYTES": str(16 * 1024 * 1024),
+                            "RAY_ROTATION_BACKUP_COUNT": "2"}
+
+
+def log_rotation_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``LOG_ROTATION_ENVIRONMENT`` less what ``environ`` (default: this process's) sets."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in LOG_ROTATION_ENVIRONMENT.items()
+            if name not in environ}
 
 
 def direct_ingress_port() -> int | None:
@@ -163,7 +183,7 @@ def connect_ray(address: str | None, *, any_platform: bool = False,
     # with warm workers: a `ray start` run later from this process (a test's own
     # cluster) must not be, nor a program it starts run with one thread.
     with _environment({**LOOPBACK_ONLY_ENVIRONMENT, **WARM_WORKER_ENVIRONMENT,
-                       **FAST_CONNECT_ENVIRONMENT}):
+                       **FAST_CONNECT_ENVIRONMENT, **log_rotation_environment()}):
         address = start_lean_head(
             num_cpus=num_cpus, log_monitor=log_to_driver, outlive_caller=outlive_caller,
             resources={platform_resource(p): PLATFORM_UNITS for p in platforms})

@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["kv_get", "kv_put", "ray_connection", "reread_ray_environment", "serve_details",
-           "serve_logs_dir", "start_lean_head", "versioned"]
+__all__ = ["kv_get", "kv_put", "log_rotation", "ray_connection", "reread_ray_environment",
+           "serve_details", "serve_logs_dir", "start_lean_head", "versioned"]
 
 
 def versioned(deployment: Any, version: str, **options: Any) -> Any:
@@ -84,6 +84,18 @@ def serve_details() -> dict[str, Any] | None:
 
     client = _get_global_client(raise_if_no_controller_running=False)
     return None if client is None else client.get_serve_details()
+
+
+def log_rotation() -> tuple[int, int]:
+    """This Ray node's log rotation: bytes per file and old files kept.
+
+    Ray reads them from ``RAY_ROTATION_MAX_BYTES``/``RAY_ROTATION_BACKUP_COUNT``
+    when the process starts, and rotates Ray Serve's replica logs by them.
+    """
+    import ray
+
+    node = ray._private.worker._global_node
+    return int(node.max_bytes), int(node.backup_count)
 
 
 def serve_logs_dir() -> str:

@@ -33,7 +33,7 @@ from deployments.local_socket import (
     current_node_id,
     socket_path,
 )
-from deployments.ray_internals import serve_logs_dir
+from deployments.ray_internals import log_rotation, serve_logs_dir
 from deployments.runtime import set_thread_count
 from vocabulary.errors import (
     AlgorithmMismatch,
@@ -125,8 +125,10 @@ def _open_access_log(service: str) -> AccessLog:
     context = serve.get_replica_context()
     replica = context.replica_id.unique_id
     name = f"access_{context.app_name}_{context.deployment}_{replica}.log"
+    max_bytes, backups = log_rotation()  # as Ray Serve rotates the replica's own log
     return AccessLog(Path(serve_logs_dir()) / name,
-                     f"{context.app_name}_{context.deployment}", replica, service)
+                     f"{context.app_name}_{context.deployment}", replica, service,
+                     max_bytes=max_bytes, backups=backups)
 
 
 def _fetch_model(spec: ServiceSpec, store: ModelStoreSpec | None) -> Path:

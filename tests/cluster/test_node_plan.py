@@ -199,6 +199,22 @@ def test_a_32_bit_pi_is_refused_with_the_reason(device, capsys) -> None:
     assert "Ray publishes no wheels for armv7l: install a 64-bit OS" in capsys.readouterr().err
 
 
+def test_every_node_keeps_rays_logs_small_unless_the_environment_says(
+        device, token_file: Path) -> None:
+    captured = device("x86_64")
+    platform = detect_platform(captured.root, captured.machine)
+    options = NodeOptions(role="head", token_file=token_file)
+    plan = plan_node(options, platform, environ={})
+    assert plan.environment["RAY_ROTATION_MAX_BYTES"] == str(16 * MiB)
+    assert plan.environment["RAY_ROTATION_BACKUP_COUNT"] == "2"
+    assert decision(plan, "logs") == f"{16 * MiB} bytes and 2 old per file"
+    own = plan_node(options, platform, environ={"RAY_ROTATION_MAX_BYTES": "1000"})
+    assert "RAY_ROTATION_MAX_BYTES" not in own.environment
+    assert own.child_environment({"RAY_ROTATION_MAX_BYTES": "1000"})[
+        "RAY_ROTATION_MAX_BYTES"] == "1000"
+    assert decision(own, "logs") == "1000 bytes and 2 old per file"
+
+
 def test_tls_dir_sets_rays_tls_variables(device, tmp_path: Path) -> None:
     certs = tmp_path / "tls"
     certs.mkdir()
@@ -234,7 +250,7 @@ def test_every_decision_is_printed_on_its_own_line(device, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     settings = [line.split(":")[1].strip() for line in lines if " -- " in line]
     assert settings == ["device", "role", "resources", "gpus", "object store", "dashboard",
-                        "token", "tls", "usage stats", "serve"]
+                        "token", "tls", "usage stats", "serve", "logs"]
     assert any("Jetson's integrated GPU is invisible to NVML" in line for line in lines)
 
 
