@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.turns import in_turn
 from modelkit.compile import DEFAULT_TARGET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,10 +106,16 @@ def _keep_other_targets(model: str, before: list[str], target: str) -> None:
     records_file(model).write_text("".join(others + fresh))
 
 
-def _write_made(model: str, tuning: dict, target: str) -> None:
-    entries = [entry for entry in _made_entries(model) if entry.get("target") != target]
-    entries.append({**tuning, "target": target, "cpu": _cpu()})
+def _write_made(model: str, size: int, tuning: dict, target: str) -> None:
+    entries = [entry for entry in _made_entries(model)
+               if (entry.get("target"), entry.get("size", _reference_size(model)))
+               != (target, size)]
+    entries.append({**tuning, "target": target, "size": size, "cpu": _cpu()})
     _made_file(model).write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def _reference_size(model: str) -> int | None:
+    return dict(MODELS).get(model)
 
 
 def _made_entries(model: str) -> list[dict]:
@@ -136,8 +143,9 @@ def _export(model: str, size: int) -> Path:
     return prefix
 
 
-def _stamp(model: str, tuned: bool, target: str = DEFAULT_TARGET, shipped: bool = True) -> str:
-    digest = hashlib.sha256(target.encode())
+def _stamp(model: str, size: int, tuned: bool, target: str = DEFAULT_TARGET,
+           shipped: bool = True) -> str:
+    digest = hashlib.sha256(f"{target} {size}".encode())
     for name in _TOOLCHAIN + (_TUNING if tuned else ()) + (_SHIPPED if shipped else ()):
         digest.update((ROOT / name).read_bytes())
     for path in sorted((ROOT / _SHIPPED_DIR).glob("*.log")) if shipped else ():
@@ -159,11 +167,12 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
     prefix = _export(model, size)
     slug = "" if target == DEFAULT_TARGET else "-" + "".join(
         c if c.isalnum() else "_" for c in target)
-    out = BENCH_DIR / (f"{model}-{'tuned' if tuned else 'untuned'}{slug}"
+    sized = "" if size == _reference_size(model) else f"-{size}"
+    out = BENCH_DIR / (f"{model}{sized}-{'tuned' if tuned else 'untuned'}{slug}"
                        + ("" if shipped else "-tvm-defaults"))
     stamp = out.with_name(out.name + ".stamp")
     if tune_minutes or not (out.is_dir() and stamp.is_file()
-                            and stamp.read_text() == _stamp(model, tuned, target, shipped)):
+                            and stamp.read_text() == _stamp(model, size, tuned, target, shipped)):
         shutil.rmtree(out, ignore_errors=True)
         records = records_file(model)
         before = records.read_text().splitlines(keepends=True) if records.is_file() else []
@@ -175,13 +184,53 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
                       prefix.with_name(f"{model}-0000.params"), out,
                       input_shape=(1, 3, size, size), target=target, preprocessing="detector",
                       tuning=tuning, shipped_records=shipped, progress=_progress)
-        stamp.write_text(_stamp(model, tuned, target, shipped))
+        stamp.write_text(_stamp(model, size, tuned, target, shipped))
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
         canonical = _canonical_target(info["target"])
         _keep_other_targets(model, before, canonical)
-        _write_made(model, info["tuning"], canonical)
+        _write_made(model, size, info["tuning"], canonical)
     return out, info
+
+
+def ship(target: str) -> str:
+    """Move ``target``'s records from ``models/tuning/*.log`` into the file lis ships for its
+    CPU class (``modelkit/records/``), keeping the faster record of a layer both hold."""
+    from modelkit._shipped import cpu_class, packaged_file  # noqa: PLC0415
+
+    canonical = _canonical_target(target)
+    kind = cpu_class(canonical)
+    if kind is None:
+        raise SystemExit(f"{target!r}: lis ships no records for its CPU class "
+                         "(modelkit/_shipped.py)")
+    shipped = packaged_file(kind)
+    best: dict[str, tuple[float, str]] = {}
+    for line in shipped.read_text().splitlines() if shipped.is_file() else []:
+        _keep_faster(best, line)
+    moved = 0
+    for log in sorted(RECORDS_DIR.glob("*.log")):
+        kept = []
+        for line in log.read_text().splitlines():
+            if _record_target(line) == canonical:
+                _keep_faster(best, line)
+                moved += 1
+            else:
+                kept.append(line)
+        if kept:
+            log.write_text("".join(f"{line}\n" for line in kept))
+        else:
+            log.unlink()  # all its records ship now; its <model>.json says how they were made
+    shipped.write_text("".join(f"{line}\n" for _, line in best.values()))
+    return f"moved {moved} record(s) of `{canonical}` into {shipped}: {len(best)} layers"
+
+
+def _keep_faster(best: dict[str, tuple[float, str]], line: str) -> None:
+    """``line``'s record in ``best`` (by workload) unless a faster one is there."""
+    record = json.loads(line)
+    workload = json.dumps(record["input"][1:3])
+    cost = statistics.mean(record["result"][0])
+    if workload not in best or cost < best[workload][0]:
+        best[workload] = (cost, line)
 
 
 def _canonical_target(target: str) -> str:
@@ -307,7 +356,7 @@ def _rounds(kinds: list[tuple[str, Path]], size: int, mxnet_isa: str | None,
     """Each runtime's p50 per round, the order turning round after round."""
     times: list[list[float]] = [[] for _ in kinds]
     for turn in range(rounds):
-        for index in _turned(len(kinds), turn):
+        for index in in_turn(range(len(kinds)), turn):
             kind, path = kinds[index]
             times[index].append(_p50(kind, path, size, mxnet_isa))
     return times
@@ -321,21 +370,21 @@ def _ratio(times: list[float], reference: list[float]) -> str:
     return f"{_ratio_of(times, reference):.2f}x MXNet"
 
 
-def _turned(count: int, turn: int) -> list[int]:
-    """0..count-1 rotated by ``turn``: each runtime goes first, middle and last in turn."""
-    return [(index + turn) % count for index in range(count)]
-
-
 def _spread(times: list[float]) -> str:
     return f"{statistics.median(times):.1f} ms ({min(times):.1f}-{max(times):.1f})"
 
 
 def _made(model: str) -> str:
     """How each target's records were made, the targets joined."""
-    made = [f"`{entry['target']}`: {entry['minutes']:g} min budget, {entry['trials']} trials "
-            f"in {entry['seconds'] / 60:.1f} min on {entry['cpu']}"
+    made = [f"`{entry['target']}`{_at(model, entry)}: {entry['minutes']:g} min budget, "
+            f"{entry['trials']} trials in {entry['seconds'] / 60:.1f} min on {entry['cpu']}"
             for entry in _made_entries(model)]
     return "; ".join(made) or "no records"
+
+
+def _at(model: str, entry: dict) -> str:
+    size = entry.get("size", _reference_size(model))
+    return "" if size == _reference_size(model) else f" at {size}x{size}"
 
 
 def _cpu() -> str:
@@ -408,12 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=_models, default=MODELS, metavar="NAME:SIZE,...",
                         help="with --target: other GluonCV detectors, e.g. "
                              "ssd_512_mobilenet1.0_coco:512 (default: the reference two)")
+    parser.add_argument("--ship", metavar="TARGET",
+                        help="move TARGET's records from models/tuning/ into the file lis "
+                             "ships for its CPU class, and stop")
     parser.add_argument("--measure", nargs=3, metavar=("KIND", "PATH", "SIZE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         kind, path, size = args.measure
         print(f"{_measure(kind, Path(path), int(size)):.3f}")
+        return 0
+    if args.ship:
+        print(ship(args.ship))
         return 0
     if args.target:
         print(capped_section(args.target, args.mxnet_isa, args.rounds, args.tune_minutes,

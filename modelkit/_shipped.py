@@ -23,11 +23,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from modelkit._tune import Record, read_records, record_cost
 
-__all__ = ["SHIPPED_ENV", "X86_AVX2", "cpu_class", "shipped_records"]
+__all__ = ["SHIPPED_ENV", "X86_AVX2", "cpu_class", "packaged_file", "shipped_records"]
 
 SHIPPED_ENV = "LIS_SHIPPED_RECORDS"
 _PACKAGED = Path(__file__).resolve().parent / "records"
@@ -53,6 +52,11 @@ def cpu_class(target: str) -> str | None:
 
 def _folder() -> Path:
     return Path(os.environ.get(SHIPPED_ENV) or _PACKAGED).expanduser()
+
+
+def packaged_file(kind: str) -> Path:
+    """The records file lis itself ships for a CPU class (``$LIS_SHIPPED_RECORDS`` aside)."""
+    return _PACKAGED / f"{kind}.log"
 
 
 def shipped_records(target: str,

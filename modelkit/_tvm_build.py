@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit._shipped import cpu_class, shipped_records
+from modelkit._shipped import shipped_records
 from modelkit._tune import TuningOptions, extract_tasks, tune
 from vocabulary.names import GRAPH_EXECUTOR, VM_EXECUTOR
 
@@ -287,7 +287,7 @@ def _build_graph(mod: Any, params: dict, target: str, cross_compiler: str | None
     """Build with the records known for ``target``: what tuning did, what lis's shipped
     records gave (None where there were none to apply)."""
     import tvm  # noqa: PLC0415
-    from tvm import autotvm, relay  # noqa: PLC0415
+    from tvm import relay  # noqa: PLC0415
 
     tuning = schedules.tuning
     own, summary = (_tune(mod, params, target, cross_compiler, tuning, work) if tuning
