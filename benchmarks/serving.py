@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -45,6 +45,7 @@ import psutil
 
 from benchmarks.http_load import HttpLoad
 from benchmarks.in_deployment import deploy_caller, deployment_load
+from benchmarks.turns import in_turn
 
 if TYPE_CHECKING:
     from benchmarks.pipeline import PipelineFigures
@@ -61,7 +62,6 @@ REFERENCE_DIR = ROOT / "build" / "bench" / REFERENCE_MODEL
 CONCURRENCIES = (1, 4)
 WARMUP = 3
 BARE_SERVICE = "bare"
-T = TypeVar("T")
 # (concurrency, requests, warmup) -> (latencies in s, wall time in s)
 Load = Callable[..., tuple[list[float], float]]
 
@@ -285,16 +285,6 @@ THROUGHPUT_ROUNDS, THROUGHPUT_BLOCK_S = 8, 1.5
 RESUME_SETTLE_S = 0.5
 
 
-def _in_turn(calls: dict[str, T], turn: int) -> list[tuple[str, T]]:
-    """The calls in order on even turns, reversed on odd ones (A B, B A, ...).
-
-    A block measured second in its round ran measurably faster on this box
-    (about 3 %, with the same call in both places), so no call always goes first.
-    """
-    ordered = list(calls.items())
-    return ordered if turn % 2 == 0 else ordered[::-1]
-
-
 def interleaved_p50s(calls: dict[str, Callable[[], object]], rounds: int,
                      per_round: int) -> dict[str, float]:
     """p50 (ms) of each call at concurrency 1, measured in alternating blocks.
@@ -308,7 +298,7 @@ def interleaved_p50s(calls: dict[str, Callable[[], object]], rounds: int,
         for _ in range(WARMUP):
             call()
     for turn in range(rounds):
-        for name, call in _in_turn(calls, turn):
+        for name, call in in_turn(list(calls.items()), turn):
             for _ in range(per_round):
                 started = time.perf_counter()
                 call()
@@ -323,7 +313,7 @@ def interleaved_load_p50s(loads: dict[str, Load], rounds: int, per_round: int
     for load in loads.values():
         load(1, WARMUP, 0)
     for turn in range(rounds):
-        for name, load in _in_turn(loads, turn):
+        for name, load in in_turn(list(loads.items()), turn):
             latencies[name] += load(1, per_round, 0)[0]
     return {name: 1000 * statistics.median(found) for name, found in latencies.items()}
 
@@ -368,7 +358,7 @@ def interleaved_throughputs(loads: dict[str, Load], concurrency: int, rounds: in
     for load in loads.values():
         load(concurrency, WARMUP, 0)
     for turn in range(rounds):
-        for name, load in _in_turn(loads, turn):
+        for name, load in in_turn(list(loads.items()), turn):
             with ray_paused() if name in alone else contextlib.nullcontext():
                 latencies, wall = load(concurrency, per_round, 0)
             done[name] += len(latencies)
