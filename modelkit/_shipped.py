@@ -3,9 +3,9 @@
 TVM's own answer for builds nobody tuned is TopHub: records for common
 networks, downloaded on first use, which lis turns off (no download at run
 time). lis ships its own instead, one AutoTVM log per CPU class in
-``modelkit/records/<class>.log``: the records ``--tune`` made for the
-reference detectors' layers (GluonCV SSD-512 and YOLOv3-416 on MobileNet 1.0;
-``models/tuning/README.md`` says how). A build for a target of that class
+``modelkit/records/<class>.log``: the records ``--tune`` made for the layers
+of the GluonCV detectors the connector's users start from
+(``models/tuning/README.md`` lists them and says how). A build for a target of that class
 applies the record of each layer whose workload (operator, shapes, strides,
 dtypes) is in the file; its other layers keep TVM's default schedule. Records
 of the build's own target (``--tune``, the cache, ``--tune-records``) come
