@@ -39,8 +39,8 @@ def compare_outputs(reference: list[np.ndarray], actual: list[np.ndarray],
             continue
         diff = float(np.max(np.abs(expected.astype(np.float64) - got)))
         if diff > tolerance * max(1.0, float(np.max(np.abs(expected)))):
-            raise CompileError(f"verification failed: DLR and {framework} outputs differ by "
-                               f"{diff:.3g}")
+            raise CompileError(f"verification failed: {runtime} and {framework} outputs differ "
+                               f"by {diff:.3g}")
         worst = max(worst, diff)
     return worst
 

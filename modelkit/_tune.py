@@ -1,4 +1,5 @@
-"""Tuning for ``lis compile --tune``: AutoTVM schedules, measured on this CPU.
+"""Tuning for ``lis compile --tune``: AutoTVM schedules, measured on this CPU or on a
+board over TVM's RPC (``--rpc-tracker``, ``modelkit._device``).
 
 It runs inside the TVM child (``modelkit._tvm_build``). The model's
 convolutions and dense layers become AutoTVM tasks; each task not already
@@ -27,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "Record", "TuningOptions", "best_by_workload",
+from modelkit._device import RemoteDevice
+
+__all__ = ["CACHE_ENV", "DEFAULT_CACHE", "Record", "TuningFailure", "TuningOptions",
+           "best_by_workload",
            "cache_file", "extract_tasks", "merge_records", "read_records", "record_cost",
            "records_for", "tune"]
 
@@ -36,8 +40,10 @@ DEFAULT_CACHE = Path("~/.cache/lis/tuning")
 # The operators worth tuning: they hold nearly all of a CNN's time.
 _TUNED_OPS = ("nn.conv2d", "nn.dense")
 # Each trial runs the kernel this many times per measurement, with a cold cache.
-_RUNNER = {"number": 4, "repeat": 2, "min_repeat_ms": 20, "timeout": 10,
-           "enable_cpu_cache_flush": True}
+_RUNNER = {"number": 4, "repeat": 2, "min_repeat_ms": 20, "enable_cpu_cache_flush": True}
+# Seconds a trial may take to build and run: here, and on a board (upload, a slower CPU).
+_TIMEOUT_S = 10
+_DEVICE_TIMEOUT_S = 30
 _GA_POPULATION = 32
 # The knobs that set a convolution's data layout (NCHW[x]c blocks) on x86 and ARM.
 _LAYOUT_KNOBS = frozenset({"tile_ic", "tile_oc"})
@@ -53,6 +59,8 @@ class TuningOptions:
     minutes: float                 # 0: no new trials, known records only
     imported: tuple[Path, ...] = ()
     cache: Path = field(default_factory=lambda: cache_dir())
+    device: RemoteDevice | None = None   # measure there, not on this CPU
+    cross_compiler: str | None = None    # links each trial's library for the device
 
 
 def cache_dir() -> Path:
@@ -158,15 +166,19 @@ def tune(tasks: list[Any], target: str, options: TuningOptions,
         # What is left of the budget, shared by the tasks left: an overrun is made up.
         share = max(0.0, deadline - time.monotonic()) / left
         left -= 1
-        done = _tune_task(task, share, cache_file(options.cache, target))
+        done = _tune_task(task, share, cache_file(options.cache, target), options)
         trials += done.trials
         stage(f"{head}: {done.trials} trials in {done.seconds:.0f} s, best "
-              f"{done.gflops:.1f} GFLOPS ({done.gain:.2f}x the default schedule)")
+              f"{done.gflops:.1f} GFLOPS ({done.gain:.2f}x the default schedule)"
+              + (f" on {options.device.key!r}" if options.device else ""))
     records = records_for(tasks, target, options.cache)
     return records, {"method": "autotvm", "minutes": options.minutes, "tasks": len(tasks),
-                     "tasks_known": len(known), "tasks_tuned": len(todo) if options.minutes > 0 else 0,
+                     "tasks_known": len(known),
+                     "tasks_tuned": len(todo) if options.minutes > 0 else 0,
                      "trials": trials, "seconds": round(time.monotonic() - started, 1),
-                     "tasks_with_records": len(records)}
+                     "tasks_with_records": len(records),
+                     "measured_on": (f"rpc:{options.device.key}" if options.device
+                                     else "this machine")}
 
 
 def _known(tasks: list[Any], target: str, cache: Path) -> list[Any]:
@@ -188,16 +200,37 @@ class _TaskResult:
     gain: float     # best / the default schedule's, in FLOPS
 
 
-def _tune_task(task: Any, seconds: float, log: Path) -> _TaskResult:
-    """Measure the default schedule, then the GA tuner's proposals until ``seconds`` pass."""
+class TuningFailure(Exception):
+    """Even TVM's default schedule of a task did not build or run: nothing else will."""
+
+
+def _measure_option(options: TuningOptions) -> dict:
+    """AutoTVM's builder and runner: this CPU, or the board over RPC with libraries linked
+    here (by its cross compiler), so the board needs no compiler of its own."""
     from tvm import autotvm  # noqa: PLC0415
+    from tvm.contrib import cc  # noqa: PLC0415
+
+    device = options.device
+    if device is None:
+        return autotvm.measure_option(builder=autotvm.LocalBuilder(),
+                                      runner=autotvm.LocalRunner(timeout=_TIMEOUT_S, **_RUNNER))
+    link = (cc.cross_compiler(options.cross_compiler) if options.cross_compiler
+            else cc.create_shared)
+    # One trial at a time per board the tracker has for this key: boards measure in parallel.
+    return autotvm.measure_option(
+        builder=autotvm.LocalBuilder(build_func=link, timeout=_DEVICE_TIMEOUT_S),
+        runner=autotvm.RPCRunner(device.key, device.host, device.port,
+                                 n_parallel=device.servers(), timeout=_DEVICE_TIMEOUT_S,
+                                 **_RUNNER))
+
+
+def _tune_task(task: Any, seconds: float, log: Path, options: TuningOptions) -> _TaskResult:
+    """Measure the default schedule, then the GA tuner's proposals until ``seconds`` pass."""
     from tvm.autotvm.env import GLOBAL_SCOPE  # noqa: PLC0415
     from tvm.autotvm.measure import MeasureInput, create_measure_batch  # noqa: PLC0415
 
     started = time.monotonic()
-    option = autotvm.measure_option(builder=autotvm.LocalBuilder(),
-                                    runner=autotvm.LocalRunner(**_RUNNER))
-    measure = create_measure_batch(task, option)
+    measure = create_measure_batch(task, _measure_option(options))
     batch = getattr(measure, "n_parallel", 1)
     default = _default_config(task)
     proposals = _Proposals(task, default)
@@ -210,12 +243,32 @@ def _tune_task(task: Any, seconds: float, log: Path) -> _TaskResult:
                 break
             inputs = [MeasureInput(task.target, task, config) for config in configs]
             results = measure(inputs)
+            if not measured and default is not None and results[0].error_no != 0:
+                raise TuningFailure(f"TVM's default schedule of {_describe(task)} failed to "
+                                    f"{_failed_stage(results[0])}: {_error_text(results[0])}")
             proposals.update(inputs, results)
             measured += zip(inputs, results)
     finally:
         GLOBAL_SCOPE.in_tuning = False
         del measure
     return _summarise(task, measured, default is not None, log, time.monotonic() - started)
+
+
+def _failed_stage(result: Any) -> str:
+    from tvm.autotvm.measure import MeasureErrorNo  # noqa: PLC0415
+
+    return ("build" if result.error_no in (MeasureErrorNo.INSTANTIATION_ERROR,
+                                           MeasureErrorNo.COMPILE_HOST,
+                                           MeasureErrorNo.BUILD_TIMEOUT) else "run")
+
+
+def _error_text(result: Any) -> str:
+    """The last line that says something of a failed trial's error (AutoTVM keeps the
+    exception, sometimes after its traceback, in ``costs``)."""
+    text = str(result.costs[-1]) if result.costs else f"error {result.error_no}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("File ", "Traceback", "^", "at "))]
+    return (lines[-1] if lines else text)[:300]
 
 
 def _summarise(task: Any, measured: list[Record], has_default: bool, log: Path,

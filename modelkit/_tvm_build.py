@@ -15,6 +15,8 @@ files and stdout:
 - ``<work>/result.json``: the resolved target, the executor (``graph`` or ``vm``), what
   tuning did (``modelkit._tune``) and what lis's shipped records gave (``modelkit._shipped``);
 - ``<work>/tuning.log``: with tuning, the AutoTVM records the build applied;
+- ``<work>/device.npz``: with ``--rpc-tracker``, the graph-executor build's outputs for
+  ``<work>/input.npy``, run on the board (``modelkit._device``);
 - ``<work>/error.txt``: on failure, one line saying what went wrong.
 """
 
@@ -35,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from modelkit._device import RemoteDevice, run_graph
 from modelkit._shipped import shipped_records
-from modelkit._tune import TuningOptions, extract_tasks, tune
+from modelkit._tune import TuningFailure, TuningOptions, extract_tasks, tune
+from vocabulary.errors import CompileError
 from vocabulary.names import GRAPH_EXECUTOR, VM_EXECUTOR
 
 # The TVM tuning log lookup would otherwise try the network.
@@ -334,10 +338,11 @@ def _applying(records: list, watched: set, used: set) -> Any:
 
 def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
           tuning: TuningOptions, work: Path) -> tuple[list, dict]:
-    if tuning.minutes > 0 and cross_compiler is not None:
+    if tuning.minutes > 0 and cross_compiler is not None and tuning.device is None:
         raise BuildFailure(f"--tune measures on the CPU it tunes for, and {target!r} is not "
-                           "this machine's: tune on the device and import its records with "
-                           "--tune-records (docs/models.md)")
+                           "this machine's: measure on the board with --rpc-tracker and "
+                           "--rpc-key, or import its records with --tune-records "
+                           "(docs/models.md)")
     from tvm import autotvm  # noqa: PLC0415
 
     records, summary = tune(extract_tasks(mod, params, target, _stage), target, tuning, _stage)
@@ -384,6 +389,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tune-records", type=Path, action="append", default=[])
     parser.add_argument("--tuning-cache", type=Path)
     parser.add_argument("--no-shipped-records", dest="shipped", action="store_false")
+    parser.add_argument("--rpc-tracker")
+    parser.add_argument("--rpc-key")
+    parser.add_argument("--run-on-device", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -403,21 +411,40 @@ def _main(args: argparse.Namespace) -> None:
         load = partial(_import_mxnet, symbol, arg, aux, shape)
     np.savez(args.work / "reference.npz", *(_softmax(outputs) if args.softmax else outputs))
     target, cross_compiler = _resolve_target(args.target)
+    device = RemoteDevice.parse(args.rpc_tracker, args.rpc_key)
+    if device is not None:
+        _stage(f"RPC board {device}: {device.servers()} server(s) registered")
+        device.check_runs(target, cross_compiler)
+        _stage(f"RPC board {device.key!r} runs code built for {target!r}")
     tuning = None if args.tune_minutes is None else TuningOptions(
         args.tune_minutes, tuple(args.tune_records),
-        *([args.tuning_cache] if args.tuning_cache else []))
+        *([args.tuning_cache] if args.tuning_cache else []), device=device,
+        cross_compiler=cross_compiler)
     executor, schedules = _build(load, args.softmax, target, cross_compiler, args.work,
                                  _Schedules(tuning, args.shipped), outputs)
+    if device is not None and args.run_on_device:
+        _run_on_device(device, executor, args.work, args.input_name, batch)
     (args.work / "result.json").write_text(json.dumps(
         {"target": target, "cross_compiler": cross_compiler, "executor": executor,
          **schedules}))
+
+
+def _run_on_device(device: RemoteDevice, executor: str, work: Path, input_name: str,
+                   batch: np.ndarray) -> None:
+    """The verification input through the build on the board, for the parent to compare."""
+    if executor != GRAPH_EXECUTOR:
+        _stage(f"not run on {device.key!r}: a Relay VM artifact is verified on this machine "
+               "only (TVM's RPC runs graph-executor builds)")
+        return
+    _stage(f"running the build on {device.key!r} (TVM's graph executor over RPC)")
+    np.savez(work / "device.npz", *run_graph(device, work / "build", input_name, batch))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         _main(args)
-    except BuildFailure as failure:
+    except (BuildFailure, CompileError, TuningFailure) as failure:
         traceback.print_exc()  # the cause, in full, for the log
         (args.work / "error.txt").write_text(str(failure))
         return 1

@@ -2,9 +2,9 @@
 
 Input: an MXNet checkpoint (``--symbol X-symbol.json --params X-0000.params``,
 or the prefix ``X``), a SageMaker image-classification artifact (folder or
-archive), or an ONNX model (``model.onnx``, as Neo takes them). Output: a Neo/DLR artifact (``deployments.neo``) as a folder or
-``.tar.gz``, with ``labels.txt``, ``preprocessing.json`` and
-``lis-compile.json`` beside the model files.
+archive), or an ONNX model (``model.onnx``, as Neo takes them). Output: a
+Neo/DLR artifact (``deployments.neo``) as a folder or ``.tar.gz``, with
+``labels.txt``, ``preprocessing.json`` and ``lis-compile.json`` beside the model files.
 
 The work happens in two child processes, because TVM and DLR each carry a TVM
 runtime and crash when loaded into one process:
@@ -20,7 +20,10 @@ A model whose output shapes depend on its data (an ONNX detector ending in
 NonMaxSuppression) cannot run on a graph executor: it is built for TVM's
 Relay VM (``deployments.neo.write_vm_artifact``), which TVM's runtime serves.
 
-This process compares the two and reports the largest difference. Stages are
+With ``--rpc-tracker`` (``modelkit._device``) the first also runs the build on
+the board, over TVM's RPC: an artifact for another machine is compared there.
+
+This process compares the outputs and reports the largest difference. Stages are
 shown as they happen; a failure is one ``CompileError`` line that points at
 the full log, never a TVM traceback.
 """
@@ -61,6 +64,7 @@ from modelkit._compare import (
     detection_count,
     pair_detections,
 )
+from modelkit._device import RemoteDevice, check_device_target
 from modelkit._source import ONNX_SUFFIX, Source, resolve_source
 from modelkit.shapes import detection_sample
 from vocabulary.errors import ArtifactError, CompileError
@@ -75,6 +79,7 @@ __all__ = [
     "VERIFY_SEED",
     "VERIFY_TOLERANCE",
     "CompileResult",
+    "RemoteDevice",
     "Tuning",
     "add_arguments",
     "compare_outputs",
@@ -109,6 +114,7 @@ class CompileResult:
     target: str                  # the LLVM target string actually used
     seconds: float
     executor: str = GRAPH_EXECUTOR  # VM_EXECUTOR: for the Relay VM, TVM's runtime serves it
+    verified_by: tuple[str, ...] = ()  # what ran it: "DLR", "TVM on 'pi4'" (an RPC board)
 
 
 def _print_progress(line: str) -> None:
@@ -128,6 +134,7 @@ def compile_model(
     softmax: bool = False,
     tuning: Tuning | None = None,
     shipped_records: bool = True,
+    device: RemoteDevice | None = None,
     progress: Progress | None = _print_progress,
 ) -> CompileResult:
     """Compile an MXNet or ONNX model into a Neo/DLR artifact at ``output``.
@@ -137,10 +144,10 @@ def compile_model(
     (``params_file=None``) or an ``.onnx`` file (``params_file=None``; its
     preprocessing defaults to ``"imagenet"``). ``softmax`` appends a softmax to
     the first output, for a classifier that ends in logits: the artifact then
-    answers probabilities to any DLR caller, and is verified on them. ``input_shape`` defaults to the artifact's
-    ``model-shapes.json``, else 1x3x512x512. ``target`` is ``x86_64`` (this
-    CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled, not
-    verifiable here) or an explicit LLVM target string. ``preprocessing`` is
+    answers probabilities to any DLR caller, and is verified on them. ``input_shape``
+    defaults to the artifact's ``model-shapes.json``, else 1x3x512x512. ``target`` is
+    ``x86_64`` (this CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled,
+    verified only on an RPC ``device``) or an explicit LLVM target string. ``preprocessing`` is
     ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
     defaults to the IC artifact's own, else ``"detector"``. ``tuning``
     (``Tuning``) tunes the model's schedules, or applies known records; it is
@@ -148,13 +155,17 @@ def compile_model(
     class (``modelkit._shipped``), which a graph-executor build applies to the layers they
     know unless ``shipped_records`` is False. A model with data-dependent output shapes
     (an ONNX detector ending in NonMaxSuppression) is built for TVM's Relay VM
-    and verified on TVM's runtime (``CompileResult.executor``).
+    and verified on TVM's runtime (``CompileResult.executor``). ``device`` (a board
+    registered with a TVM RPC tracker, ``modelkit._device``) is where ``--tune`` measures,
+    and where a graph-executor build is also run and compared; ``target`` must then name
+    the board's CPU.
     """
     started = time.monotonic()
     source = resolve_source(Path(symbol_file), Path(params_file) if params_file else None)
     shape = _input_shape(input_shape, source)
+    check_device_target(device, target)
     job = _Job(source, shape, _preprocessing(preprocessing, source, shape),
-               _labels(labels, source), target, softmax, tuning, shipped_records)
+               _labels(labels, source), target, softmax, tuning, shipped_records, device)
     if source.params is not None:
         _check_symbol(source.model)
     _check_tvm()
@@ -164,12 +175,13 @@ def compile_model(
     work = Path(tempfile.mkdtemp(prefix=f".lis-compile-{output.name}-", dir=output.parent))
     clock = Clock(started, progress or (lambda _line: None))
     try:
-        resolved_target, executor, max_diff = _compile_in(work, job, output, verify, clock)
+        resolved_target, executor, verified = _compile_in(work, job, output, verify, clock)
     except ArtifactError as error:
         raise CompileError(f"{error} (full log: {work / 'compile.log'})") from error
     shutil.rmtree(work, ignore_errors=True)
-    return CompileResult(output, max_diff, resolved_target, time.monotonic() - started,
-                         executor)
+    return CompileResult(output, verified.max_diff if verified else None, resolved_target,
+                         time.monotonic() - started, executor,
+                         verified.runtimes if verified else ())
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,7 @@ class _Job:
     softmax: bool = False
     tuning: Tuning | None = None
     shipped_records: bool = True
+    device: RemoteDevice | None = None
 
 
 @dataclass(frozen=True)
@@ -206,24 +219,24 @@ class Tuning:
 
 
 def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
-                clock: Clock) -> tuple[str, str, float | None]:
+                clock: Clock) -> tuple[str, str, _Verified | None]:
     files = job.source.model.name + (f" + {job.source.params.name}" if job.source.params else "")
     clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
               + (", softmax appended" if job.softmax else ""))
     np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
-    resolved_target, executor, schedules = _build(job, work, clock)
+    resolved_target, executor, schedules = _build(job, work, clock, verify)
     info = {**_compile_info(job.source, job.shape, resolved_target), "executor": executor,
             **schedules}
     staged = _write_artifact(work, job, executor, info)
     if job.tuning and job.tuning.export:
         _export_records(work / "tuning.log", job.tuning.export, clock)
-    verified = (_verify(staged, work, clock, job.source.framework, _runtime_name(executor))
-                if verify else None)
+    verified = (_verify(staged, work, clock, job.source.framework, _runtime_name(executor),
+                        job.device) if verify else None)
     if verified is not None:
         _record_verification(staged, verified)
     store_artifact(staged, output)
     clock.say(f"wrote {output}")
-    return resolved_target, executor, verified.max_diff if verified else None
+    return resolved_target, executor, verified
 
 
 def _runtime_name(executor: str) -> str:
@@ -342,6 +355,8 @@ def _record_verification(artifact: Path, verified: _Verified) -> None:
     info["verified_max_abs_diff"] = verified.max_diff
     if verified.detections is not None:
         info["verified_detections"] = verified.detections
+    if verified.device is not None:
+        info["verified_on_device"] = verified.device
     path.write_text(json.dumps(info, indent=2))
 
 
@@ -362,7 +377,8 @@ def _export_records(records: Path, export: Path, clock: Clock) -> None:
     clock.say(f"exported {count} tuning record(s) to {export}")
 
 
-def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict[str, dict | None]]:
+def _build(job: _Job, work: Path, clock: Clock,
+           verify: bool) -> tuple[str, str, dict[str, dict | None]]:
     """The resolved target, the executor the artifact needs, and what tuning did and the
     shipped records gave (``"tuning"``, ``"shipped_records"``)."""
     source = job.source
@@ -372,7 +388,9 @@ def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict[str, dic
     arguments = [*model, "--input-shape", ",".join(map(str, job.shape)), "--target", job.target,
                  "--work", str(work), *(["--softmax"] if job.softmax else []),
                  *(job.tuning.arguments() if job.tuning else []),
-                 *([] if job.shipped_records else ["--no-shipped-records"])]
+                 *([] if job.shipped_records else ["--no-shipped-records"]),
+                 *(job.device.arguments() if job.device else []),
+                 *(["--run-on-device"] if job.device and verify else [])]
     returncode = run_child("modelkit._tvm_build", arguments, work / "compile.log", clock)
     if returncode != 0:
         raise _failure(work, "error.txt", "compile", returncode)
@@ -385,31 +403,52 @@ def _build(job: _Job, work: Path, clock: Clock) -> tuple[str, str, dict[str, dic
 class _Verified:
     max_diff: float
     detections: int | None  # a detector's detections compared; None for a classifier
+    runtimes: tuple[str, ...]  # what ran the artifact: "DLR", "TVM on 'pi4'"
+    device: dict[str, object] | None = None  # the comparison on the RPC board, if any
 
 
-def _verify(artifact: Path, work: Path, clock: Clock, framework: str,
-            runtime: str) -> _Verified | None:
-    built_for = library_machine(artifact / LIBRARY_FILE)
-    if built_for != host_machine():
-        clock.say(f"not verified: the artifact is for {built_for}, this machine is "
-                  f"{host_machine()}")
-        return None
-    clock.say(f"verifying: loading the artifact with {runtime} in a fresh process")
-    returncode = run_child("modelkit._verify", ["--artifact", str(artifact), "--work", str(work)],
-                            work / "compile.log", clock)
-    if returncode != 0:
-        raise _failure(work, "verify-error.txt", "verification", returncode)
+def _verify(artifact: Path, work: Path, clock: Clock, framework: str, runtime: str,
+            device: RemoteDevice | None) -> _Verified | None:
+    """Compare with the source framework: here with ``runtime`` when the artifact is for
+    this machine, and on the RPC board when the build ran there (``device.npz``)."""
     reference = _outputs(work / "reference.npz")
-    actual = _outputs(work / "dlr.npz")
+    differences: dict[str, float] = {}  # what ran it: its largest difference
+    built_for = library_machine(artifact / LIBRARY_FILE)
+    if built_for == host_machine():
+        clock.say(f"verifying: loading the artifact with {runtime} in a fresh process")
+        returncode = run_child("modelkit._verify",
+                               ["--artifact", str(artifact), "--work", str(work)],
+                               work / "compile.log", clock)
+        if returncode != 0:
+            raise _failure(work, "verify-error.txt", "verification", returncode)
+        differences[runtime] = _compare(reference, _outputs(work / "dlr.npz"), framework,
+                                        runtime, clock)
+    elif device is None:
+        clock.say(f"not verified: the artifact is for {built_for}, this machine is "
+                  f"{host_machine()} (--rpc-tracker and --rpc-key run it on the board)")
+    board = None
+    if device is not None and (work / "device.npz").is_file():
+        name = f"TVM on {device.key!r}"
+        differences[name] = _compare(reference, _outputs(work / "device.npz"), framework,
+                                     name, clock)
+        board = {"rpc_key": device.key, "max_abs_diff": differences[name]}
+    if not differences:
+        return None
+    detections = detection_count(reference)
+    if detections == 0:
+        clock.say(f"warning: {framework} found nothing on the verification scene, so only "
+                  "the outputs' shapes were compared; check the artifact on your own images")
+    return _Verified(max(differences.values()), detections, tuple(differences), board)
+
+
+def _compare(reference: list[np.ndarray], actual: list[np.ndarray], framework: str,
+             runtime: str, clock: Clock) -> float:
     max_diff = compare_outputs(reference, actual, framework=framework, runtime=runtime)
     detections = detection_count(reference)
     compared = "" if detections is None else f", {detections} detection(s)"
     clock.say(f"verified: {runtime} vs {framework} max abs difference {max_diff:.3g} "
               f"over {len(actual)} output(s){compared}")
-    if detections == 0:
-        clock.say(f"warning: {framework} found nothing on the verification scene, so only "
-                  "the outputs' shapes were compared; check the artifact on your own images")
-    return _Verified(max_diff, detections)
+    return max_diff
 
 
 def _outputs(path: Path) -> list[np.ndarray]:
@@ -443,8 +482,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the artifact to write: a folder, or a .tar.gz/.zip file")
     parser.add_argument("--target", default=DEFAULT_TARGET,
                         help="x86_64 (this CPU; -mcpu detected), aarch64 (cross-compiled with "
-                             "aarch64-linux-gnu-g++, not verified), or an LLVM target string "
-                             "like 'llvm -mcpu=skylake'")
+                             "aarch64-linux-gnu-g++; verified only on a board given with "
+                             "--rpc-tracker), or an LLVM target string like "
+                             "'llvm -mcpu=skylake'")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--preprocessing",
                         help="classifier | detector | imagenet | FILE.json (default: the IC "
@@ -457,9 +497,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "framework (MXNet or ONNX Runtime)")
     tuning = parser.add_argument_group("tuning (AutoTVM; docs/models.md)")
     tuning.add_argument("--tune", action="store_true",
-                        help="tune the model's convolutions on this CPU; tasks with a known "
-                             "record ($LIS_TUNING_CACHE, default ~/.cache/lis/tuning) cost no "
-                             "time")
+                        help="tune the model's convolutions on this CPU, or on the board of "
+                             "--rpc-tracker; tasks with a known record ($LIS_TUNING_CACHE, "
+                             "default ~/.cache/lis/tuning) cost no time")
     tuning.add_argument("--tune-minutes", type=float, metavar="N",
                         help=f"--tune's budget, split over the tasks not known yet "
                              f"(default {DEFAULT_TUNE_MINUTES:g})")
@@ -473,6 +513,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the layers no record of this target knows with TVM's "
                              "default schedules, not the records lis ships for the CPU's class "
                              "(x86 with AVX2, without AVX-512)")
+    board = parser.add_argument_group("the board, over TVM's RPC (docs/models.md)")
+    board.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                       help="a TVM RPC tracker the board's server registers with (python -m "
+                            "tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the board): "
+                            "--tune measures there, and the build is also verified there; "
+                            "--target must name the board's CPU")
+    board.add_argument("--rpc-key", metavar="KEY", help="the board's key at the tracker")
 
 
 def _tuning(args: argparse.Namespace) -> Tuning | None:
@@ -499,10 +546,11 @@ def run(args: argparse.Namespace) -> int:
                            target=args.target, labels=args.labels,
                            preprocessing=args.preprocessing, verify=args.verify,
                            softmax=args.softmax, tuning=_tuning(args),
-                           shipped_records=args.shipped_records)
+                           shipped_records=args.shipped_records,
+                           device=RemoteDevice.parse(args.rpc_tracker, args.rpc_key))
     framework = "ONNX Runtime" if Path(symbol).suffix.lower() == ONNX_SUFFIX else "MXNet"
     difference = ("not verified" if result.max_abs_diff is None
-                  else f"{_runtime_name(result.executor)} vs {framework} max abs difference "
+                  else f"{' and '.join(result.verified_by)} vs {framework} max abs difference "
                        f"{result.max_abs_diff:.3g}")
     print(f"compiled {result.artifact} for {result.target!r} in {result.seconds:.0f} s; "
           f"{difference}")
