@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -48,8 +49,11 @@ def _tvm(*arguments: str, log: Path, runtime_only: bool = False) -> subprocess.P
     if runtime_only:  # as on a board: TVM's runtime library, no compiler, no LLVM
         environment["TVM_USE_RUNTIME_LIB"] = "1"
     with open(log, "ab") as out:
+        # Its own session: TVM runs the tracker and the server in worker processes of their
+        # own, which outlive a terminated parent; the whole group is stopped at the end.
         return subprocess.Popen([sys.executable, "-m", *arguments], stdout=out,
-                                stderr=subprocess.STDOUT, env=environment)
+                                stderr=subprocess.STDOUT, env=environment,
+                                start_new_session=True)
 
 
 def _registered(port: int) -> str:
@@ -80,7 +84,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                "log": folder / "server.log"}
     finally:
         for process in (server, tracker):
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
 
 
