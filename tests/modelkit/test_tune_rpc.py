@@ -28,8 +28,9 @@ from modelkit._tune import CACHE_ENV
 from modelkit.compile import RemoteDevice as ExportedRemoteDevice
 from modelkit.compile import Tuning, compile_model
 from serve_app import cli
+from tests.modelkit._onnx_models import tiny_nms_detector
 from vocabulary.errors import CompileError
-from vocabulary.names import COMPILE_INFO_FILE
+from vocabulary.names import COMPILE_INFO_FILE, VM_EXECUTOR
 
 pytestmark = pytest.mark.slow
 
@@ -152,6 +153,23 @@ def test_the_cli_tunes_on_the_board_and_says_what_verified(
     assert f"DLR and TVM on {_KEY!r} vs MXNet max abs difference" in out.splitlines()[-1]
     info = json.loads((tmp_path / "neo" / COMPILE_INFO_FILE).read_text())
     assert info["tuning"]["trials"] == 0 and info["tuning"]["tasks_known"] >= 1
+
+
+def test_a_relay_vm_build_is_verified_here_only(board: dict, tmp_path: Path) -> None:
+    """TVM's RPC runs graph-executor builds: an ONNX detector ending in NonMaxSuppression
+    (the Relay VM) is said not to run on the board, and is verified here as always."""
+    side = 64
+    model = tiny_nms_detector(tmp_path / "tiny.onnx", side=side)
+    lines: list[str] = []
+    result = compile_model(model, None, tmp_path / "vm", preprocessing="detector",
+                           target=_this_cpu(), device=RemoteDevice.parse(board["tracker"], _KEY),
+                           progress=lines.append)
+    assert result.executor == VM_EXECUTOR
+    assert result.verified_by == ("the TVM runtime",)
+    assert any(f"not run on {_KEY!r}: a Relay VM artifact is verified on this machine only"
+               in line for line in lines)
+    assert "verified_on_device" not in json.loads((tmp_path / "vm" / COMPILE_INFO_FILE)
+                                                  .read_text())
 
 
 def test_a_key_no_board_has_is_one_line(board: dict, tiny_classifier_artifact: Path,
