@@ -27,7 +27,7 @@ import numpy as np
 
 from vocabulary.errors import CompileError
 
-__all__ = ["DEFAULT_TRACKER_PORT", "RemoteDevice", "check_device_target"]
+__all__ = ["DEFAULT_TRACKER_PORT", "RemoteDevice", "check_device_target", "linker"]
 
 DEFAULT_TRACKER_PORT = 9190
 # How long a session asks the tracker for a free board before it gives up.
@@ -102,11 +102,8 @@ class RemoteDevice:
         tuning trial."""
         import tvm  # noqa: PLC0415
         from tvm import te  # noqa: PLC0415
-        from tvm.contrib import cc  # noqa: PLC0415
 
-        if cross_compiler is not None and shutil.which(cross_compiler) is None:
-            raise CompileError(f"cross compiler {cross_compiler} not found, which links code "
-                               f"for {target!r} (Debian: apt-get install g++-aarch64-linux-gnu)")
+        link = linker(cross_compiler)
         size = 8
         data = te.placeholder((size,), name="data")
         plus_one = te.compute((size,), lambda i: data[i] + 1.0, name="plus_one")
@@ -114,8 +111,7 @@ class RemoteDevice:
                            name="lis_probe")
         with tempfile.TemporaryDirectory() as folder:
             library = Path(folder) / "lis_probe.so"
-            kernel.export_library(str(library), fcompile=(
-                cc.cross_compiler(cross_compiler) if cross_compiler else cc.create_shared))
+            kernel.export_library(str(library), fcompile=link)
             session = self.session()
             try:
                 session.upload(str(library))
@@ -141,6 +137,19 @@ class RemoteDevice:
 
         tracker = rpc.connect_tracker(self.host, self.port)
         return tracker.request(self.key, priority=1, session_timeout=_SESSION_TIMEOUT_S)
+
+
+def linker(cross_compiler: str | None) -> Any:
+    """What links a library for the target on this machine (TVM's ``fcompile``): its own
+    compiler, or the target's cross compiler, which must be installed."""
+    from tvm.contrib import cc  # noqa: PLC0415
+
+    if cross_compiler is None:
+        return cc.create_shared
+    if shutil.which(cross_compiler) is None:
+        raise CompileError(f"cross compiler {cross_compiler} not found "
+                           "(Debian: apt-get install g++-aarch64-linux-gnu)")
+    return cc.cross_compiler(cross_compiler)
 
 
 def check_device_target(device: RemoteDevice | None, target: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelkit._device import RemoteDevice
+from modelkit._device import RemoteDevice, linker
 
 __all__ = ["CACHE_ENV", "DEFAULT_CACHE", "Record", "TuningFailure", "TuningOptions",
            "best_by_workload",
@@ -208,17 +208,15 @@ def _measure_option(options: TuningOptions) -> dict:
     """AutoTVM's builder and runner: this CPU, or the board over RPC with libraries linked
     here (by its cross compiler), so the board needs no compiler of its own."""
     from tvm import autotvm  # noqa: PLC0415
-    from tvm.contrib import cc  # noqa: PLC0415
 
     device = options.device
     if device is None:
         return autotvm.measure_option(builder=autotvm.LocalBuilder(),
                                       runner=autotvm.LocalRunner(timeout=_TIMEOUT_S, **_RUNNER))
-    link = (cc.cross_compiler(options.cross_compiler) if options.cross_compiler
-            else cc.create_shared)
     # One trial at a time per board the tracker has for this key: boards measure in parallel.
     return autotvm.measure_option(
-        builder=autotvm.LocalBuilder(build_func=link, timeout=_DEVICE_TIMEOUT_S),
+        builder=autotvm.LocalBuilder(build_func=linker(options.cross_compiler),
+                                     timeout=_DEVICE_TIMEOUT_S),
         runner=autotvm.RPCRunner(device.key, device.host, device.port,
                                  n_parallel=device.servers(), timeout=_DEVICE_TIMEOUT_S,
                                  **_RUNNER))

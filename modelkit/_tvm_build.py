@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit._device import RemoteDevice, run_graph
+from modelkit._device import RemoteDevice, linker, run_graph
 from modelkit._shipped import shipped_records
 from modelkit._tune import TuningFailure, TuningOptions, extract_tasks, tune
 from vocabulary.errors import CompileError
@@ -352,15 +351,7 @@ def _tune(mod: Any, params: dict, target: str, cross_compiler: str | None,
 
 
 def _export_library(library: Any, path: Path, cross_compiler: str | None) -> None:
-    if cross_compiler is None:
-        library.export_library(str(path))
-        return
-    if shutil.which(cross_compiler) is None:
-        raise BuildFailure(f"cross compiler {cross_compiler} not found "
-                           "(Debian: apt-get install g++-aarch64-linux-gnu)")
-    from tvm.contrib import cc  # noqa: PLC0415
-
-    library.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
+    library.export_library(str(path), fcompile=linker(cross_compiler))
 
 
 def _summary(error: BaseException) -> str:
