@@ -31,9 +31,8 @@ from typing import Any
 from modelkit._device import RemoteDevice, linker
 
 __all__ = ["CACHE_ENV", "DEFAULT_CACHE", "Record", "TuningFailure", "TuningOptions",
-           "best_by_workload",
-           "cache_file", "extract_tasks", "merge_records", "read_records", "record_cost",
-           "records_for", "tune"]
+           "best_by_workload", "cache_file", "extract_tasks", "merge_records", "read_records",
+           "record_cost", "records_for", "tune"]
 
 CACHE_ENV = "LIS_TUNING_CACHE"
 DEFAULT_CACHE = Path("~/.cache/lis/tuning")
