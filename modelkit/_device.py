@@ -27,16 +27,26 @@ import numpy as np
 
 from vocabulary.errors import CompileError
 
-__all__ = ["DEFAULT_TRACKER_PORT", "RemoteDevice", "check_device_target", "linker"]
+__all__ = ["BOARDS", "DEFAULT_TRACKER_PORT", "RemoteDevice", "check_device_target", "linker"]
 
 DEFAULT_TRACKER_PORT = 9190
 # How long a session asks the tracker for a free board before it gives up.
 _SESSION_TIMEOUT_S = 600
 # TVM's tracker client retries a refused connection for a minute; one try says enough.
 _CONNECT_TIMEOUT_S = 5
-# Boards AutoTVM users name in their targets, for the error that asks for one.
-_BOARD_CPUS = ("Raspberry Pi 4: -mcpu=cortex-a72; Pi 5: cortex-a76; Jetson Nano: cortex-a57; "
-               "Jetson Xavier: carmel; Jetson Orin: cortex-a78ae")
+_AARCH64 = "llvm -mtriple=aarch64-linux-gnu -mattr=+neon"
+# ``--target`` by board, for the boards the connectors' users run (64-bit OS): each names its
+# CPU core for LLVM (its scheduling model and extensions) and its chip as TVM's ``-model``, so
+# tuning records of one board are never applied to another. Neo's device names where it has
+# one (rasp4b, jetson_nano, jetson_tx2, jetson_xavier).
+BOARDS = {
+    "rasp4b": f"{_AARCH64} -mcpu=cortex-a72 -model=bcm2711",        # Raspberry Pi 4
+    "rasp5": f"{_AARCH64} -mcpu=cortex-a76 -model=bcm2712",         # Raspberry Pi 5
+    "jetson_nano": f"{_AARCH64} -mcpu=cortex-a57 -model=tegra210",  # Jetson Nano, TX1
+    "jetson_tx2": f"{_AARCH64} -mcpu=cortex-a57 -model=tegra186",   # its Cortex-A57 cluster
+    "jetson_xavier": f"{_AARCH64} -mcpu=carmel -model=tegra194",
+    "jetson_orin": f"{_AARCH64} -mcpu=cortex-a78ae -model=tegra234",
+}
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -154,16 +164,16 @@ def linker(cross_compiler: str | None) -> Any:
 
 def check_device_target(device: RemoteDevice | None, target: str) -> None:
     """Records tuned on a board are keyed by the target string: it must name the board."""
-    if device is None:
+    if device is None or target in BOARDS:
         return
     parts = target.split()
     if not parts or parts[0] != "llvm" or not any(
             part.startswith(("-mcpu=", "-model=")) for part in parts):
         raise CompileError(
-            f"--target {target!r}: with --rpc-tracker give an LLVM target string that names "
-            "the board's CPU (-mcpu=) or model (-model=), so its tuning records and artifact "
-            "are the board's, e.g. 'llvm -mtriple=aarch64-linux-gnu -mattr=+neon "
-            f"-mcpu=cortex-a72' ({_BOARD_CPUS})")
+            f"--target {target!r}: with --rpc-tracker give the board ({', '.join(BOARDS)}) or "
+            "an LLVM target string that names its CPU (-mcpu=) or model (-model=), so its "
+            "tuning records and artifact are the board's, e.g. 'llvm "
+            "-mtriple=aarch64-linux-gnu -mattr=+neon -mcpu=cortex-a72'")
 
 
 def run_graph(device: RemoteDevice, build: Path, input_name: str,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import sys
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit._device import RemoteDevice, linker, run_graph
+from modelkit._device import BOARDS, RemoteDevice, linker, run_graph
 from modelkit._shipped import shipped_records
 from modelkit._tune import TuningFailure, TuningOptions, extract_tasks, tune
 from vocabulary.errors import CompileError
@@ -133,12 +134,42 @@ def _resolve_target(target: str) -> tuple[str, str | None]:
         return (f"llvm -mcpu={cpu}" if cpu and cpu != "generic" else "llvm"), None
     if target == "aarch64":
         return "llvm -mtriple=aarch64-linux-gnu -mattr=+neon", _CROSS_COMPILERS["aarch64"]
-    triple = next((part.split("=", 1)[1] for part in target.split()
-                   if part.startswith("-mtriple=")), "")
+    target = BOARDS.get(target, target)
+    if _option(target, "-mcpu") == "native" and not _option(target, "-mtriple"):
+        # LLVM's own spelling of "this CPU", which TVM would build as generic: name it.
+        target = target.replace("-mcpu=native", f"-mcpu={codegen.llvm_get_system_cpu()}")
+    _check_cpu(target)
+    triple = _option(target, "-mtriple")
     arch = triple.split("-", 1)[0]
     if arch and arch != os.uname().machine:
         return target, _CROSS_COMPILERS.get(arch, f"{arch}-linux-gnu-g++")
     return target, None
+
+
+def _option(target: str, name: str) -> str:
+    return next((part.split("=", 1)[1] for part in target.split()
+                 if part.startswith(f"{name}=")), "")
+
+
+def _check_cpu(target: str) -> None:
+    """TVM builds for ``-mcpu=generic`` when LLVM does not know the CPU named, and only logs
+    it: a misspelt core would quietly lose its scheduling model and key records wrongly."""
+    import tvm  # noqa: PLC0415
+    from tvm.target import codegen  # noqa: PLC0415
+
+    cpu = _option(target, "-mcpu")
+    if not cpu:
+        return
+    try:
+        known = list(codegen.llvm_get_cpu_archlist(tvm.target.Target(target)))
+    except (tvm.TVMError, ValueError) as error:
+        raise BuildFailure(f"--target {target!r}: not a target TVM accepts "
+                           f"({_summary(error)})") from error
+    if known and cpu not in known:
+        close = difflib.get_close_matches(cpu, known, n=3)
+        raise BuildFailure(f"--target {target!r}: LLVM {codegen.llvm_version_major()} knows no "
+                           f"CPU {cpu!r} for {_option(target, '-mtriple') or 'this machine'}"
+                           + (f" (close: {', '.join(close)})" if close else ""))
 
 
 def _import_mxnet(symbol: Any, arg: dict, aux: dict, shape: tuple[int, ...]) -> tuple[Any, dict]:

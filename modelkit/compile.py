@@ -64,7 +64,7 @@ from modelkit._compare import (
     detection_count,
     pair_detections,
 )
-from modelkit._device import RemoteDevice, check_device_target
+from modelkit._device import BOARDS, RemoteDevice, check_device_target
 from modelkit._source import ONNX_SUFFIX, Source, resolve_source
 from modelkit.shapes import detection_sample
 from vocabulary.errors import ArtifactError, CompileError
@@ -147,7 +147,8 @@ def compile_model(
     answers probabilities to any DLR caller, and is verified on them. ``input_shape``
     defaults to the artifact's ``model-shapes.json``, else 1x3x512x512. ``target`` is
     ``x86_64`` (this CPU, its ``-mcpu`` detected by LLVM), ``aarch64`` (cross-compiled,
-    verified only on an RPC ``device``) or an explicit LLVM target string. ``preprocessing`` is
+    verified only on an RPC ``device``), a board of ``modelkit._device.BOARDS`` (aarch64
+    for its CPU) or an explicit LLVM target string. ``preprocessing`` is
     ``"classifier"``, ``"detector"``, a JSON file or a ``Preprocessing``; it
     defaults to the IC artifact's own, else ``"detector"``. ``tuning``
     (``Tuning``) tunes the model's schedules, or applies known records; it is
@@ -483,8 +484,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET,
                         help="x86_64 (this CPU; -mcpu detected), aarch64 (cross-compiled with "
                              "aarch64-linux-gnu-g++; verified only on a board given with "
-                             "--rpc-tracker), or an LLVM target string like "
-                             "'llvm -mcpu=skylake'")
+                             f"--rpc-tracker), a board ({', '.join(BOARDS)}: aarch64 for its "
+                             "CPU), or an LLVM target string like 'llvm -mcpu=skylake'")
     parser.add_argument("--labels", type=Path, help="class names, one per line")
     parser.add_argument("--preprocessing",
                         help="classifier | detector | imagenet | FILE.json (default: the IC "

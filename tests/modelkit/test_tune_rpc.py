@@ -208,8 +208,9 @@ def test_a_board_that_cannot_run_the_target_fails_before_tuning(
 def test_a_target_that_does_not_name_the_board_is_refused(tiny_classifier_artifact: Path,
                                                           tmp_path: Path) -> None:
     for target in ("aarch64", "x86_64", "llvm -mtriple=aarch64-linux-gnu -mattr=+neon"):
-        with pytest.raises(CompileError, match=r"with --rpc-tracker give an LLVM target string "
-                                               r"that names the board's CPU \(-mcpu=\)"):
+        with pytest.raises(CompileError, match=r"with --rpc-tracker give the board \(rasp4b, .*\) "
+                                               r"or an LLVM target string that names its CPU "
+                                               r"\(-mcpu=\)"):
             compile_model(tiny_classifier_artifact, None, tmp_path / "neo", target=target,
                           device=RemoteDevice("127.0.0.1", 9190, _KEY), progress=None)
 
