@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from modelkit.compile import RemoteDevice as ExportedRemoteDevice
 from modelkit.compile import Tuning, compile_model
 from serve_app import cli
 from tests.modelkit._onnx_models import tiny_nms_detector
+from tests.waiting import wait_until
 from vocabulary.errors import CompileError
 from vocabulary.names import COMPILE_INFO_FILE, VM_EXECUTOR
 
@@ -75,12 +75,15 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     server = _tvm("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
                   "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{tracker_port}",
                   "--key", _KEY, log=folder / "server.log", runtime_only=True)
+    def registered() -> bool:
+        assert tracker.poll() is None and server.poll() is None, (
+            (folder / "tracker.log").read_text() + (folder / "server.log").read_text())
+        return f"server:{_KEY}" in _registered(tracker_port)
+
     try:
-        deadline = time.monotonic() + _REGISTERED_WITHIN_S
-        while f"server:{_KEY}" not in _registered(tracker_port):
-            assert tracker.poll() is None and server.poll() is None, (
-                (folder / "tracker.log").read_text() + (folder / "server.log").read_text())
-            assert time.monotonic() < deadline, "the RPC server never registered"
+        # Each ask starts a TVM process (a second or so): asked every second.
+        wait_until(registered, timeout_s=_REGISTERED_WITHIN_S, interval_s=1.0,
+                   message="the RPC server registered with the tracker")
         yield {"tracker": f"127.0.0.1:{tracker_port}", "port": tracker_port,
                "log": folder / "server.log"}
     finally:
