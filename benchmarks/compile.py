@@ -48,8 +48,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.turns import in_turn
-from modelkit.compile import DEFAULT_TARGET
+from deployments.imaging import DETECTOR_PREPROCESSING
+from modelkit.compile import DEFAULT_TARGET, verification_input
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "build" / "bench" / "compile"
@@ -63,7 +66,7 @@ RUNS = 30
 TUNED_MAX = 0.7     # the tuned artifact's p50 over MXNet's
 UNTUNED_MAX = 1.0
 # What decides the compiled code: an artifact is rebuilt when one of these changes.
-_TOOLCHAIN = ("modelkit/_tvm_build.py",)
+_TOOLCHAIN = ("modelkit/_tvm_build.py", "modelkit/_compare.py")
 _TUNING = ("modelkit/_tune.py",)
 _SHIPPED = ("modelkit/_shipped.py",)
 _SHIPPED_DIR = "modelkit/records"
@@ -124,28 +127,42 @@ def _made_entries(model: str) -> list[dict]:
     return list(json.loads(_made_file(model).read_text()))
 
 
-def _export(model: str, size: int) -> Path:
-    """The GluonCV network, random weights (seed 0), exported once: its checkpoint prefix."""
-    folder = BENCH_DIR / model
-    prefix = folder / model
-    if prefix.with_name(f"{model}-0000.params").is_file():
-        return prefix
-    import mxnet as mx  # noqa: PLC0415
-    from gluoncv import model_zoo  # noqa: PLC0415
+def scene_batch(size: int) -> np.ndarray:
+    """What every runtime is verified and timed on: ``lis compile``'s verification scene."""
+    return verification_input((1, 3, size, size),
+                              DETECTOR_PREPROCESSING.with_overrides(width=size, height=size))
 
-    mx.random.seed(0)
-    net = model_zoo.get_model(model, pretrained=False, pretrained_base=False)
-    net.initialize()
-    net.hybridize()
-    net(mx.nd.zeros((1, 3, size, size)))
+
+def _export(model: str, size: int) -> Path:
+    """The GluonCV network with random weights (seed 0), calibrated on the scene at this size
+    so that it detects something there (``modelkit.reference_nets``): its checkpoint prefix,
+    exported once per recipe."""
+    folder = BENCH_DIR / model
+    prefix = folder / f"{model}-{size}"
+    stamp = prefix.with_name(f"{prefix.name}.stamp")
+    recipe = _recipe()
+    if stamp.is_file() and stamp.read_text() == recipe:
+        return prefix
+    from modelkit.reference_nets import random_gluoncv  # noqa: PLC0415
+
+    net = random_gluoncv(model, scene_batch(size), seed=0)
     folder.mkdir(parents=True, exist_ok=True)
     net.export(str(prefix), epoch=0)
+    stamp.write_text(recipe)
     return prefix
+
+
+def _recipe() -> str:
+    """The weights' recipe: the calibration, and the scene (lis compile's verification input)."""
+    digest = hashlib.sha256()
+    for name in ("modelkit/reference_nets.py", "modelkit/compile.py"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
 
 
 def _stamp(model: str, size: int, tuned: bool, target: str = DEFAULT_TARGET,
            shipped: bool = True) -> str:
-    digest = hashlib.sha256(f"{target} {size}".encode())
+    digest = hashlib.sha256(f"{target} {size} {_recipe()}".encode())
     for name in _TOOLCHAIN + (_TUNING if tuned else ()) + (_SHIPPED if shipped else ()):
         digest.update((ROOT / name).read_bytes())
     for path in sorted((ROOT / _SHIPPED_DIR).glob("*.log")) if shipped else ():
@@ -180,8 +197,7 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
                         export=records if tune_minutes else None) if tuned else None
         # A cache of the bench's own: the committed records, and what it tunes.
         os.environ["LIS_TUNING_CACHE"] = str(BENCH_DIR / "tuning-cache")
-        compile_model(prefix.with_name(f"{model}-symbol.json"),
-                      prefix.with_name(f"{model}-0000.params"), out,
+        compile_model(Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params"), out,
                       input_shape=(1, 3, size, size), target=target, preprocessing="detector",
                       tuning=tuning, shipped_records=shipped, progress=_progress)
         stamp.write_text(_stamp(model, size, tuned, target, shipped))
@@ -258,9 +274,7 @@ def _p50(kind: str, path: Path, size: int, mxnet_isa: str | None = None) -> floa
 
 
 def _measure(kind: str, path: Path, size: int) -> float:
-    import numpy as np  # noqa: PLC0415
-
-    batch = np.random.RandomState(0).uniform(-2, 2, (1, 3, size, size)).astype("float32")
+    batch = scene_batch(size)
     run = _mxnet_call(path, batch) if kind == "mxnet" else _dlr_call(path, batch)
     for _ in range(WARMUP):
         run()
@@ -414,7 +428,9 @@ def compile_section(tune_minutes: float = 0.0) -> str:
         "",
         f"Machine: {_cpu()}, {os.cpu_count()} cores; batch 1, {THREADS} threads, p50 of "
         f"{RUNS} runs after {WARMUP} warm-up runs, each runtime in a fresh process. "
-        "GluonCV networks with random weights; the tuned artifact applies the AutoTVM records "
+        "GluonCV networks with random weights calibrated on `lis compile`'s verification "
+        "scene (`modelkit.reference_nets`), each artifact verified against MXNet on it and "
+        "every runtime timed on it; the tuned artifact applies the AutoTVM records "
         "committed in `models/tuning/` ("
         + (f"retuned first in this run, {tune_minutes:g} min per model" if tune_minutes
            else "no new trials in this run") + "). The records were made:",

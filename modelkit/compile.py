@@ -86,6 +86,7 @@ __all__ = [
     "compile_model",
     "pair_detections",
     "run",
+    "verification_input",
 ]
 
 DEFAULT_TARGET = "x86_64"
@@ -224,7 +225,7 @@ def _compile_in(work: Path, job: _Job, output: Path, verify: bool,
     files = job.source.model.name + (f" + {job.source.params.name}" if job.source.params else "")
     clock.say(f"compiling {files}, input {job.shape}, target {job.target}"
               + (", softmax appended" if job.softmax else ""))
-    np.save(work / "input.npy", _verification_input(job.shape, job.preprocessing))
+    np.save(work / "input.npy", verification_input(job.shape, job.preprocessing))
     resolved_target, executor, schedules = _build(job, work, clock, verify)
     info = {**_compile_info(job.source, job.shape, resolved_target), "executor": executor,
             **schedules}
@@ -336,7 +337,9 @@ def _check_tvm() -> None:
                            "(pip install -r requirements-compile.txt, or make models)")
 
 
-def _verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarray:
+def verification_input(shape: tuple[int, ...], spec: Preprocessing) -> np.ndarray:
+    """The batch every build is verified on: lis's scene (``VERIFY_SEED``), resized to
+    ``shape`` and preprocessed by ``spec``."""
     scene = detection_sample(seed=VERIFY_SEED, index=0).image
     image = cv2.resize(scene, (shape[3], shape[2]), interpolation=cv2.INTER_AREA)
     batch = preprocess(image, spec)

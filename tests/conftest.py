@@ -53,6 +53,7 @@ DETECTOR_SEED = 0
 # Files whose content decides what a compiled artifact looks like.
 _TOOLCHAIN_FILES = ("modelkit/compile.py", "modelkit/_tvm_build.py", "modelkit/_verify.py",
                     "modelkit/_tune.py", "modelkit/_compare.py", "modelkit/_source.py",
+                    "modelkit/_device.py", "modelkit/reference_nets.py",
                     "modelkit/neo.py", "modelkit/archive.py")
 
 os.environ["TOPHUB_LOCATION"] = "NONE"
@@ -171,60 +172,16 @@ def tiny_neo_artifact(tiny_classifier_artifact: Path) -> Path:
 
 def detector_input(size: int = 512, seed: int = DETECTOR_SEED) -> np.ndarray:
     """A deterministic preprocessed 1x3xSxS batch, as serving would make it."""
-    from deployments.imaging import DETECTOR_PREPROCESSING, preprocess  # noqa: PLC0415
+    from modelkit.reference_nets import random_pixels  # noqa: PLC0415
 
-    image = np.random.RandomState(seed).randint(0, 256, (size, size, 3), dtype=np.uint8)
-    return preprocess(image, DETECTOR_PREPROCESSING.with_overrides(width=size, height=size))
-
-
-def _calibrate(net: Any, batch: Any) -> None:
-    """Data-dependent init: every conv output and BatchNorm input gets unit scale.
-
-    Random GluonCV detectors are degenerate otherwise: all scores equal (YOLO's
-    0.25) or activations overflowing into infinite boxes (SSD). One forward
-    pass rescales each convolution so its output has unit standard deviation
-    and sets each BatchNorm's running statistics to what it sees, so the
-    exported network yields varied scores, classes and finite boxes.
-    """
-    from mxnet.gluon import nn  # noqa: PLC0415
-
-    def set_batch_statistics(block: Any, inputs: Any) -> None:
-        data = inputs[0]
-        mean = data.mean(axis=(0, 2, 3), keepdims=True)
-        block.running_mean.set_data(mean.reshape(-1))
-        block.running_var.set_data(((data - mean) ** 2).mean(axis=(0, 2, 3)) + 1e-3)
-
-    def unit_output(block: Any, _inputs: Any, output: Any) -> None:
-        scale = float(output.asnumpy().std()) + 1e-6
-        block.weight.set_data(block.weight.data() / scale)
-        if block.bias is not None:
-            block.bias.set_data(block.bias.data() / scale)
-        output[:] = output / scale
-
-    handles: list[Any] = []
-
-    def hook(block: Any) -> None:
-        if isinstance(block, nn.BatchNorm):
-            handles.append(block.register_forward_pre_hook(set_batch_statistics))
-        elif isinstance(block, (nn.Conv2D, nn.Dense)):
-            handles.append(block.register_forward_hook(unit_output))
-
-    net.apply(hook)
-    net(batch)
-    for handle in handles:
-        handle.detach()
+    return random_pixels(size, seed)
 
 
 def _export_detector(name: str, folder: Path) -> tuple[Path, Path, tuple[str, ...]]:
-    import mxnet as mx  # noqa: PLC0415
-    from gluoncv import model_zoo  # noqa: PLC0415
+    """GluonCV's ``name``, random weights calibrated so that it detects something."""
+    from modelkit.reference_nets import random_gluoncv  # noqa: PLC0415
 
-    mx.random.seed(DETECTOR_SEED)
-    net = model_zoo.get_model(name, pretrained=False, pretrained_base=False)
-    net.initialize()
-    _calibrate(net, mx.nd.array(detector_input()))
-    net.hybridize()
-    net(mx.nd.array(detector_input()))
+    net = random_gluoncv(name, detector_input(), seed=DETECTOR_SEED)
     prefix = folder / "mxnet" / name
     prefix.parent.mkdir(parents=True)
     net.export(str(prefix), epoch=0)
