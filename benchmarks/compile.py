@@ -140,7 +140,7 @@ def _export(model: str, size: int) -> Path:
     folder = BENCH_DIR / model
     prefix = folder / f"{model}-{size}"
     stamp = prefix.with_name(f"{prefix.name}.stamp")
-    recipe = _recipe()
+    recipe = weights_recipe()
     if stamp.is_file() and stamp.read_text() == recipe:
         return prefix
     from modelkit.reference_nets import random_gluoncv  # noqa: PLC0415
@@ -152,8 +152,9 @@ def _export(model: str, size: int) -> Path:
     return prefix
 
 
-def _recipe() -> str:
-    """The weights' recipe: the calibration, and the scene (lis compile's verification input)."""
+def weights_recipe() -> str:
+    """The reference weights' recipe: the calibration, and the scene it runs on (lis compile's
+    verification input): a bench rebuilds what it made from them when this changes."""
     digest = hashlib.sha256()
     for name in ("modelkit/reference_nets.py", "modelkit/compile.py"):
         digest.update((ROOT / name).read_bytes())
@@ -162,7 +163,7 @@ def _recipe() -> str:
 
 def _stamp(model: str, size: int, tuned: bool, target: str = DEFAULT_TARGET,
            shipped: bool = True) -> str:
-    digest = hashlib.sha256(f"{target} {size} {_recipe()}".encode())
+    digest = hashlib.sha256(f"{target} {size} {weights_recipe()}".encode())
     for name in _TOOLCHAIN + (_TUNING if tuned else ()) + (_SHIPPED if shipped else ()):
         digest.update((ROOT / name).read_bytes())
     for path in sorted((ROOT / _SHIPPED_DIR).glob("*.log")) if shipped else ():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -89,24 +88,22 @@ def camera_frame(seed: int = 0) -> bytes:
 
 def build_reference_detector() -> None:
     """Export and compile the reference SSD once (about a minute), into build/bench/."""
+    from benchmarks.compile import scene_batch, weights_recipe
+
     stamp = REFERENCE_DIR.with_name(f"{REFERENCE_MODEL}.stamp")
-    # The weights' recipe: the calibration, and the scene it runs on (lis compile's).
-    recipe = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in (
-        "modelkit/reference_nets.py", "modelkit/compile.py"))).hexdigest()
+    recipe = weights_recipe()
     if REFERENCE_DIR.is_dir() and stamp.is_file() and stamp.read_text() == recipe:
         return
     import tempfile
 
-    from deployments.imaging import DETECTOR_PREPROCESSING
-    from modelkit.compile import compile_model, verification_input
+    from modelkit.compile import compile_model
     from modelkit.reference_nets import random_gluoncv
 
     shutil.rmtree(REFERENCE_DIR, ignore_errors=True)
     # Random weights calibrated on lis compile's verification scene, so that the detector
     # finds varied classes in finite boxes there (modelkit.reference_nets).
     shape = (1, 3, 512, 512)
-    net = random_gluoncv(REFERENCE_MODEL, verification_input(
-        shape, DETECTOR_PREPROCESSING.with_overrides(width=512, height=512)), seed=0)
+    net = random_gluoncv(REFERENCE_MODEL, scene_batch(512), seed=0)
     with tempfile.TemporaryDirectory() as scratch:
         prefix = Path(scratch) / REFERENCE_MODEL
         net.export(str(prefix), epoch=0)
