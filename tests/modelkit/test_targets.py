@@ -7,8 +7,6 @@ and only logs it; lis names the CPU, or refuses the target in one line.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,21 +14,15 @@ import pytest
 from deployments.neo import library_machine
 from modelkit._device import BOARDS, RemoteDevice, check_device_target
 from modelkit.compile import compile_model
+from tests.modelkit._llvm import llvm_value
 from vocabulary.errors import CompileError
 from vocabulary.names import COMPILE_INFO_FILE, LIBRARY_FILE
 
 pytestmark = pytest.mark.slow
 
 
-def _llvm(expression: str) -> str:
-    """A value from TVM's LLVM, in a fresh interpreter (TVM never loads beside DLR)."""
-    return subprocess.run([sys.executable, "-c", "import tvm; from tvm.target import codegen; "
-                           f"print({expression})"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def test_each_board_names_a_cpu_llvm_knows() -> None:
-    known = {name: _llvm(f"{target.split('-mcpu=')[1].split()[0]!r} in "
+    known = {name: llvm_value(f"{target.split('-mcpu=')[1].split()[0]!r} in "
                          f"codegen.llvm_get_cpu_archlist(tvm.target.Target({target!r}))")
              for name, target in BOARDS.items()}
     assert known == {name: "True" for name in BOARDS}
@@ -55,7 +47,7 @@ def test_a_board_by_name_cross_compiles_for_its_cpu(tiny_classifier_artifact: Pa
 def test_native_is_this_cpu_by_name(tiny_classifier_artifact: Path, tmp_path: Path) -> None:
     result = compile_model(tiny_classifier_artifact, None, tmp_path / "neo",
                            target="llvm -mcpu=native", progress=None)
-    cpu = _llvm("codegen.llvm_get_system_cpu()")
+    cpu = llvm_value("codegen.llvm_get_system_cpu()")
     assert result.target == f"llvm -mcpu={cpu}" and cpu != "native"
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-3
 

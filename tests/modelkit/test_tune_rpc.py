@@ -27,6 +27,7 @@ from modelkit._tune import CACHE_ENV
 from modelkit.compile import RemoteDevice as ExportedRemoteDevice
 from modelkit.compile import Tuning, compile_model
 from serve_app import cli
+from tests.modelkit._llvm import this_cpu_target
 from tests.modelkit._onnx_models import tiny_nms_detector
 from tests.waiting import wait_until
 from vocabulary.errors import CompileError
@@ -97,14 +98,6 @@ def _sessions(log: Path) -> int:
     return log.read_text().count("connected from")
 
 
-def _this_cpu() -> str:
-    """This machine's target string with its -mcpu, as a board's must name its CPU."""
-    found = subprocess.run([sys.executable, "-c", "from tvm.target import codegen; "
-                            "print(codegen.llvm_get_system_cpu())"], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    return f"llvm -mcpu={found}"
-
-
 @pytest.fixture(scope="module")
 def tuned_on_board(board: dict, tiny_classifier_artifact: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -115,7 +108,7 @@ def tuned_on_board(board: dict, tiny_classifier_artifact: Path,
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv(CACHE_ENV, str(folder / "cache"))
         result = compile_model(tiny_classifier_artifact, None, folder / "neo",
-                               target=_this_cpu(), tuning=Tuning(_BUDGET_MINUTES),
+                               target=this_cpu_target(), tuning=Tuning(_BUDGET_MINUTES),
                                device=device, progress=lines.append)
     return {"result": result, "lines": lines, "cache": folder / "cache",
             "sessions": _sessions(board["log"]) - before,
@@ -134,7 +127,8 @@ def test_trials_are_measured_on_the_board(board: dict, tuned_on_board: dict) -> 
     records = [line for path in tuned_on_board["cache"].glob("*.log")
                for line in path.read_text().splitlines()]
     assert len(records) == summary["tasks_with_records"] == summary["tasks"]
-    assert any(f"runs code built for {_this_cpu()!r}" in line for line in tuned_on_board["lines"])
+    assert any(f"runs code built for {this_cpu_target()!r}" in line
+               for line in tuned_on_board["lines"])
 
 
 def test_the_build_is_verified_on_the_board_and_here(tuned_on_board: dict) -> None:
@@ -150,7 +144,7 @@ def test_the_cli_tunes_on_the_board_and_says_what_verified(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tuned_on_board["cache"]))  # all tasks known: no trials
     assert cli.main(["compile", str(tiny_classifier_artifact), "-o", str(tmp_path / "neo"),
-                     "--target", _this_cpu(), "--tune", "--tune-minutes", "0.1",
+                     "--target", this_cpu_target(), "--tune", "--tune-minutes", "0.1",
                      "--rpc-tracker", board["tracker"], "--rpc-key", _KEY]) == 0
     out = capsys.readouterr().out
     assert f"DLR and TVM on {_KEY!r} vs MXNet max abs difference" in out.splitlines()[-1]
@@ -165,7 +159,8 @@ def test_a_relay_vm_build_is_verified_here_only(board: dict, tmp_path: Path) -> 
     model = tiny_nms_detector(tmp_path / "tiny.onnx", side=side)
     lines: list[str] = []
     result = compile_model(model, None, tmp_path / "vm", preprocessing="detector",
-                           target=_this_cpu(), device=RemoteDevice.parse(board["tracker"], _KEY),
+                           target=this_cpu_target(),
+                           device=RemoteDevice.parse(board["tracker"], _KEY),
                            progress=lines.append)
     assert result.executor == VM_EXECUTOR
     assert result.verified_by == ("the TVM runtime",)
@@ -181,14 +176,14 @@ def test_a_key_no_board_has_is_one_line(board: dict, tiny_classifier_artifact: P
                                            rf"{board['tracker']} \(keys there: {_KEY}\); on "
                                            r"the board run: TVM_USE_RUNTIME_LIB=1 python -m "
                                            r"tvm.exec.rpc_server"):
-        compile_model(tiny_classifier_artifact, None, tmp_path / "neo", target=_this_cpu(),
+        compile_model(tiny_classifier_artifact, None, tmp_path / "neo", target=this_cpu_target(),
                       device=RemoteDevice.parse(board["tracker"], "nobody"), progress=None)
 
 
 def test_no_tracker_is_one_line(tiny_classifier_artifact: Path, tmp_path: Path) -> None:
     port = _free_port()
     with pytest.raises(CompileError, match=rf"RPC tracker 127.0.0.1:{port}: cannot connect"):
-        compile_model(tiny_classifier_artifact, None, tmp_path / "neo", target=_this_cpu(),
+        compile_model(tiny_classifier_artifact, None, tmp_path / "neo", target=this_cpu_target(),
                       device=RemoteDevice("127.0.0.1", port, _KEY), progress=None)
 
 

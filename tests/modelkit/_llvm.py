@@ -1,0 +1,21 @@
+"""Values from TVM's LLVM for the tests, asked once each in a fresh interpreter: TVM is never
+imported into the suite's process, where DLR is (they crash together)."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+
+@functools.cache
+def llvm_value(expression: str) -> str:
+    """``expression`` evaluated with ``tvm`` and ``tvm.target.codegen`` imported, as text."""
+    return subprocess.run([sys.executable, "-c", "import tvm; from tvm.target import codegen; "
+                           f"print({expression})"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def this_cpu_target() -> str:
+    """This machine's LLVM target string with its -mcpu named."""
+    return f"llvm -mcpu={llvm_value('codegen.llvm_get_system_cpu()')}"
