@@ -244,6 +244,8 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
     shipped records gave (``"tuning"``, ``"shipped_records"``: None where nothing)."""
     import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
 
+    from modelkit._nms_top_k import nms_top_k_first  # noqa: PLC0415 - imports TVM
+
     _stage("importing the model into TVM Relay")
     try:
         mod, params = load()
@@ -252,6 +254,10 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
         raise BuildFailure(f"unsupported operator: {' '.join(str(error).split())}") from error
     if softmax:
         mod = _with_softmax(mod)
+    mod, rewritten = nms_top_k_first(mod)
+    for boxes, k in rewritten:
+        _stage(f"NMS keeps the top {k} of {boxes} boxes: it sorts only those above the "
+               f"{k}th best score")
     if _has_dynamic_shapes(mod):
         _check_detector_outputs(reference)
         if schedules.tuning:

@@ -53,7 +53,8 @@ DETECTOR_SEED = 0
 # Files whose content decides what a compiled artifact looks like.
 _TOOLCHAIN_FILES = ("modelkit/compile.py", "modelkit/_tvm_build.py", "modelkit/_verify.py",
                     "modelkit/_tune.py", "modelkit/_compare.py", "modelkit/_source.py",
-                    "modelkit/_device.py", "modelkit/reference_nets.py",
+                    "modelkit/_device.py", "modelkit/_nms_top_k.py",
+                    "modelkit/reference_nets.py",
                     "modelkit/neo.py", "modelkit/archive.py")
 
 os.environ["TOPHUB_LOCATION"] = "NONE"
