@@ -5,15 +5,17 @@ and ``lis up`` with the demo SSD and one pipeline publishing each result in the
 ``lis`` format, from one of two sources made of the bench's 1280x720 camera
 frame:
 - ``image``: the frame's JPEG file, re-read for each inference as soon as the
-  last one is answered: the pipeline's own cost, to compare with the same
-  service's HTTP throughput at concurrency 1 (the pipeline has one frame in
-  flight);
+  last one is answered: the pipeline's own cost, compared with the same
+  service's HTTP throughput at concurrency 1 on the same stack (the pipeline
+  has one frame in flight), in alternating blocks: the pipeline's, then, with
+  the file moved away so that the pipeline idles, HTTP's;
 - ``camera``: a video of the frame at ``FPS`` frames a second, played in a
   loop as a camera gives frames, the newest inferred as fast as the service
   answers: what a camera's results look like.
 A subscriber in this process takes the results for ``MEASURE_S`` seconds after
-a warm-up: results per second, and for each the time from its frame's read
-(``frame-time``, in the message) to its arrival here. Not a test.
+a warm-up (the image source: over its blocks): results per second, and for each
+the time from its frame's read (``frame-time``, in the message) to its arrival
+here. Not a test.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ import cv2
 import numpy as np
 
 from benchmarks.footprint import LIS, READY_LINE, ROOT, free_port
+from benchmarks.http_load import HttpLoad
 
 SERVICE = "objectDetection"
 TOPIC = "bench/pipeline"
 FPS, VIDEO_S = 30, 4
 IMAGE_INTERVAL_S = 0.001  # an image source needs an interval: this one never waits
 WARMUP_S, MEASURE_S = 5.0, 20.0
+# The image source's alternating blocks: MEASURE_S of the pipeline over BLOCKS blocks, each
+# followed by HTTP_REQUESTS_PER_BLOCK requests at concurrency 1 (about as long).
+BLOCKS, HTTP_REQUESTS_PER_BLOCK = 8, 300
+# The pipeline has stopped when no result came for this long (its source idles 0.5 s).
+QUIET_S = 0.3
 READY_TIMEOUT_S = 300.0
 
 _CONFIG = """\
@@ -65,6 +73,7 @@ class PipelineFigures:
     results: int
     seconds: float
     latencies_s: list[float]
+    http_rate: float | None = None   # req/s at concurrency 1 in blocks beside the pipeline's
 
     @property
     def rate(self) -> float:
@@ -144,11 +153,15 @@ def measure_pipeline(frame_jpeg: bytes, kind: str) -> PipelineFigures:
         threading.Thread(target=lambda: [None for _ in lis.stdout], daemon=True).start()
         subscriber = _subscriber(broker_port, arrivals, lock)
         time.sleep(WARMUP_S)  # the pipeline's first results, and the subscriber's connection
-        with lock:
-            arrivals.clear()
-        time.sleep(MEASURE_S)  # what arrives in this window is the measurement
-        with lock:
-            window = list(arrivals)
+        if kind == "image":
+            window, seconds, http_rate = _alternating(scratch / "frame.jpg", http_port,
+                                                      frame_jpeg, arrivals, lock)
+        else:
+            with lock:
+                arrivals.clear()
+            time.sleep(MEASURE_S)  # what arrives in this window is the measurement
+            with lock:
+                window, seconds, http_rate = list(arrivals), MEASURE_S, None
     finally:
         if subscriber is not None:
             subscriber.loop_stop()
@@ -162,7 +175,46 @@ def measure_pipeline(frame_jpeg: bytes, kind: str) -> PipelineFigures:
         broker.wait(10)
     latencies = [arrived - dt.datetime.fromisoformat(message["frame-time"]).timestamp()
                  for arrived, message in window]
-    return PipelineFigures(len(window), MEASURE_S, latencies)
+    return PipelineFigures(len(window), seconds, latencies, http_rate)
+
+
+def _alternating(frame: Path, http_port: int, frame_jpeg: bytes,
+                 arrivals: list[tuple[float, dict]], lock: threading.Lock
+                 ) -> tuple[list[tuple[float, dict]], float, float]:
+    """The pipeline's results over its blocks, their seconds, and HTTP's req/s between them.
+
+    Each pipeline block counts the results of MEASURE_S / BLOCKS seconds from its first
+    one; then the frame's file is moved away, and once no result has come for QUIET_S
+    (the pipeline idles), HTTP has the service to itself for its block.
+    """
+    http = HttpLoad(http_port, f"/inference/{SERVICE}", frame_jpeg, "image/jpeg")
+    http(1, 20)  # its connection, and a warm path
+    away = frame.with_suffix(".away")
+    window: list[tuple[float, dict]] = []
+    requests, http_seconds = 0, 0.0
+    for _ in range(BLOCKS):
+        with lock:
+            arrivals.clear()
+        while not arrivals:   # the pipeline's source retries the file every 0.5 s
+            time.sleep(0.01)
+        with lock:
+            started = arrivals[0][0]
+        time.sleep(MEASURE_S / BLOCKS)
+        with lock:
+            window += [(at, message) for at, message in arrivals
+                       if started <= at < started + MEASURE_S / BLOCKS]
+        frame.rename(away)
+        while True:
+            with lock:
+                last = arrivals[-1][0]
+            if time.time() - last >= QUIET_S:
+                break
+            time.sleep(0.05)
+        latencies, wall = http(1, HTTP_REQUESTS_PER_BLOCK)
+        requests, http_seconds = requests + len(latencies), http_seconds + wall
+        away.rename(frame)
+    http.close()
+    return window, MEASURE_S, requests / http_seconds
 
 
 def pipeline_summary(figures: PipelineFigures) -> str:
@@ -176,4 +228,7 @@ if __name__ == "__main__":
     from benchmarks.serving import camera_frame
 
     for kind in ("image", "camera"):
-        print(kind, pipeline_summary(measure_pipeline(camera_frame(), kind)))
+        figures = measure_pipeline(camera_frame(), kind)
+        print(kind, pipeline_summary(figures) + (
+            f"; HTTP at concurrency 1 beside it: {figures.http_rate:.1f} req/s, "
+            f"{figures.rate / figures.http_rate:.2f}x" if figures.http_rate else ""))
