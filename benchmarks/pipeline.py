@@ -195,7 +195,10 @@ def _alternating(frame: Path, http_port: int, frame_jpeg: bytes,
     for _ in range(BLOCKS):
         with lock:
             arrivals.clear()
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while not arrivals:   # the pipeline's source retries the file every 0.5 s
+            if time.monotonic() > deadline:
+                raise RuntimeError("the pipeline published nothing after its file came back")
             time.sleep(0.01)
         with lock:
             started = arrivals[0][0]
