@@ -33,6 +33,8 @@ from tvm.relay.dataflow_pattern import (
     wildcard,
 )
 
+__all__ = ["nms_top_k_first"]
+
 # Each step halves the interval between the valid threshold and the best score: 24 steps
 # leave a float32 score in [0, 1] within a few units in the last place of the k-th best.
 _BISECTION_STEPS = 24
