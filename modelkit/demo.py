@@ -14,8 +14,9 @@ The detectors are compiled with the AutoTVM records committed in
 tuned schedules where this CPU is the one they were tuned on, TVM's defaults
 elsewhere. Each built folder carries ``labels.txt`` and ``preprocessing.json``.
 A model is rebuilt only when it is missing or when the committed weights (or
-records) changed: the build records the SHA-256 of the source folder (and of
-the records) in ``build/models/.<name>.source``.
+records, or for a detector the compiler's sources: a new version of lis may
+compile the same weights better) changed: the build records their SHA-256s in
+``build/models/.<name>.source``.
 Builds go to a temporary folder renamed into place, so an interrupted build
 leaves no half artifact behind.
 
@@ -63,6 +64,9 @@ BUILD_DIR = REPO / "build" / "models"
 DETECTOR_INPUT_SHAPE = (1, 3, 512, 512)
 # Files of a committed model folder that do not change what is built.
 _NOT_WEIGHTS = frozenset({"README.md"})
+# What decides the code `lis compile` makes of given weights and records (beside this module):
+# its TVM half, its graph rewrites, tuning, and the records lis ships for some CPUs.
+_COMPILER_SOURCES = ("_tvm_build.py", "_nms_top_k.py", "_tune.py", "_shipped.py")
 
 Progress = Callable[[str], None]
 
@@ -116,7 +120,8 @@ def _built_from(model: DemoModel) -> Path:
 
 
 def model_state(model: DemoModel, build_dir: Path = BUILD_DIR) -> str:
-    """``ready``, ``stale`` (weights changed since the build), ``missing`` or ``no weights``."""
+    """``ready``, ``stale`` (weights, records or compiler changed since the build),
+    ``missing`` or ``no weights``."""
     source = _built_from(model)
     if not source.is_dir():
         return "no weights"
@@ -133,12 +138,24 @@ def tuning_records(model: DemoModel) -> Path | None:
 
 
 def _build_digest(model: DemoModel) -> str:
-    """What a build depends on: the source's digest, and the records it compiles with."""
+    """What a build depends on: the source's digest, and for a detector compiled here the
+    records it compiles with and the compiler."""
     digest = source_digest(_built_from(model))
+    if _prebuilt_bundle() is not None or model.kind != "detector":
+        return digest   # copied as it is (its manifest names the weights it was built from)
     records = tuning_records(model)
-    if records is not None and _prebuilt_bundle() is None:
+    if records is not None:
         digest += " " + hashlib.sha256(records.read_bytes()).hexdigest()
-    return digest
+    return digest + " " + _compiler_digest()
+
+
+def _compiler_digest() -> str:
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in [*(here / name for name in _COMPILER_SOURCES),
+                 *sorted((here / "records").glob("*.log"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _print(line: str) -> None:

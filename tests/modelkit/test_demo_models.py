@@ -17,7 +17,8 @@ import pytest
 from deployments.dlr_runtime import DLRRuntime
 from deployments.imaging import decode_image, preprocess, read_preprocessing
 from deployments.mxnet_runtime import MXNetClassifierRuntime
-from modelkit.demo import DEMO_MODELS, demo_models, tuning_records
+from modelkit import demo
+from modelkit.demo import DEMO_MODELS, demo_models, model_state, tuning_records
 from modelkit.evaluate import (
     HELD_OUT_SEED,
     IOU_THRESHOLD,
@@ -60,6 +61,19 @@ def test_a_detector_is_built_with_its_committed_tuning_records(artifacts: dict[s
     assert tuning["method"] == "autotvm" and tuning["trials"] == 0
     assert 0 <= tuning["tasks_with_records"] <= tuning["tasks"]
     assert info["verified_max_abs_diff"] < 1e-3
+
+
+def test_a_detector_compiled_by_another_compiler_is_stale(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a new version of lis would find the demo artifacts an older one compiled.
+    for model in DEMO_MODELS:
+        model.target(tmp_path).mkdir()
+        model.stamp(tmp_path).write_text(demo._build_digest(model) + "\n")
+    assert {m.name: model_state(m, tmp_path) for m in DEMO_MODELS} == dict.fromkeys(
+        (m.name for m in DEMO_MODELS), "ready")
+    monkeypatch.setattr(demo, "_COMPILER_SOURCES", (*demo._COMPILER_SOURCES, "_compare.py"))
+    assert {m.name: model_state(m, tmp_path) for m in DEMO_MODELS} == {
+        "shapes-classifier": "ready", "shapes-ssd": "stale", "shapes-yolo3": "stale"}
 
 
 def _first(make, wanted) -> Sample:  # type: ignore[no-untyped-def]
