@@ -52,7 +52,7 @@ import numpy as np
 
 from benchmarks.turns import in_turn
 from deployments.imaging import DETECTOR_PREPROCESSING
-from modelkit.compile import DEFAULT_TARGET, verification_input
+from modelkit.compile import DEFAULT_TARGET, compiler_digest, verification_input
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "build" / "bench" / "compile"
@@ -66,10 +66,8 @@ RUNS = 30
 TUNED_MAX = 0.7     # the tuned artifact's p50 over MXNet's
 UNTUNED_MAX = 1.0
 # What decides the compiled code: an artifact is rebuilt when one of these changes.
-_TOOLCHAIN = ("modelkit/_tvm_build.py", "modelkit/_nms_top_k.py", "modelkit/_compare.py")
-_TUNING = ("modelkit/_tune.py",)
-_SHIPPED = ("modelkit/_shipped.py",)
-_SHIPPED_DIR = "modelkit/records"
+# Beside lis compile's own (`compiler_digest`): what decides whether an artifact verifies.
+_VERIFIER = "modelkit/_compare.py"
 ROUNDS = 3          # alternating MXNet / artifact rounds of a capped comparison
 
 
@@ -161,13 +159,9 @@ def weights_recipe() -> str:
     return digest.hexdigest()
 
 
-def _stamp(model: str, size: int, tuned: bool, target: str = DEFAULT_TARGET,
-           shipped: bool = True) -> str:
-    digest = hashlib.sha256(f"{target} {size} {weights_recipe()}".encode())
-    for name in _TOOLCHAIN + (_TUNING if tuned else ()) + (_SHIPPED if shipped else ()):
-        digest.update((ROOT / name).read_bytes())
-    for path in sorted((ROOT / _SHIPPED_DIR).glob("*.log")) if shipped else ():
-        digest.update(path.read_bytes())
+def _stamp(model: str, size: int, tuned: bool, target: str = DEFAULT_TARGET) -> str:
+    digest = hashlib.sha256(f"{target} {size} {weights_recipe()} {compiler_digest()}".encode())
+    digest.update((ROOT / _VERIFIER).read_bytes())
     if tuned and records_file(model).is_file():
         digest.update(records_file(model).read_bytes())
     return digest.hexdigest()
@@ -190,7 +184,7 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
                        + ("" if shipped else "-tvm-defaults"))
     stamp = out.with_name(out.name + ".stamp")
     if tune_minutes or not (out.is_dir() and stamp.is_file()
-                            and stamp.read_text() == _stamp(model, size, tuned, target, shipped)):
+                            and stamp.read_text() == _stamp(model, size, tuned, target)):
         shutil.rmtree(out, ignore_errors=True)
         records = records_file(model)
         before = records.read_text().splitlines(keepends=True) if records.is_file() else []
@@ -201,7 +195,7 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
         compile_model(Path(f"{prefix}-symbol.json"), Path(f"{prefix}-0000.params"), out,
                       input_shape=(1, 3, size, size), target=target, preprocessing="detector",
                       tuning=tuning, shipped_records=shipped, progress=_progress)
-        stamp.write_text(_stamp(model, size, tuned, target, shipped))
+        stamp.write_text(_stamp(model, size, tuned, target))
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
         canonical = _canonical_target(info["target"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import hashlib
 import json
 import shutil
 import tempfile
@@ -84,12 +85,16 @@ __all__ = [
     "add_arguments",
     "compare_outputs",
     "compile_model",
+    "compiler_digest",
     "pair_detections",
     "run",
     "verification_input",
 ]
 
 DEFAULT_TARGET = "x86_64"
+# What decides the code `lis compile` makes of given weights and records, beside the records
+# lis ships: its TVM half, its graph rewrites and tuning.
+_COMPILER_SOURCES = ("_tvm_build.py", "_nms_top_k.py", "_tune.py", "_shipped.py")
 # Neo's detection models (GluonCV SSD/YOLOv3) are trained at 512x512.
 DEFAULT_DETECTION_INPUT_SHAPE = (1, 3, 512, 512)
 # "imagenet" is the detector's transform under the name ONNX users know it by:
@@ -120,6 +125,17 @@ class CompileResult:
 
 def _print_progress(line: str) -> None:
     print(line, flush=True)
+
+
+def compiler_digest() -> str:
+    """SHA-256 of ``lis compile``'s own sources and the records it ships: an artifact built
+    when it was another is out of date (``lis models build``, the bench's artifacts)."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in [*(here / name for name in _COMPILER_SOURCES),
+                 *sorted((here / "records").glob("*.log"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def compile_model(

@@ -64,9 +64,6 @@ BUILD_DIR = REPO / "build" / "models"
 DETECTOR_INPUT_SHAPE = (1, 3, 512, 512)
 # Files of a committed model folder that do not change what is built.
 _NOT_WEIGHTS = frozenset({"README.md"})
-# What decides the code `lis compile` makes of given weights and records (beside this module):
-# its TVM half, its graph rewrites, tuning, and the records lis ships for some CPUs.
-_COMPILER_SOURCES = ("_tvm_build.py", "_nms_top_k.py", "_tune.py", "_shipped.py")
 
 Progress = Callable[[str], None]
 
@@ -146,16 +143,9 @@ def _build_digest(model: DemoModel) -> str:
     records = tuning_records(model)
     if records is not None:
         digest += " " + hashlib.sha256(records.read_bytes()).hexdigest()
-    return digest + " " + _compiler_digest()
+    from modelkit.compile import compiler_digest
 
-
-def _compiler_digest() -> str:
-    here = Path(__file__).parent
-    digest = hashlib.sha256()
-    for path in [*(here / name for name in _COMPILER_SOURCES),
-                 *sorted((here / "records").glob("*.log"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    return digest + " " + compiler_digest()
 
 
 def _print(line: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from deployments.dlr_runtime import DLRRuntime
 from deployments.imaging import decode_image, preprocess, read_preprocessing
 from deployments.mxnet_runtime import MXNetClassifierRuntime
+from modelkit import compile as compile_module
 from modelkit import demo
 from modelkit.demo import DEMO_MODELS, demo_models, model_state, tuning_records
 from modelkit.evaluate import (
@@ -71,7 +72,8 @@ def test_a_detector_compiled_by_another_compiler_is_stale(tmp_path: Path,
         model.stamp(tmp_path).write_text(demo._build_digest(model) + "\n")
     assert {m.name: model_state(m, tmp_path) for m in DEMO_MODELS} == dict.fromkeys(
         (m.name for m in DEMO_MODELS), "ready")
-    monkeypatch.setattr(demo, "_COMPILER_SOURCES", (*demo._COMPILER_SOURCES, "_compare.py"))
+    monkeypatch.setattr(compile_module, "_COMPILER_SOURCES",
+                        (*compile_module._COMPILER_SOURCES, "_compare.py"))
     assert {m.name: model_state(m, tmp_path) for m in DEMO_MODELS} == {
         "shapes-classifier": "ready", "shapes-ssd": "stale", "shapes-yolo3": "stale"}
 
