@@ -50,12 +50,11 @@ TEST_CACHE = REPO / "build" / "test-cache"
 FIXTURE_VERSION = 1
 CLASSIFIER_LABELS = ("circle", "square", "triangle")
 DETECTOR_SEED = 0
-# Files whose content decides what a compiled artifact looks like.
-_TOOLCHAIN_FILES = ("modelkit/compile.py", "modelkit/_tvm_build.py", "modelkit/_verify.py",
-                    "modelkit/_tune.py", "modelkit/_compare.py", "modelkit/_source.py",
-                    "modelkit/_device.py", "modelkit/_nms_top_k.py",
-                    "modelkit/reference_nets.py",
-                    "modelkit/neo.py", "modelkit/archive.py")
+# Beside lis compile's own sources (compiler_digest), what else decides a test artifact: the
+# driver around it, its verification, and the reference networks the fixtures build.
+_TOOLCHAIN_FILES = ("modelkit/compile.py", "modelkit/_verify.py", "modelkit/_compare.py",
+                    "modelkit/_source.py", "modelkit/_device.py", "modelkit/_child.py",
+                    "modelkit/reference_nets.py", "deployments/neo.py", "deployments/archive.py")
 
 os.environ["TOPHUB_LOCATION"] = "NONE"
 
@@ -81,8 +80,11 @@ def _cpu_name() -> str:
 def _cache_key(**inputs: Any) -> str:
     import mxnet  # noqa: PLC0415
 
+    from modelkit.compile import compiler_digest  # noqa: PLC0415
+
     sources = {name: hashlib.sha256((REPO / name).read_bytes()).hexdigest()
-               for name in _TOOLCHAIN_FILES if (REPO / name).is_file()}
+               for name in _TOOLCHAIN_FILES}
+    sources["compiler"] = compiler_digest()
     described = {"fixture_version": FIXTURE_VERSION, "inputs": inputs, "sources": sources,
                  "mxnet": mxnet.__version__, "machine": platform.machine(), "cpu": _cpu_name()}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
