@@ -245,6 +245,7 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
     import tvm  # noqa: PLC0415 - after mxnet and onnxruntime
 
     from modelkit._nms_top_k import nms_top_k_first  # noqa: PLC0415 - imports TVM
+    from modelkit._x86_blocks import lis_x86_layout  # noqa: PLC0415 - imports TVM
 
     _stage("importing the model into TVM Relay")
     try:
@@ -258,15 +259,21 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
     for boxes, k in rewritten:
         _stage(f"NMS keeps the top {k} of {boxes} boxes: it sorts only those above the "
                f"{k}th best score")
-    if _has_dynamic_shapes(mod):
+    dynamic = _has_dynamic_shapes(mod)
+    if dynamic:
         _check_detector_outputs(reference)
         if schedules.tuning:
             raise BuildFailure("--tune and --tune-records apply to models the graph executor "
                                "runs; this one needs the Relay VM (data-dependent output "
                                "shapes): compile it without them")
-        _build_vm(mod, params, target, cross_compiler, work)
-        return VM_EXECUTOR, {"tuning": None, "shipped_records": None}
-    tuned, shipped = _build_graph(mod, params, target, cross_compiler, work, schedules)
+    with lis_x86_layout(target) as ours:
+        if ours:
+            _stage("AVX2 without AVX-512: layers without a record get lis's layout (channels "
+                   "in blocks of 32), not TVM's (blocks of 8)")
+        if dynamic:
+            _build_vm(mod, params, target, cross_compiler, work)
+            return VM_EXECUTOR, {"tuning": None, "shipped_records": None}
+        tuned, shipped = _build_graph(mod, params, target, cross_compiler, work, schedules)
     return GRAPH_EXECUTOR, {"tuning": tuned, "shipped_records": shipped}
 
 

@@ -94,7 +94,8 @@ __all__ = [
 DEFAULT_TARGET = "x86_64"
 # What decides the code `lis compile` makes of given weights and records, beside the records
 # lis ships: its TVM half, its graph rewrites and tuning.
-_COMPILER_SOURCES = ("_tvm_build.py", "_nms_top_k.py", "_tune.py", "_shipped.py")
+_COMPILER_SOURCES = ("_tvm_build.py", "_nms_top_k.py", "_x86_blocks.py", "_tune.py",
+                     "_shipped.py")
 # Neo's detection models (GluonCV SSD/YOLOv3) are trained at 512x512.
 DEFAULT_DETECTION_INPUT_SHAPE = (1, 3, 512, 512)
 # "imagenet" is the detector's transform under the name ONNX users know it by:

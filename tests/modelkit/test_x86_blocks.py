@@ -1,0 +1,81 @@
+"""lis's layout for AVX2 code: channels in blocks of 32 where no record says otherwise.
+
+The builds run in ``lis compile``'s TVM child, as every build does; what they chose is read
+from the graph they wrote (each blocked tensor's last dimension is its channel block).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelkit._tune import CACHE_ENV
+from modelkit.compile import Tuning, compile_model
+from vocabulary.names import COMPILE_INFO_FILE, GRAPH_FILE
+
+pytestmark = pytest.mark.slow
+
+_AVX2 = "llvm -mcpu=core-avx2"
+_LINE = "layers without a record get lis's layout (channels in blocks of 32)"
+
+
+@pytest.fixture(scope="module")
+def small_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MXNet checkpoint prefix: 3x3 to 32 channels, 1x1 to 64, 3x3 to 64, none of them a
+    layer lis ships a record for."""
+    import mxnet as mx  # noqa: PLC0415
+
+    data = mx.sym.var("data")
+    first = mx.sym.Convolution(data, num_filter=32, kernel=(3, 3), stride=(2, 2), pad=(1, 1),
+                               name="first")
+    wide = mx.sym.Convolution(mx.sym.relu(first), num_filter=64, kernel=(1, 1), name="wide")
+    last = mx.sym.Convolution(mx.sym.relu(wide), num_filter=64, kernel=(3, 3), pad=(1, 1),
+                              name="last")
+    mx.random.seed(5)
+    uniform = mx.nd.random.uniform
+    arguments = {"first_weight": uniform(-0.3, 0.3, (32, 3, 3, 3)),
+                 "first_bias": uniform(-0.1, 0.1, (32,)),
+                 "wide_weight": uniform(-0.2, 0.2, (64, 32, 1, 1)),
+                 "wide_bias": uniform(-0.1, 0.1, (64,)),
+                 "last_weight": uniform(-0.1, 0.1, (64, 64, 3, 3)),
+                 "last_bias": uniform(-0.1, 0.1, (64,))}
+    prefix = tmp_path_factory.mktemp("small") / "small"
+    mx.model.save_checkpoint(str(prefix), 0, mx.sym.relu(last), arguments, {})
+    return prefix
+
+
+def _compile(prefix: Path, output: Path, **options: Any) -> dict[str, Any]:
+    lines: list[str] = []
+    result = compile_model(prefix, None, output, input_shape=(1, 3, 96, 96),
+                           progress=lines.append, shipped_records=False, **options)
+    graph = json.loads((output / GRAPH_FILE).read_text())
+    blocks = {shape[-1] for shape in graph["attrs"]["shape"][1] if len(shape) == 5}
+    return {"result": result, "lines": lines, "blocks": blocks,
+            "info": json.loads((output / COMPILE_INFO_FILE).read_text())}
+
+
+def test_an_avx2_build_blocks_channels_by_32(small_net: Path, tmp_path: Path) -> None:
+    built = _compile(small_net, tmp_path / "neo", target=_AVX2)
+    assert any(_LINE in line for line in built["lines"])
+    assert built["blocks"] == {3, 32}   # the image's 3 channels, then blocks of 32
+    assert built["info"]["verified_max_abs_diff"] < 1e-3
+
+
+def test_an_avx512_build_keeps_tvms_blocks(small_net: Path, tmp_path: Path) -> None:
+    # Not verified: the machine running the suite may lack AVX-512.
+    built = _compile(small_net, tmp_path / "neo", target="llvm -mcpu=skylake-avx512",
+                     verify=False)
+    assert not any(_LINE in line for line in built["lines"])
+    assert built["blocks"] == {3, 16}
+
+
+def test_tuning_starts_from_lis_layout_and_keeps_it(small_net: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    built = _compile(small_net, tmp_path / "neo", target=_AVX2, tuning=Tuning(0.05))
+    assert built["info"]["tuning"]["tasks_with_records"] == built["info"]["tuning"]["tasks"] == 3
+    assert built["blocks"] == {3, 32}   # the image's 3 channels, then blocks of 32
+    assert built["info"]["verified_max_abs_diff"] < 1e-3
