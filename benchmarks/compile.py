@@ -25,7 +25,7 @@ compiled for that target, MXNet's oneDNN is capped with ``DNNL_MAX_CPU_ISA``,
 and they are measured in alternating rounds (``--rounds``), since this
 machine's speed drifts by 10-25 % over minutes. Where lis ships records for the
 target's CPU class (``modelkit._shipped``), the artifact built without them
-(TVM's defaults) is measured beside ``lis compile``'s. With ``--tune-minutes N``
+(``--no-shipped-records``) is measured beside ``lis compile``'s. With ``--tune-minutes N``
 the artifact tuned for that target is measured too, its records kept likewise.
 ``--models`` measures other GluonCV detectors than the reference two.
 
@@ -171,8 +171,9 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
               target: str = DEFAULT_TARGET, shipped: bool = True) -> tuple[Path, dict]:
     """The compiled artifact (cached by its stamp) and its ``lis-compile.json``.
 
-    ``shipped=False``: built with TVM's default schedules where no record of the target's
-    own applies, not the records lis ships for the CPU's class (``--no-shipped-records``).
+    ``shipped=False``: built without the records lis ships for the CPU's class
+    (``--no-shipped-records``): where no record of the target's own applies, lis's AVX2
+    layout (``modelkit._x86_blocks``), TVM's defaults on other CPUs.
     """
     from modelkit.compile import Tuning, compile_model  # noqa: PLC0415
 
@@ -317,8 +318,8 @@ def measure(tune_minutes: float = 0.0) -> list[Row]:
 def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS,
                    tune_minutes: float = 0.0,
                    models: tuple[tuple[str, int], ...] = MODELS) -> str:
-    """The markdown table of MXNet (ISA capped) vs the artifacts for ``target``: built with
-    TVM's default schedules, as ``lis compile`` builds it without ``--tune`` (with the
+    """The markdown table of MXNet (ISA capped) vs the artifacts for ``target``: built without
+    the records lis ships, as ``lis compile`` builds it without ``--tune`` (with the
     records lis ships for the CPU's class, where any applies), and with ``tune_minutes``
     tuned for it too (its records kept in ``models/tuning/`` beside other targets').
 
@@ -333,7 +334,7 @@ def capped_section(target: str, mxnet_isa: str | None, rounds: int = ROUNDS,
              + f"; batch 1, {THREADS} threads, p50 of {RUNS} runs after {WARMUP} warm-up runs, "
              f"{rounds} alternating rounds, each runtime in a fresh process.",
              "",
-             "| model | input | MXNet p50, median (range) | TVM's defaults "
+             "| model | input | MXNet p50, median (range) | without shipped records "
              "(`--no-shipped-records`) | shipped records used | `lis compile` (no `--tune`) "
              "| `lis compile` / MXNet |" + (" tuned | tuned / MXNet |" if tuned else ""),
              "|---|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]

@@ -7,14 +7,16 @@ time). lis ships its own instead, one AutoTVM log per CPU class in
 of the GluonCV detectors the connector's users start from
 (``models/tuning/README.md`` lists them and says how). A build for a target of that class
 applies the record of each layer whose workload (operator, shapes, strides,
-dtypes) is in the file; its other layers keep TVM's default schedule. Records
-of the build's own target (``--tune``, the cache, ``--tune-records``) come
-first: they were measured on the CPU itself.
+dtypes) is in the file; its other layers get lis's AVX2 layout
+(``modelkit._x86_blocks``). Records of the build's own target (``--tune``, the
+cache, ``--tune-records``) come first: they were measured on the CPU itself.
 
 A class is shipped only where its records were measured to matter: on an x86
-CPU with AVX2 but not AVX-512, TVM's default schedules lose to MXNet's oneDNN
-and the records win; with AVX-512 the defaults already beat it
-(docs/models.md). ``$LIS_SHIPPED_RECORDS`` names another folder of
+CPU with AVX2 but not AVX-512, TVM's default schedules lost to MXNet's oneDNN
+and the records won; with AVX-512 the defaults already beat it. The AVX2
+records keep TVM's 8-channel blocks, and lis's own layout for those CPUs now
+beats them on four of the six detectors measured (docs/models.md): they are to
+be re-made in it. ``$LIS_SHIPPED_RECORDS`` names another folder of
 ``<class>.log`` files, so a fleet can ship its own.
 """
 

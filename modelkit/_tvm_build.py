@@ -354,7 +354,7 @@ def _build_graph(mod: Any, params: dict, target: str, cross_compiler: str | None
     if shipped_summary:
         shipped_summary["applied"] = len(used)
         _stage(f"{len(used)} layer(s) built with a record lis ships for "
-               f"{shipped_summary['class']} CPUs (--no-shipped-records: TVM's defaults)")
+               f"{shipped_summary['class']} CPUs (--no-shipped-records: without them)")
     _stage("writing compiled.so, compiled.params, compiled_model.json")
     out = work / "build"
     out.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def test_an_avx2_build_applies_the_shipped_record_of_the_layer_it_knows(
     assert built["info"]["verified_max_abs_diff"] < 1e-3
 
 
-def test_no_shipped_records_builds_with_tvm_defaults(ssd_stem: Path, tmp_path: Path,
+def test_no_shipped_records_builds_without_them(ssd_stem: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["compile", str(ssd_stem), "-o", str(tmp_path / "neo"), "--input-shape",
                      "1,3,512,512", "--target", _AVX2, "--no-shipped-records"])
