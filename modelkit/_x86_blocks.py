@@ -61,22 +61,30 @@ def _largest_factor(n: int, cap: int) -> int:
     return next(b for b in range(min(n, cap), 0, -1) if n % b == 0)
 
 
+def _blocks(channels: int) -> list[int]:
+    """The blocks ``channels`` can be split into, largest first (TVM's rule where none)."""
+    return [b for b in _BLOCKS if channels % b == 0] or [_largest_factor(channels, _LANES)]
+
+
 def _block(channels: int) -> int:
-    return next((b for b in _BLOCKS if channels % b == 0), _largest_factor(channels, _LANES))
+    return _blocks(channels)[0]
 
 
 def _registers(block: int) -> int:
     return -(-block // _LANES)
 
 
+def _out_size(size: int, pads: int, kernel: int, dilation: int, stride: int) -> int:
+    return (size + pads - (kernel - 1) * dilation - 1) // stride + 1
+
+
 def _out_width(wkl: Any) -> int:
-    kernel = (wkl.kernel_w - 1) * wkl.dilation_w + 1
-    return (wkl.width + wkl.padl + wkl.padr - kernel) // wkl.stride_w + 1
+    return _out_size(wkl.width, wkl.padl + wkl.padr, wkl.kernel_w, wkl.dilation_w, wkl.stride_w)
 
 
 def _out_height(wkl: Any) -> int:
-    kernel = (wkl.kernel_h - 1) * wkl.dilation_h + 1
-    return (wkl.height + wkl.padt + wkl.padb - kernel) // wkl.stride_h + 1
+    return _out_size(wkl.height, wkl.padt + wkl.padb, wkl.kernel_h, wkl.dilation_h,
+                     wkl.stride_h)
 
 
 def _set_blocks(cfg: Any, wkl: Any, out_block: int) -> None:
@@ -93,10 +101,8 @@ def _spatial(cfg: Any, wkl: Any) -> None:
     from tvm.autotvm.task.space import OtherOptionEntity, SplitEntity  # noqa: PLC0415
 
     width = _out_width(wkl)
-    options = [b for b in _BLOCKS if wkl.out_filter % b == 0] or [
-        _largest_factor(wkl.out_filter, _LANES)]
     tiles = [(block, _largest_factor(width, max(1, _ACCUMULATORS // _registers(block))))
-             for block in options]
+             for block in _blocks(wkl.out_filter)]
     block, tile = next((t for t in tiles if _registers(t[0]) * t[1] >= _SMALL_TILE_ACCUMULATORS),
                        max(tiles, key=lambda t: _registers(t[0]) * t[1]))
     _set_blocks(cfg, wkl, block)
