@@ -96,14 +96,17 @@ def _record_target(line: str) -> str:
     return str(json.loads(line)["input"][0])
 
 
-def _keep_other_targets(model: str, before: list[str], target: str) -> None:
-    """Put back the records of other targets that an export for ``target`` replaced.
+def _keep_other_records(model: str, before: list[str], target: str) -> None:
+    """Put back the records an export for ``target`` replaced but does not hold.
 
     A records file holds each CPU's records (a build applies only its own target's):
-    tuning on a second machine adds its records beside the first one's.
+    tuning on a second machine adds its records beside the first one's. It also holds the
+    model's at each size it was tuned at: tuning YOLOv3 at 512 keeps its records at 416.
     """
-    others = [line for line in before if line.strip() and _record_target(line) != target]
     fresh = records_file(model).read_text().splitlines(keepends=True)
+    exported = {_workload(line) for line in fresh if line.strip()}
+    others = [line for line in before if line.strip() and (
+        _record_target(line) != target or _workload(line) not in exported)]
     records_file(model).write_text("".join(others + fresh))
 
 
@@ -200,14 +203,20 @@ def _artifact(model: str, size: int, tuned: bool, tune_minutes: float = 0.0,
     info = json.loads((out / "lis-compile.json").read_text())
     if tune_minutes:
         canonical = _canonical_target(info["target"])
-        _keep_other_targets(model, before, canonical)
+        _keep_other_records(model, before, canonical)
         _write_made(model, size, info["tuning"], canonical)
     return out, info
 
 
 def ship(target: str) -> str:
     """Move ``target``'s records from ``models/tuning/*.log`` into the file lis ships for its
-    CPU class (``modelkit/records/``), keeping the faster record of a layer both hold."""
+    CPU class (``modelkit/records/``).
+
+    A moved record replaces the shipped one of its layer, not only when it measured faster:
+    the two were tuned by different compilers (in lis's AVX2 layout or TVM's), and a faster
+    layer in another layout costs more in the transforms around it than it gains. Of the moved
+    records, the faster one of a layer two models share is kept.
+    """
     from modelkit._shipped import cpu_class, packaged_file  # noqa: PLC0415
 
     canonical = _canonical_target(target)
@@ -216,15 +225,13 @@ def ship(target: str) -> str:
         raise SystemExit(f"{target!r}: lis ships no records for its CPU class "
                          "(modelkit/_shipped.py)")
     shipped = packaged_file(kind)
-    best: dict[str, tuple[float, str]] = {}
-    for line in shipped.read_text().splitlines() if shipped.is_file() else []:
-        _keep_faster(best, line)
+    fresh: dict[str, tuple[float, str]] = {}
     moved = 0
     for log in sorted(RECORDS_DIR.glob("*.log")):
         kept = []
         for line in log.read_text().splitlines():
             if _record_target(line) == canonical:
-                _keep_faster(best, line)
+                _keep_faster(fresh, line)
                 moved += 1
             else:
                 kept.append(line)
@@ -232,15 +239,24 @@ def ship(target: str) -> str:
             log.write_text("".join(f"{line}\n" for line in kept))
         else:
             log.unlink()  # all its records ship now; its <model>.json says how they were made
-    shipped.write_text("".join(f"{line}\n" for _, line in best.values()))
-    return f"moved {moved} record(s) of `{canonical}` into {shipped}: {len(best)} layers"
+    best = {_workload(line): line
+            for line in (shipped.read_text().splitlines() if shipped.is_file() else [])}
+    replaced = len(best.keys() & fresh.keys())
+    best.update((workload, line) for workload, (_, line) in fresh.items())
+    shipped.write_text("".join(f"{line}\n" for line in best.values()))
+    return (f"moved {moved} record(s) of `{canonical}` into {shipped}: {len(fresh)} layers, "
+            f"{replaced} of them replacing a shipped record; {len(best)} layers in all")
+
+
+def _workload(line: str) -> str:
+    """The layer an AutoTVM record (one JSON line) is for: its task and arguments."""
+    return json.dumps(json.loads(line)["input"][1:3])
 
 
 def _keep_faster(best: dict[str, tuple[float, str]], line: str) -> None:
     """``line``'s record in ``best`` (by workload) unless a faster one is there."""
-    record = json.loads(line)
-    workload = json.dumps(record["input"][1:3])
-    cost = statistics.mean(record["result"][0])
+    workload = _workload(line)
+    cost = statistics.mean(json.loads(line)["result"][0])
     if workload not in best or cost < best[workload][0]:
         best[workload] = (cost, line)
 
