@@ -83,6 +83,38 @@ def test_the_packaged_file_holds_one_avx2_record_per_workload() -> None:
     assert len(set(workloads)) == len(workloads)
 
 
+# Each record's channel blocks beside those lis's layout gives its layer without one: run in a
+# fresh process (TVM stays out of this one).
+_LAYOUT_OF_RECORDS = """
+import json, sys
+from tvm import autotvm
+from modelkit._tune import _LAYOUT_KNOBS, _default_config, _entity_key
+from modelkit._x86_blocks import lis_x86_layout
+found = []
+for line in open(sys.argv[1]):
+    inp, _ = autotvm.record.decode(line)
+    task = autotvm.task.create(inp.task.name, inp.task.args, inp.target)
+    with lis_x86_layout(str(inp.target)):
+        default = _default_config(task)
+    knobs = sorted(_LAYOUT_KNOBS & set(task.config_space.space_map))
+    found.append([[str(_entity_key(inp.config[k])) for k in knobs],
+                  [str(_entity_key(default[k])) for k in knobs] if default else None])
+print(json.dumps(found))
+"""
+
+
+def test_the_packaged_records_keep_lis_s_avx2_layout() -> None:
+    # A record in other channel blocks than its neighbours' makes TVM convert between them,
+    # which costs more than the record gains (TVM's blocks of 8: 8-30 % slower builds).
+    done = subprocess.run([sys.executable, "-c", _LAYOUT_OF_RECORDS,
+                           str(_PACKAGED / "x86-avx2.log")],
+                          capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert len(found) >= 107
+    assert all(blocks for blocks, _ in found)
+    assert [blocks for blocks, _ in found] == [layout for _, layout in found]
+
+
 def test_an_avx2_build_applies_the_shipped_record_of_the_layer_it_knows(
         ssd_stem: Path, tmp_path: Path) -> None:
     built = _compile(ssd_stem, tmp_path / "neo", target=_AVX2)
