@@ -111,16 +111,29 @@ def _spatial(cfg: Any, wkl: Any) -> None:
 
 
 def _pointwise(cfg: Any, wkl: Any) -> None:
-    """A 1×1 convolution: two rows where the height is even, as wide as 8 accumulators let."""
+    """A 1×1 convolution: 8 accumulators, in two rows where the height is even, as wide as a
+    factor of the width lets.
+
+    Where that leaves the tile short (a 13-px-wide map divides only by 1 and 13), one row: a
+    factor of the width up to 14 accumulators (a YOLOv3 head's odd channel count is one
+    register, 13 wide), else 8 accumulators that do not divide it (the last tile partly
+    empty). Tuning chose the same on YOLOv3's 13×13 layers: 1.4–6× the short tile.
+    """
     from tvm.autotvm.task.space import OtherOptionEntity, SplitEntity  # noqa: PLC0415
 
     block = _block(wkl.out_filter)
     _set_blocks(cfg, wkl, block)
-    budget = max(1, _SMALL_TILE_ACCUMULATORS // _registers(block))
+    registers = _registers(block)
+    budget = max(1, _SMALL_TILE_ACCUMULATORS // registers)
     rows = 2 if _out_height(wkl) % 2 == 0 and budget >= 2 else 1
     width = _out_width(wkl)
     tile = _largest_factor(width, max(1, budget // rows))
-    cfg["tile_ow"] = SplitEntity([width // tile, tile])
+    if registers * rows * tile < _SMALL_TILE_ACCUMULATORS:
+        rows = 1
+        tile = _largest_factor(width, max(1, _ACCUMULATORS // registers))
+        if registers * tile < _SMALL_TILE_ACCUMULATORS:
+            tile = min(budget, width)
+    cfg["tile_ow"] = SplitEntity([-(-width // tile), tile])
     cfg["tile_oh"] = OtherOptionEntity(rows)
 
 

@@ -7,6 +7,8 @@ from the graph they wrote (each blocked tensor's last dimension is its channel b
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +24,48 @@ _AVX2 = "llvm -mcpu=core-avx2"
 _LINE = "layers without a record get lis's layout (channels in blocks of 32)"
 
 
-@pytest.fixture(scope="module")
-def small_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MXNet checkpoint prefix: 3x3 to 32 channels, 1x1 to 64, 3x3 to 64, none of them a
-    layer lis ships a record for."""
+def _net(folder: Path, last_filters: int, last_kernel: int) -> Path:
+    """An MXNet checkpoint prefix: 3x3 stride 2 to 32 channels, 1x1 to 64, then ``last_kernel``
+    to ``last_filters``; none of them a layer lis ships a record for."""
     import mxnet as mx  # noqa: PLC0415
 
     data = mx.sym.var("data")
     first = mx.sym.Convolution(data, num_filter=32, kernel=(3, 3), stride=(2, 2), pad=(1, 1),
                                name="first")
     wide = mx.sym.Convolution(mx.sym.relu(first), num_filter=64, kernel=(1, 1), name="wide")
-    last = mx.sym.Convolution(mx.sym.relu(wide), num_filter=64, kernel=(3, 3), pad=(1, 1),
-                              name="last")
+    last = mx.sym.Convolution(mx.sym.relu(wide), num_filter=last_filters,
+                              kernel=(last_kernel, last_kernel),
+                              pad=(last_kernel // 2, last_kernel // 2), name="last")
     mx.random.seed(5)
     uniform = mx.nd.random.uniform
     arguments = {"first_weight": uniform(-0.3, 0.3, (32, 3, 3, 3)),
                  "first_bias": uniform(-0.1, 0.1, (32,)),
                  "wide_weight": uniform(-0.2, 0.2, (64, 32, 1, 1)),
                  "wide_bias": uniform(-0.1, 0.1, (64,)),
-                 "last_weight": uniform(-0.1, 0.1, (64, 64, 3, 3)),
-                 "last_bias": uniform(-0.1, 0.1, (64,))}
-    prefix = tmp_path_factory.mktemp("small") / "small"
+                 "last_weight": uniform(-0.1, 0.1, (last_filters, 64, last_kernel, last_kernel)),
+                 "last_bias": uniform(-0.1, 0.1, (last_filters,))}
+    prefix = folder / "net"
     mx.model.save_checkpoint(str(prefix), 0, mx.sym.relu(last), arguments, {})
     return prefix
 
 
-def _compile(prefix: Path, output: Path, **options: Any) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def small_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3x3 to 32 channels, 1x1 to 64, 3x3 to 64 (on 96x96)."""
+    return _net(tmp_path_factory.mktemp("small"), 64, 3)
+
+
+@pytest.fixture(scope="module")
+def odd_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """On 26x26: 3x3 stride 2 to 32 channels, then two 1x1s on the 13x13 map, to 64 and to
+    21 (a YOLOv3 head for 2 classes)."""
+    return _net(tmp_path_factory.mktemp("odd"), 21, 1)
+
+
+def _compile(prefix: Path, output: Path, input_shape: tuple[int, ...] = (1, 3, 96, 96),
+             **options: Any) -> dict[str, Any]:
     lines: list[str] = []
-    result = compile_model(prefix, None, output, input_shape=(1, 3, 96, 96),
+    result = compile_model(prefix, None, output, input_shape=input_shape,
                            progress=lines.append, shipped_records=False, **options)
     graph = json.loads((output / GRAPH_FILE).read_text())
     blocks = {shape[-1] for shape in graph["attrs"]["shape"][1] if len(shape) == 5}
@@ -78,4 +94,37 @@ def test_tuning_starts_from_lis_layout_and_keeps_it(small_net: Path, tmp_path: P
     built = _compile(small_net, tmp_path / "neo", target=_AVX2, tuning=Tuning(0.05))
     assert built["info"]["tuning"]["tasks_with_records"] == built["info"]["tuning"]["tasks"] == 3
     assert built["blocks"] == {3, 32}   # the image's 3 channels, then blocks of 32
+    assert built["info"]["verified_max_abs_diff"] < 1e-3
+
+
+# The default tile lis's layout gives 1x1 convolutions on a 13x13 map, asked of TVM in a fresh
+# process (TVM stays out of this one).
+_TILES = """
+import json, sys
+from tvm import autotvm
+from modelkit._tune import _default_config, _entity_key
+from modelkit._x86_blocks import lis_x86_layout
+tiles = []
+for channels, filters in ((64, 32), (1024, 21)):
+    args = (("TENSOR", (1, channels, 13, 13), "float32"),
+            ("TENSOR", (filters, channels, 1, 1), "float32"),
+            (1, 1), (0, 0, 0, 0), (1, 1), "NCHW", "NCHW", "float32")
+    task = autotvm.task.create("conv2d_NCHWc.x86", args, sys.argv[1])
+    with lis_x86_layout(sys.argv[1]):
+        default = _default_config(task)
+    tiles.append([list(_entity_key(default[k])) for k in ("tile_oc", "tile_ow")]
+                 + [default["tile_oh"].val])
+print(json.dumps(tiles))
+"""
+
+
+def test_a_1x1_convolution_on_an_odd_width_fills_its_tile(odd_net: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _TILES, _AVX2], capture_output=True,
+                          text=True, check=True)
+    # Blocks of 32 are 4 registers: 2 px that do not divide 13 (the last tile half empty), not
+    # 1 (4 accumulators). 21 channels are one register: the whole row, not 1 px.
+    assert json.loads(done.stdout.splitlines()[-1]) == [[[32], [2], 1], [[7], [13], 1]]
+    built = _compile(odd_net, tmp_path / "neo", input_shape=(1, 3, 26, 26), target=_AVX2)
+    # The 3x3 layer on the 13-px-wide map is in blocks of 8 (its tile is 13 wide).
+    assert built["blocks"] == {3, 8, 32, 7}
     assert built["info"]["verified_max_abs_diff"] < 1e-3
