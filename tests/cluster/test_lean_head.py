@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,11 +34,20 @@ def recording(gcs_client, node_id_hex, *args):
 ray_internals._wait_until_registered = recording
 address = ray_internals.start_lean_head(num_cpus=1, resources={}, log_monitor=False,
                                         outlive_caller=False)
+import time
 import psutil
 # The agent renames itself (ray::DashboardAgent); the raylet's flags say how it is run.
 agents = [part for p in psutil.Process().children(recursive=True) if p.name() == "raylet"
           for part in p.cmdline() if part.startswith("--dashboard_agent_command=")]
-print(json.dumps({**seen, "address": address, "agents": agents}))
+# The raylet's two agents, once both run: they must end when this process does.
+deadline = time.monotonic() + 60
+while True:
+    running = [p.pid for p in psutil.Process().children(recursive=True)
+               if p.name() in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")]
+    if len(running) == 2 or time.monotonic() > deadline:
+        break
+    time.sleep(0.1)
+print(json.dumps({**seen, "address": address, "agents": agents, "agent_pids": running}))
 """
 
 
@@ -64,3 +76,23 @@ def test_the_head_runs_its_dashboard_agent_minimal(started: dict[str, Any]) -> N
     # without its gRPC and HTTP servers (deployments.ray_internals).
     [agent] = started["agents"]
     assert "--minimal" in agent.split(), agent
+
+
+def _running_agents(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).name().startswith("ray::"):
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_the_head_stops_with_the_process_that_started_it(started: dict[str, Any]) -> None:
+    # Ray's fate sharing SIGKILLs the raylet; its agents took that for a crash and waited
+    # for ever on the dead GCS to report it (deployments.ray_internals._stop_at_exit).
+    assert len(started["agent_pids"]) == 2, started
+    wait_until(lambda: not _running_agents(started["agent_pids"]), timeout_s=60,
+               message="the raylet's agents to exit with the process that started the head")
