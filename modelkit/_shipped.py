@@ -14,10 +14,11 @@ cache, ``--tune-records``) come first: they were measured on the CPU itself.
 A class is shipped only where its records were measured to matter: on an x86
 CPU with AVX2 but not AVX-512, TVM's default schedules lost to MXNet's oneDNN
 and the records won; with AVX-512 the defaults already beat it. The AVX2
-records keep TVM's 8-channel blocks, and lis's own layout for those CPUs now
-beats them on four of the six detectors measured (docs/models.md): they are to
-be re-made in it. ``$LIS_SHIPPED_RECORDS`` names another folder of
-``<class>.log`` files, so a fleet can ship its own.
+records were tuned in lis's own layout for those CPUs (channels in blocks of
+32): a record in TVM's blocks of 8 made TVM convert between it and its
+neighbours, which cost more than it gained (docs/models.md).
+``$LIS_SHIPPED_RECORDS`` names another folder of ``<class>.log`` files, so a
+fleet can ship its own.
 """
 
 from __future__ import annotations
