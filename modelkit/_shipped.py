@@ -7,8 +7,8 @@ time). lis ships its own instead, one AutoTVM log per CPU class in
 of the GluonCV detectors the connector's users start from
 (``models/tuning/README.md`` lists them and says how). A build for a target of that class
 applies the record of each layer whose workload (operator, shapes, strides,
-dtypes) is in the file; its other layers get lis's AVX2 layout
-(``modelkit._x86_blocks``). Records of the build's own target (``--tune``, the
+dtypes) is in the file; its other layers get lis's layout for x86 without
+AVX-512 (``modelkit._x86_blocks``). Records of the build's own target (``--tune``, the
 cache, ``--tune-records``) come first: they were measured on the CPU itself.
 
 A class is shipped only where its records were measured to matter: on an x86
@@ -38,19 +38,9 @@ X86_AVX2 = "x86-avx2"
 
 def cpu_class(target: str) -> str | None:
     """The shipped-records class of an LLVM target string; None where lis ships none."""
-    import tvm  # noqa: PLC0415
-    from tvm.target import codegen  # noqa: PLC0415
+    from modelkit._x86_blocks import simd_lanes  # noqa: PLC0415 - imports TVM
 
-    parsed = tvm.target.Target(target)
-    if parsed.kind.name != "llvm":
-        return None
-    triple = str(parsed.attrs.get("mtriple", "") or "")
-    if triple and not triple.startswith("x86_64"):
-        return None
-    if (codegen.target_has_features(["avx2", "fma"], parsed)
-            and not codegen.target_has_features("avx512f", parsed)):
-        return X86_AVX2
-    return None
+    return X86_AVX2 if simd_lanes(target) == 8 else None
 
 
 def _folder() -> Path:

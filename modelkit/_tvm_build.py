@@ -266,10 +266,11 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
             raise BuildFailure("--tune and --tune-records apply to models the graph executor "
                                "runs; this one needs the Relay VM (data-dependent output "
                                "shapes): compile it without them")
-    with lis_x86_layout(target) as ours:
-        if ours:
-            _stage("AVX2 without AVX-512: layers without a record get lis's layout (channels "
-                   "in blocks of 32), not TVM's (blocks of 8)")
+    with lis_x86_layout(target) as lanes:
+        if lanes:
+            isa = "AVX2 without AVX-512" if lanes == 8 else "SSE, without AVX2"
+            _stage(f"{isa}: layers without a record get lis's layout (channels in blocks of "
+                   f"32), not TVM's (blocks of {lanes})")
         if dynamic:
             _build_vm(mod, params, target, cross_compiler, work)
             return VM_EXECUTOR, {"tuning": None, "shipped_records": None}

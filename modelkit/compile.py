@@ -532,8 +532,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the tuning records the build applied to FILE")
     tuning.add_argument("--no-shipped-records", dest="shipped_records", action="store_false",
                         help="build the layers no record of this target knows with the "
-                             "default schedules (lis's layout for AVX2), not the records lis "
-                             "ships for the CPU's class (x86 with AVX2, without AVX-512)")
+                             "default schedules (lis's layout on x86 without AVX-512), not the "
+                             "records lis ships for the CPU's class (x86 with AVX2, without "
+                             "AVX-512)")
     board = parser.add_argument_group("the board, over TVM's RPC (docs/models.md)")
     board.add_argument("--rpc-tracker", metavar="HOST:PORT",
                        help="a TVM RPC tracker the board's server registers with (python -m "

@@ -21,6 +21,7 @@ from vocabulary.names import COMPILE_INFO_FILE, GRAPH_FILE
 pytestmark = pytest.mark.slow
 
 _AVX2 = "llvm -mcpu=core-avx2"
+_SSE = "llvm -mcpu=tremont"
 _LINE = "layers without a record get lis's layout (channels in blocks of 32)"
 
 
@@ -80,6 +81,15 @@ def test_an_avx2_build_blocks_channels_by_32(small_net: Path, tmp_path: Path) ->
     assert built["info"]["verified_max_abs_diff"] < 1e-3
 
 
+def test_an_sse_build_blocks_channels_by_32_too(small_net: Path, tmp_path: Path) -> None:
+    # An Atom-class CPU (SSE4.2, no AVX): TVM would block by 4, one SSE register.
+    built = _compile(small_net, tmp_path / "neo", target=_SSE)
+    assert any(line.endswith("SSE, without AVX2: " + _LINE + ", not TVM's (blocks of 4)")
+               for line in built["lines"])
+    assert built["blocks"] == {3, 32}
+    assert built["info"]["verified_max_abs_diff"] < 1e-3
+
+
 def test_an_avx512_build_keeps_tvms_blocks(small_net: Path, tmp_path: Path) -> None:
     # Not verified: the machine running the suite may lack AVX-512.
     built = _compile(small_net, tmp_path / "neo", target="llvm -mcpu=skylake-avx512",
@@ -118,12 +128,18 @@ print(json.dumps(tiles))
 """
 
 
-def test_a_1x1_convolution_on_an_odd_width_fills_its_tile(odd_net: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _TILES, _AVX2], capture_output=True,
+def _tiles(target: str) -> list[list[Any]]:
+    done = subprocess.run([sys.executable, "-c", _TILES, target], capture_output=True,
                           text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_1x1_convolution_on_an_odd_width_fills_its_tile(odd_net: Path, tmp_path: Path) -> None:
     # Blocks of 32 are 4 registers: 2 px that do not divide 13 (the last tile half empty), not
     # 1 (4 accumulators). 21 channels are one register: the whole row, not 1 px.
-    assert json.loads(done.stdout.splitlines()[-1]) == [[[32], [2], 1], [[7], [13], 1]]
+    assert _tiles(_AVX2) == [[[32], [2], 1], [[7], [13], 1]]
+    # In SSE code, blocks of 32 are 8 registers (1 px); 21 channels, blocks of 3, one register.
+    assert _tiles(_SSE) == [[[32], [1], 1], [[3], [13], 1]]
     built = _compile(odd_net, tmp_path / "neo", input_shape=(1, 3, 26, 26), target=_AVX2)
     # The 3x3 layer on the 13-px-wide map is in blocks of 8 (its tile is 13 wide).
     assert built["blocks"] == {3, 8, 32, 7}
