@@ -1,4 +1,5 @@
-"""lis's layout for AVX2 code: channels in blocks of 32 where no record says otherwise.
+"""lis's layout for x86 code without AVX-512 (AVX2, SSE): channels in blocks of 32 where no
+record says otherwise.
 
 The builds run in ``lis compile``'s TVM child, as every build does; what they chose is read
 from the graph they wrote (each blocked tensor's last dimension is its channel block).
