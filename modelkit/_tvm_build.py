@@ -268,7 +268,7 @@ def _build(load: Callable[[], tuple[Any, dict]], softmax: bool, target: str,
                                "shapes): compile it without them")
     with lis_x86_layout(target) as lanes:
         if lanes:
-            isa = "AVX2 without AVX-512" if lanes == 8 else "SSE, without AVX2"
+            isa = "AVX2 without AVX-512" if lanes == 8 else "x86 without AVX2"
             _stage(f"{isa}: layers without a record get lis's layout (channels in blocks of "
                    f"32), not TVM's (blocks of {lanes})")
         if dynamic:

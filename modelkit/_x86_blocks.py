@@ -65,7 +65,8 @@ def _largest_factor(n: int, cap: int) -> int:
 
 def simd_lanes(target: str) -> int | None:
     """float32 per vector register where lis's layout applies to ``target``: 8 for x86 with
-    AVX2, 4 without (SSE); None for AVX-512 (TVM's layout) and other CPUs."""
+    AVX2, 4 without (SSE, or AVX without AVX2: TVM's width too); None for AVX-512 (TVM's
+    layout) and other CPUs."""
     import tvm  # noqa: PLC0415
     from tvm.target import codegen  # noqa: PLC0415
 

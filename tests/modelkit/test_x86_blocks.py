@@ -85,7 +85,7 @@ def test_an_avx2_build_blocks_channels_by_32(small_net: Path, tmp_path: Path) ->
 def test_an_sse_build_blocks_channels_by_32_too(small_net: Path, tmp_path: Path) -> None:
     # An Atom-class CPU (SSE4.2, no AVX): TVM would block by 4, one SSE register.
     built = _compile(small_net, tmp_path / "neo", target=_SSE)
-    assert any(line.endswith("SSE, without AVX2: " + _LINE + ", not TVM's (blocks of 4)")
+    assert any(line.endswith("x86 without AVX2: " + _LINE + ", not TVM's (blocks of 4)")
                for line in built["lines"])
     assert built["blocks"] == {3, 32}
     assert built["info"]["verified_max_abs_diff"] < 1e-3
