@@ -9,8 +9,6 @@ this machine's CPU, so those builds are verified against MXNet as any other.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from modelkit._shipped import SHIPPED_ENV
 from modelkit._tune import CACHE_ENV
 from modelkit.compile import Tuning, compile_model
 from serve_app import cli
+from tests.modelkit._llvm import tvm_json
 from vocabulary.names import COMPILE_INFO_FILE
 
 pytestmark = pytest.mark.slow
@@ -60,9 +59,7 @@ def _classes(targets: list[str]) -> list[str | None]:
     """``cpu_class`` of each target, asked in a fresh process (TVM stays out of this one)."""
     code = ("import json, sys\nfrom modelkit._shipped import cpu_class\n"
             "print(json.dumps([cpu_class(t) for t in sys.argv[1:]]))")
-    done = subprocess.run([sys.executable, "-c", code, *targets], capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout.splitlines()[-1])
+    return tvm_json(code, *targets)
 
 
 def test_only_x86_targets_with_avx2_and_without_avx512_are_the_avx2_class() -> None:
@@ -106,10 +103,7 @@ print(json.dumps(found))
 def test_the_packaged_records_keep_lis_s_avx2_layout() -> None:
     # A record in other channel blocks than its neighbours' makes TVM convert between them,
     # which costs more than the record gains (TVM's blocks of 8: 8-30 % slower builds).
-    done = subprocess.run([sys.executable, "-c", _LAYOUT_OF_RECORDS,
-                           str(_PACKAGED / "x86-avx2.log")],
-                          capture_output=True, text=True, check=True)
-    found = json.loads(done.stdout.splitlines()[-1])
+    found = tvm_json(_LAYOUT_OF_RECORDS, str(_PACKAGED / "x86-avx2.log"))
     assert len(found) >= 107
     assert all(blocks for blocks, _ in found)
     assert [blocks for blocks, _ in found] == [layout for _, layout in found]

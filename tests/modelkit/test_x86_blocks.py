@@ -8,8 +8,6 @@ from the graph they wrote (each blocked tensor's last dimension is its channel b
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 
 from modelkit._tune import CACHE_ENV
 from modelkit.compile import Tuning, compile_model
+from tests.modelkit._llvm import tvm_json
 from vocabulary.names import COMPILE_INFO_FILE, GRAPH_FILE
 
 pytestmark = pytest.mark.slow
@@ -130,9 +129,7 @@ print(json.dumps(tiles))
 
 
 def _tiles(target: str) -> list[list[Any]]:
-    done = subprocess.run([sys.executable, "-c", _TILES, target], capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout.splitlines()[-1])
+    return tvm_json(_TILES, target)
 
 
 def test_a_1x1_convolution_on_an_odd_width_fills_its_tile(odd_net: Path, tmp_path: Path) -> None:
