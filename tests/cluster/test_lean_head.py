@@ -34,19 +34,22 @@ def recording(gcs_client, node_id_hex, *args):
 ray_internals._wait_until_registered = recording
 address = ray_internals.start_lean_head(num_cpus=1, resources={}, log_monitor=False,
                                         outlive_caller=False)
-import time
 import psutil
+from tests.waiting import WaitTimeout, wait_until
 # The agent renames itself (ray::DashboardAgent); the raylet's flags say how it is run.
 agents = [part for p in psutil.Process().children(recursive=True) if p.name() == "raylet"
           for part in p.cmdline() if part.startswith("--dashboard_agent_command=")]
 # The raylet's two agents, once both run: they must end when this process does.
-deadline = time.monotonic() + 60
-while True:
-    running = [p.pid for p in psutil.Process().children(recursive=True)
-               if p.name() in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")]
-    if len(running) == 2 or time.monotonic() > deadline:
-        break
-    time.sleep(0.1)
+def agent_pids():
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if p.name() in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")]
+def both_agents():
+    pids = agent_pids()
+    return pids if len(pids) == 2 else None
+try:
+    running = wait_until(both_agents, timeout_s=60, message="the raylet's two agents")
+except WaitTimeout:
+    running = agent_pids()   # the test says how many there were
 print(json.dumps({**seen, "address": address, "agents": agents, "agent_pids": running}))
 """
 
